@@ -1,0 +1,273 @@
+//! The command line, parsed by hand and compatible with Neon's compute_ctl flags.
+
+use crate::error::{Error, Result};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the spec comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecSource {
+    /// `-s`: inline JSON; `/configure` is then refused with 412, as in Neon.
+    Inline(String),
+    /// `-S`: a file.
+    File(PathBuf),
+    /// `-p`: asked from the control plane.
+    ControlPlane(String),
+    /// None given: wait in `empty` for `POST /configure`.
+    Wait,
+}
+
+/// Validated arguments of a run.
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub pgdata: PathBuf,
+    pub connstr: String,
+    pub spec: SpecSource,
+    pub pgbin: PathBuf,
+    pub external_http_port: u16,
+    pub internal_http_port: u16,
+    pub http_bind: IpAddr,
+    pub compute_id: String,
+    pub pg_user: String,
+    pub http_auth_token_file: Option<PathBuf>,
+    pub exit_delay: Duration,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    Run(Box<Args>),
+    Help,
+    Version,
+    /// `--probe [PORT]`: ask a running compute_ctl for `/status` and exit 0 when `running`
+    /// (the Docker HEALTHCHECK, since the image has no curl).
+    Probe(u16),
+}
+
+pub const USAGE: &str = "\
+compute_ctl: supervisor of a PostgreSQL compute node
+
+Usage: compute_ctl -D PGDATA -C CONNSTR [options]
+
+Options:
+  -D, --pgdata DIR              PGDATA directory (required)
+  -C, --connstr URL             compute_ctl's own connection to Postgres, e.g.
+                                postgresql://cloud_admin@127.0.0.1:55432/postgres (required)
+  -s, --spec JSON               the spec as inline JSON (POST /configure then answers 412)
+  -S, --spec-path FILE          the spec as a JSON file
+  -p, --control-plane-uri URL   fetch the spec from the control plane
+  -i, --compute-id ID           compute id for the control plane (default compute-<unix time>)
+  -b, --pgbin PATH              the postgres binary (env POSTGRES_PATH, default postgres);
+                                initdb, pg_ctl, pg_dump are found beside it
+      --external-http-port PORT external HTTP port (alias --http-port, default 3080)
+      --internal-http-port PORT internal HTTP port (default external + 1)
+      --http-bind ADDR          address both HTTP servers bind (default ::, as Neon)
+      --http-auth-token-file F  require `Authorization: Bearer <token in F>` on every route
+                                except GET /metrics
+      --pg-user NAME            OS user Postgres runs as when compute_ctl is root (default postgres)
+      --exit-delay SECONDS      keep answering /status this long after terminate or a failed
+                                start before exiting (default 30)
+      --probe [PORT]            health check: exit 0 when the compute on PORT (default 3080)
+                                reports running
+  -h, --help                    print this help
+  -V, --version                 print the version
+
+Neon flags that are accepted and ignored: -r/--remote-ext-config, --cgroup, --filecache-connstr,
+--vm-monitor-addr, --set-disk-quota-for-fs (with a value) and --resize-swap-on-bind.
+";
+
+fn usage(msg: String) -> Error {
+    Error::Usage(msg)
+}
+
+/// Parses `argv[1..]`; `env` looks up environment variables (a parameter so tests need not
+/// touch the process environment).
+pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Command> {
+    let mut pgdata = None;
+    let mut connstr = None;
+    let mut inline = None;
+    let mut file = None;
+    let mut cplane = None;
+    let mut compute_id = None;
+    let mut pgbin = None;
+    let mut ext_port = None;
+    let mut int_port = None;
+    let mut http_bind = None;
+    let mut pg_user = None;
+    let mut token_file = None;
+    let mut exit_delay = None;
+
+    let mut i = 0;
+    while i < argv.len() {
+        let arg = &argv[i];
+        i += 1;
+        // `--name=value` and `--name value` are both accepted.
+        let (flag, mut attached) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            if let Some(v) = attached.take() {
+                return Ok(v);
+            }
+            match argv.get(i) {
+                Some(v) => {
+                    i += 1;
+                    Ok(v.clone())
+                }
+                None => Err(usage(format!("{name} needs a value (see --help)"))),
+            }
+        };
+        match flag {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--probe" => {
+                let port = match attached.take().or_else(|| argv.get(i).cloned()) {
+                    Some(p) => port_value("--probe", &p)?,
+                    None => 3080,
+                };
+                return Ok(Command::Probe(port));
+            }
+            "-D" | "--pgdata" => pgdata = Some(PathBuf::from(value(flag)?)),
+            "-C" | "--connstr" => connstr = Some(value(flag)?),
+            "-s" | "--spec" => inline = Some(value(flag)?),
+            "-S" | "--spec-path" => file = Some(PathBuf::from(value(flag)?)),
+            "-p" | "--control-plane-uri" => cplane = Some(value(flag)?),
+            "-i" | "--compute-id" => compute_id = Some(value(flag)?),
+            "-b" | "--pgbin" => pgbin = Some(PathBuf::from(value(flag)?)),
+            "--http-port" | "--external-http-port" => ext_port = Some(port_value(flag, &value(flag)?)?),
+            "--internal-http-port" => int_port = Some(port_value(flag, &value(flag)?)?),
+            "--http-bind" => {
+                let v = value(flag)?;
+                http_bind = Some(v.parse::<IpAddr>().map_err(|_| usage(format!("{flag}: not an IP address: {v:?}")))?);
+            }
+            "--pg-user" => pg_user = Some(value(flag)?),
+            "--http-auth-token-file" => token_file = Some(PathBuf::from(value(flag)?)),
+            "--exit-delay" => {
+                let v = value(flag)?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e9)
+                    .ok_or_else(|| usage(format!("{flag}: expected seconds, got {v:?}")))?;
+                exit_delay = Some(Duration::from_secs_f64(secs));
+            }
+            "-r" | "--remote-ext-config" | "--cgroup" | "--filecache-connstr" | "--vm-monitor-addr"
+            | "--set-disk-quota-for-fs" => {
+                value(flag)?;
+                log::warn!("{flag} is accepted for compatibility with Neon and ignored");
+            }
+            "--resize-swap-on-bind" => log::warn!("{flag} is accepted for compatibility with Neon and ignored"),
+            other => return Err(usage(format!("unknown argument {other:?} (see --help)"))),
+        }
+        if let Some(v) = attached {
+            return Err(usage(format!("{flag} takes no value, got {v:?}")));
+        }
+    }
+
+    let pgdata = pgdata.ok_or_else(|| usage("-D/--pgdata is required".into()))?;
+    let connstr = connstr.ok_or_else(|| usage("-C/--connstr is required".into()))?;
+    connstr
+        .parse::<postgres::Config>()
+        .map_err(|e| usage(format!("-C/--connstr: cannot parse {connstr:?}: {e}")))?;
+    let spec = match (inline, file, cplane) {
+        (Some(s), None, None) => SpecSource::Inline(s),
+        (None, Some(f), None) => SpecSource::File(f),
+        (None, None, Some(u)) => SpecSource::ControlPlane(u.trim_end_matches('/').to_string()),
+        (None, None, None) => SpecSource::Wait,
+        _ => return Err(usage("give at most one of -s/--spec, -S/--spec-path, -p/--control-plane-uri".into())),
+    };
+    let external_http_port = ext_port.unwrap_or(3080);
+    let internal_http_port = match int_port {
+        Some(p) => p,
+        None => external_http_port
+            .checked_add(1)
+            .ok_or_else(|| usage("--internal-http-port is needed when the external port is 65535".into()))?,
+    };
+    let pgbin = pgbin.or_else(|| env("POSTGRES_PATH").map(PathBuf::from)).unwrap_or_else(|| "postgres".into());
+    let compute_id = compute_id.unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        format!("compute-{secs}")
+    });
+    Ok(Command::Run(Box::new(Args {
+        pgdata,
+        connstr,
+        spec,
+        pgbin,
+        external_http_port,
+        internal_http_port,
+        http_bind: http_bind.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+        compute_id,
+        pg_user: pg_user.unwrap_or_else(|| "postgres".into()),
+        http_auth_token_file: token_file,
+        exit_delay: exit_delay.unwrap_or(Duration::from_secs(30)),
+    })))
+}
+
+fn port_value(flag: &str, v: &str) -> Result<u16> {
+    v.parse::<u16>().map_err(|_| usage(format!("{flag}: expected a port number, got {v:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Command> {
+        let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        parse(&argv, |_| None)
+    }
+
+    fn args(a: &[&str]) -> Args {
+        match run(a).unwrap() {
+            Command::Run(a) => *a,
+            other => panic!("expected Run, got {other:?}"),
+        }
+    }
+
+    const BASE: [&str; 4] = ["-D", "/tmp/pg", "-C", "postgresql://cloud_admin@127.0.0.1:5432/postgres"];
+
+    #[test]
+    fn defaults_follow_neon() {
+        let a = args(&BASE);
+        assert_eq!(a.external_http_port, 3080);
+        assert_eq!(a.internal_http_port, 3081);
+        assert_eq!(a.pgbin, PathBuf::from("postgres"));
+        assert_eq!(a.spec, SpecSource::Wait);
+        assert_eq!(a.pg_user, "postgres");
+        assert!(a.compute_id.starts_with("compute-"));
+    }
+
+    #[test]
+    fn long_and_short_forms() {
+        let mut v = BASE.to_vec();
+        v.extend(["--http-port=4000", "-S", "/x.json", "--pg-user", "pg"]);
+        let a = args(&v);
+        assert_eq!((a.external_http_port, a.internal_http_port), (4000, 4001));
+        assert_eq!(a.spec, SpecSource::File("/x.json".into()));
+        assert_eq!(a.pg_user, "pg");
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let e = run(&["-D"]).unwrap_err().to_string();
+        assert_eq!(e, "-D needs a value (see --help)");
+        let e = run(&["--bogus"]).unwrap_err().to_string();
+        assert!(e.contains("--bogus"), "{e}");
+        let e = run(&["-C", "x"]).unwrap_err().to_string();
+        assert!(e.contains("--pgdata"), "{e}");
+        let mut v = BASE.to_vec();
+        v.extend(["-s", "{}", "-S", "f"]);
+        assert!(run(&v).unwrap_err().to_string().contains("at most one"));
+    }
+
+    #[test]
+    fn pgbin_from_env() {
+        let argv: Vec<String> = BASE.iter().map(|s| s.to_string()).collect();
+        let Command::Run(a) = parse(&argv, |k| (k == "POSTGRES_PATH").then(|| "/opt/pg/bin/postgres".into())).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(a.pgbin, PathBuf::from("/opt/pg/bin/postgres"));
+    }
+}

@@ -1,0 +1,279 @@
+//! The owner of the lifecycle: gets the spec, starts the HTTP servers and the signal thread,
+//! then applies every event to the current state in one exhaustive `match`.
+//!
+//! Other threads never change the state: they send an [`Event`] and, for HTTP requests that
+//! wait, receive a [`Reply`].
+
+use crate::args::{Args, SpecSource};
+use crate::error::{Error, Result};
+use crate::http::{routes, server};
+use crate::lifecycle::{
+    Configuration, ConfigurationPending, Context, Empty, Failed, Init, Live, Running, Shared, Status, Terminated,
+};
+use crate::postgres::pgdata;
+use crate::postgres::process::StopMode;
+use crate::spec::ParsedSpec;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Something the owner must react to.
+pub enum Event {
+    /// `POST /configure` with a validated spec.
+    Configure { spec: ParsedSpec, reply: Sender<Reply> },
+    /// `POST /terminate`.
+    Terminate { mode: StopMode, reply: Sender<Reply> },
+    /// SIGTERM, SIGINT or SIGQUIT.
+    Signal(i32),
+    /// The postmaster exited (sent from its reaper thread).
+    PostgresExited,
+}
+
+/// The outcome of a request that waited for the owner.
+#[derive(Debug)]
+pub enum Reply {
+    Done,
+    WrongState(Status),
+    Failed(String),
+}
+
+/// The state value the owner holds between events.
+enum State {
+    Empty(Empty),
+    Running(Running),
+    Failed(Failed),
+    Terminated(Terminated, Ending),
+}
+
+/// Why the compute is ending, which decides the exit code.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// `POST /terminate`: Postgres's exit code after the grace period.
+    Requested,
+    /// A signal: non-zero at once.
+    Signal,
+}
+
+/// Runs compute_ctl to the end and returns the process exit code.
+pub fn run(args: Args) -> Result<i32> {
+    let bindir = pgdata::bindir(&args.pgbin)?;
+    let run_as = pgdata::postgres_identity(&args.pg_user)?;
+    // The spec is read and validated before anything on disk is touched.
+    let initial = match &args.spec {
+        SpecSource::Inline(json) => Some(ParsedSpec::parse(json)?),
+        SpecSource::File(path) => {
+            let json = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read spec file", path, e))?;
+            Some(ParsedSpec::parse(&json)?)
+        }
+        SpecSource::ControlPlane(_) | SpecSource::Wait => None,
+    };
+
+    let (tx, rx) = mpsc::channel::<Event>();
+    let shared = Shared::new();
+    let exit_tx = Mutex::new(tx.clone());
+    let ctx = Context {
+        args: Arc::new(args.clone()),
+        bindir,
+        run_as,
+        shared: shared.clone(),
+        interrupted: Arc::new(AtomicBool::new(false)),
+        postmaster: Arc::new(Mutex::new(None)),
+        on_postgres_exit: Arc::new(move |_, _| {
+            let _ = exit_tx.lock().unwrap_or_else(|p| p.into_inner()).send(Event::PostgresExited);
+        }),
+    };
+    spawn_signal_thread(&ctx, tx.clone())?;
+
+    let app = Arc::new(routes::App {
+        shared: shared.clone(),
+        events: Mutex::new(tx.clone()),
+        live_config_allowed: !matches!(args.spec, SpecSource::Inline(_)),
+        connstr: args.connstr.clone(),
+    });
+    for (port, which, name) in [
+        (args.external_http_port, routes::Server::External, "external"),
+        (args.internal_http_port, routes::Server::Internal, "internal"),
+    ] {
+        let addr = SocketAddr::new(args.http_bind, port);
+        server::spawn(addr, name, routes::handler(app.clone(), which))
+            .map_err(|e| Error::Usage(format!("cannot bind the {name} HTTP server to {addr}: {e}")))?;
+    }
+    drop(tx);
+
+    let empty = Empty::new(ctx.clone());
+    let mut state = match initial {
+        Some(spec) => start(empty.init(spec)),
+        None => {
+            if let SpecSource::ControlPlane(uri) = &args.spec {
+                match crate::control_plane::fetch_spec(uri, &args.compute_id, &shared)? {
+                    Some(spec) => start(empty.init(spec)),
+                    None => State::Empty(empty),
+                }
+            } else {
+                log::info!("no spec given: waiting for POST /configure");
+                State::Empty(empty)
+            }
+        }
+    };
+
+    loop {
+        state = match state {
+            State::Empty(empty) => match rx.recv() {
+                Ok(Event::Configure { spec, reply }) => {
+                    let next = start_pooled(empty.configure(spec).begin());
+                    answer(&reply, &next);
+                    next
+                }
+                Ok(Event::Terminate { reply, .. }) => {
+                    let done = empty.terminate().wait();
+                    let _ = reply.send(Reply::Done);
+                    State::Terminated(done, Ending::Requested)
+                }
+                Ok(Event::Signal(sig)) => {
+                    log::info!("received signal {sig} while waiting for a spec: exiting");
+                    return Ok(1);
+                }
+                Ok(Event::PostgresExited) => State::Empty(empty),
+                Err(_) => return Ok(1),
+            },
+            State::Running(running) => match rx.recv() {
+                Ok(Event::Configure { spec, reply }) => {
+                    let next = live_configure(running.reconfigure(spec));
+                    answer(&reply, &next);
+                    next
+                }
+                Ok(Event::Terminate { mode, reply }) => {
+                    let done = running.terminate(mode).wait();
+                    let _ = reply.send(Reply::Done);
+                    State::Terminated(done, Ending::Requested)
+                }
+                Ok(Event::Signal(sig)) => {
+                    log::info!("received signal {sig}: fast shutdown of postgres");
+                    State::Terminated(running.terminate(StopMode::Fast).wait(), Ending::Signal)
+                }
+                Ok(Event::PostgresExited) | Err(_) => {
+                    let status = running.postgres_exited();
+                    return Ok(status.code().unwrap_or(1));
+                }
+            },
+            State::Failed(failed) if failed.postgres_running() => match rx.recv() {
+                Ok(Event::Configure { spec, reply }) => {
+                    let next = match failed.reconfigure(spec) {
+                        Ok(pending) => live_configure(pending),
+                        Err(failed) => State::Failed(failed),
+                    };
+                    answer(&reply, &next);
+                    next
+                }
+                Ok(Event::Terminate { reply, .. }) => {
+                    let _ = reply.send(Reply::WrongState(Status::Failed));
+                    State::Failed(failed)
+                }
+                Ok(Event::Signal(sig)) => {
+                    log::info!("received signal {sig}: fast shutdown of postgres");
+                    failed.shutdown(StopMode::Fast);
+                    return Ok(1);
+                }
+                Ok(Event::PostgresExited) | Err(_) => {
+                    let status = failed.shutdown(StopMode::Fast);
+                    return Ok(status.and_then(|s| s.code()).unwrap_or(1));
+                }
+            },
+            State::Failed(failed) => {
+                log::info!("start failed; answering /status for {:?} before exiting", args.exit_delay);
+                linger(&rx, args.exit_delay, Status::Failed);
+                drop(failed);
+                return Ok(1);
+            }
+            State::Terminated(done, ending) => {
+                let code = done.exit().and_then(|s| s.code()).unwrap_or(if done.exit().is_some() { 1 } else { 0 });
+                return Ok(match ending {
+                    Ending::Signal => 1,
+                    Ending::Requested => {
+                        log::info!("terminated; answering /status for {:?} before exiting", args.exit_delay);
+                        linger(&rx, args.exit_delay, Status::Terminated);
+                        code
+                    }
+                });
+            }
+        };
+    }
+}
+
+fn start(init: Init) -> State {
+    match init.start() {
+        Ok(r) => State::Running(r),
+        Err(f) => State::Failed(f),
+    }
+}
+
+fn start_pooled(c: Configuration<crate::lifecycle::Cold>) -> State {
+    match c.start() {
+        Ok(r) => State::Running(r),
+        Err(f) => State::Failed(f),
+    }
+}
+
+fn live_configure(pending: ConfigurationPending<Live>) -> State {
+    match pending.begin().apply() {
+        Ok(r) => State::Running(r),
+        Err(f) => State::Failed(f),
+    }
+}
+
+fn answer(reply: &Sender<Reply>, state: &State) {
+    let r = match state {
+        State::Running(_) => Reply::Done,
+        State::Failed(f) => Reply::Failed(f.error().to_string()),
+        State::Empty(_) => Reply::WrongState(Status::Empty),
+        State::Terminated(..) => Reply::WrongState(Status::Terminated),
+    };
+    let _ = reply.send(r);
+}
+
+/// Keeps answering requests (the HTTP threads serve `/status` from the snapshot) for
+/// `delay`, refusing changes; a signal ends it early.
+fn linger(rx: &Receiver<Event>, delay: Duration, status: Status) {
+    let deadline = Instant::now() + delay;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Event::Configure { reply, .. }) | Ok(Event::Terminate { reply, .. }) => {
+                let _ = reply.send(Reply::WrongState(status));
+            }
+            Ok(Event::Signal(_)) | Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Event::PostgresExited) => {}
+        }
+    }
+}
+
+/// SIGTERM, SIGINT, SIGQUIT: the first one interrupts a start and asks the owner for a fast
+/// shutdown; any further one escalates to an immediate shutdown right here, so a stuck fast
+/// shutdown can always be cut short.
+fn spawn_signal_thread(ctx: &Context, tx: Sender<Event>) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT])
+        .map_err(|e| Error::Process { what: "cannot install signal handlers".into(), detail: e.to_string() })?;
+    let interrupted = ctx.interrupted.clone();
+    let postmaster = ctx.postmaster.clone();
+    let count = AtomicUsize::new(0);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                log::info!("received termination signal {sig}");
+                interrupted.store(true, Ordering::SeqCst);
+                if count.fetch_add(1, Ordering::SeqCst) > 0 {
+                    if let Some(pm) = postmaster.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                        log::warn!("second signal: immediate shutdown of postgres (pid {})", pm.pid());
+                        pm.stop(StopMode::Immediate);
+                    }
+                }
+                let _ = tx.send(Event::Signal(sig));
+            }
+        })
+        .map_err(|e| Error::Process { what: "cannot start the signal thread".into(), detail: e.to_string() })?;
+    Ok(())
+}

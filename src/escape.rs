@@ -1,0 +1,175 @@
+//! Quoting of everything that reaches SQL text or `postgresql.conf`.
+//!
+//! No SQL is built from a user string without going through this module. The rules:
+//! - identifiers are always double-quoted with `"` doubled, so any name (quotes, `$`, `%`,
+//!   tabs, emoji) is taken literally;
+//! - literals are single-quoted with `'` doubled; when the text has a backslash the `E'…'`
+//!   form is used with `\` doubled, so the result means the same whatever
+//!   `standard_conforming_strings` says;
+//! - `postgresql.conf` values are single-quoted with `'` doubled and `\`, newline, carriage
+//!   return and tab written as backslash escapes (which the server's config lexer decodes), so a
+//!   value can never end its line or start another one;
+//! - dollar-quoted bodies get a tag that does not occur in the body.
+
+/// `"name"` with every `"` doubled.
+pub fn quote_ident(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// A string literal that means `text` in any `standard_conforming_strings` setting.
+pub fn quote_literal(text: &str) -> String {
+    let backslash = text.contains('\\');
+    let mut out = String::with_capacity(text.len() + 3);
+    if backslash {
+        out.push('E');
+    }
+    out.push('\'');
+    for c in text.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A quoted `postgresql.conf` value that the server reads back as exactly `text`.
+pub fn conf_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('\'');
+    for c in text.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// True when `value` can stand unquoted in `postgresql.conf` (numbers, units, booleans, enum
+/// words). Anything else is written quoted, which the server accepts for every type.
+pub fn is_bare_conf_token(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'+' | b':'))
+}
+
+/// True for a valid `postgresql.conf` parameter name (`work_mem`, `neon.timeline_id`).
+pub fn is_conf_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|part| {
+            let mut bytes = part.bytes();
+            matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+                && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+        })
+}
+
+/// `$tag$body$tag$` with a tag that does not occur in `body`, so the body cannot end the
+/// quoting early whatever names it embeds.
+pub fn dollar_quote(body: &str) -> String {
+    let mut tag = String::from("$cc$");
+    let mut n = 0u32;
+    // The closing tag is the first occurrence of the tag after the opening one, so it must
+    // not occur in the body, nor straddle the body's end.
+    while format!("{body}{tag}").find(&tag) != Some(body.len()) {
+        n += 1;
+        tag = format!("$cc{n}$");
+    }
+    format!("{tag}{body}{tag}")
+}
+
+/// Reads a quoted conf value back (the subset of the server's lexer that [`conf_value`]
+/// produces); used by tests and the fuzzer to check round trips.
+pub fn unquote_conf_value(quoted: &str) -> Option<String> {
+    let inner = quoted.strip_prefix('\'')?.strip_suffix('\'')?;
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                if chars.next()? != '\'' {
+                    return None;
+                }
+                out.push('\'');
+            }
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                'r' => out.push('\r'),
+                't' => out.push('\t'),
+                'b' => out.push('\u{8}'),
+                'f' => out.push('\u{c}'),
+                other => out.push(other),
+            },
+            '\n' | '\r' => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_double_their_quotes() {
+        assert_eq!(quote_ident("name"), "\"name\"");
+        assert_eq!(quote_ident("\"name\";\n select 1;"), "\"\"\"name\"\";\n select 1;\"");
+    }
+
+    #[test]
+    fn literals_match_neon_cases() {
+        assert_eq!(quote_literal("test"), "'test'");
+        assert_eq!(quote_literal("test'"), "'test'''");
+        assert_eq!(quote_literal("test\\'"), "E'test\\\\'''");
+        assert_eq!(quote_literal("test\\'\\'"), "E'test\\\\''\\\\'''");
+    }
+
+    #[test]
+    fn conf_values_never_break_a_line() {
+        let nasty = "here's a backslash \\ and a quote ' and a \"\nnew line\r\tend";
+        let q = conf_value(nasty);
+        assert!(!q.contains('\n') && !q.contains('\r'));
+        assert_eq!(unquote_conf_value(&q).as_deref(), Some(nasty));
+        assert_eq!(
+            conf_value("here's a backslash \\ and a quote ' and a double-quote \" hooray"),
+            "'here''s a backslash \\\\ and a quote '' and a double-quote \" hooray'"
+        );
+    }
+
+    #[test]
+    fn dollar_quote_avoids_tags_in_body() {
+        assert_eq!(dollar_quote("select 1"), "$cc$select 1$cc$");
+        let q = dollar_quote("a $cc$ b");
+        assert_eq!(q, "$cc1$a $cc$ b$cc1$");
+        let q = dollar_quote("x$cc");
+        assert!(q.starts_with("$cc1$"), "{q}");
+    }
+
+    #[test]
+    fn conf_names() {
+        assert!(is_conf_name("neon.timeline_id"));
+        assert!(is_conf_name("work_mem"));
+        assert!(!is_conf_name("a b"));
+        assert!(!is_conf_name("x\ny"));
+        assert!(!is_conf_name("1abc"));
+        assert!(!is_conf_name("a..b"));
+    }
+}

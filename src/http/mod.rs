@@ -1,0 +1,33 @@
+//! A hand-rolled HTTP/1.1 server on `std::net`: a pure request parser, the accept loop, routes.
+
+pub mod request;
+pub mod response;
+pub mod routes;
+pub mod server;
+
+/// `--probe PORT`: the Docker health check. Exit 0 when `GET /status` on 127.0.0.1:PORT says
+/// `running`, 1 otherwise (the image has no curl).
+pub fn probe(port: u16) -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let result = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    })();
+    match result {
+        Ok(text) if text.contains("\"status\":\"running\"") => std::process::ExitCode::SUCCESS,
+        Ok(text) => {
+            eprintln!("compute_ctl --probe: not running: {}", text.lines().last().unwrap_or(""));
+            std::process::ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("compute_ctl --probe: cannot reach 127.0.0.1:{port}: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

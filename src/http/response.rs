@@ -1,0 +1,106 @@
+//! Responses: status, JSON or text body, written with `Content-Length` (or chunked when the
+//! body is a stream, as for `pg_dump` output).
+
+use std::io::{self, Read, Write};
+
+pub enum Body {
+    Bytes(Vec<u8>),
+    /// Sent with `Transfer-Encoding: chunked` as it is read.
+    Stream(Box<dyn Read + Send>),
+}
+
+pub struct Response {
+    pub status: u16,
+    pub content_type: Option<&'static str>,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Body,
+}
+
+impl Response {
+    pub fn json(status: u16, value: &impl serde::Serialize) -> Response {
+        let body = serde_json::to_vec(value).expect("our response types always serialize");
+        Response { status, content_type: Some("application/json"), headers: Vec::new(), body: Body::Bytes(body) }
+    }
+
+    /// Neon's error body: `{"error": "…"}`.
+    pub fn error(status: u16, msg: impl Into<String>) -> Response {
+        Response::json(status, &serde_json::json!({ "error": msg.into() }))
+    }
+
+    pub fn empty(status: u16) -> Response {
+        Response { status, content_type: None, headers: Vec::new(), body: Body::Bytes(Vec::new()) }
+    }
+
+    pub fn text(status: u16, content_type: &'static str, text: String) -> Response {
+        Response { status, content_type: Some(content_type), headers: Vec::new(), body: Body::Bytes(text.into_bytes()) }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: String) -> Response {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Writes the response; `keep_alive` decides the `Connection` header.
+    pub fn write_to(self, out: &mut impl Write, keep_alive: bool, head_only: bool) -> io::Result<()> {
+        let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        if let Some(ct) = self.content_type {
+            head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        for (k, v) in &self.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(if keep_alive { "Connection: keep-alive\r\n" } else { "Connection: close\r\n" });
+        match self.body {
+            Body::Bytes(b) => {
+                head.push_str(&format!("Content-Length: {}\r\n\r\n", b.len()));
+                let mut all = head.into_bytes();
+                if !head_only {
+                    all.extend_from_slice(&b);
+                }
+                out.write_all(&all)?;
+            }
+            Body::Stream(mut r) => {
+                head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+                out.write_all(head.as_bytes())?;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = r.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.write_all(format!("{n:x}\r\n").as_bytes())?;
+                    out.write_all(&buf[..n])?;
+                    out.write_all(b"\r\n")?;
+                }
+                out.write_all(b"0\r\n\r\n")?;
+            }
+        }
+        out.flush()
+    }
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Payload Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Entity",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}

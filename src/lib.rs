@@ -1,0 +1,27 @@
+//! compute_ctl: the supervisor of a PostgreSQL compute node.
+//!
+//! It takes a JSON compute spec, prepares PGDATA (kept on local storage, or fetched from a
+//! pageserver), writes the configuration, starts Postgres as an unprivileged user and waits
+//! until it is ready, applies roles and databases, serves an HTTP API, and stops Postgres
+//! cleanly on signals. With `drop_subscriptions_before_start` it drops the logical-replication
+//! subscriptions a branch inherited, once per timeline, before any apply worker can start.
+//!
+//! The lifecycle is a typestate; see [`lifecycle`] for the state diagram and the
+//! `compile_fail` proofs of the paths that do not exist.
+#![deny(unsafe_code)]
+#![warn(missing_debug_implementations, rust_2018_idioms)]
+#![allow(missing_debug_implementations)]
+
+pub mod args;
+pub mod compute;
+pub mod control_plane;
+pub mod error;
+pub mod escape;
+pub mod http;
+pub mod lifecycle;
+pub mod postgres;
+pub mod spec;
+mod sys;
+pub mod time;
+
+pub use error::{Error, Result};

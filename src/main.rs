@@ -1,0 +1,43 @@
+//! The binary: parse arguments, set up logging, run, map the outcome to an exit code.
+
+use compute_ctl::args::{self, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let command = match args::parse(&argv, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("compute_ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let args = match command {
+        Command::Help => {
+            print!("{}", args::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("compute_ctl {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Probe(port) => return compute_ctl::http::probe(port),
+        Command::Run(args) => args,
+    };
+    init_logging();
+    match compute_ctl::compute::run(*args) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<log::LevelFilter>().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    let _ = simple_logger::SimpleLogger::new().with_level(level).with_utc_timestamps().init();
+}

@@ -1,0 +1,9 @@
+//! Everything that touches Postgres: PGDATA, config files, the process, SQL.
+
+pub mod apply;
+pub mod conf;
+pub mod pgdata;
+pub mod process;
+pub mod sql;
+pub mod storage;
+pub mod subscriptions;

@@ -1,0 +1,322 @@
+//! The Postgres child: spawning it as the unprivileged user, forwarding its log, waiting until
+//! it is ready, signalling it by pid safely, and making sure it never outlives compute_ctl.
+
+use crate::error::{Error, Result};
+use crate::sys;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How Postgres is asked to stop (the signal `pg_ctl stop -m` sends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// SIGINT: roll back sessions, write a shutdown checkpoint.
+    Fast,
+    /// SIGQUIT: exit at once; the next start runs crash recovery.
+    Immediate,
+}
+
+/// The OS identity Postgres runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Last lines of the Postgres log, kept for error messages.
+#[derive(Clone, Default)]
+pub struct LogTail(Arc<Mutex<VecDeque<String>>>);
+
+const LOG_TAIL_LINES: usize = 20;
+
+impl LogTail {
+    fn push(&self, line: String) {
+        let mut lines = self.0.lock().expect("log tail lock is never poisoned: no panics inside");
+        if lines.len() == LOG_TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    pub fn text(&self) -> String {
+        let lines = self.0.lock().expect("log tail lock is never poisoned: no panics inside");
+        lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Copies a child's stderr to ours, each line prefixed `PG: ` so Postgres's lines are told
+/// apart from compute_ctl's, keeping the last lines for error reports.
+pub fn forward_log(stderr: impl std::io::Read + Send + 'static, tail: LogTail) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("postgres-log".into())
+        .spawn(move || {
+            for line in BufReader::new(stderr).split(b'\n') {
+                let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line).into_owned();
+                let _ = writeln!(std::io::stderr().lock(), "PG: {line}");
+                tail.push(line);
+            }
+        })
+        .expect("spawning a thread only fails when the system is out of resources")
+}
+
+/// Exit status shared between the reaper thread and everyone who signals the child.
+struct ExitState {
+    status: Mutex<Option<ExitStatus>>,
+    changed: Condvar,
+}
+
+/// A running `postgres -D PGDATA`. Dropping it stops Postgres (fast, then immediate, then
+/// SIGKILL) and waits, so no error path can leave an orphan.
+pub struct Postmaster {
+    pid: u32,
+    pgdata: PathBuf,
+    exit: Arc<ExitState>,
+    log: LogTail,
+}
+
+/// A cloneable way to signal and await the postmaster from other threads (the signal thread
+/// escalates a second SIGTERM through it); it does not own the process.
+#[derive(Clone)]
+pub struct PostmasterHandle {
+    pid: u32,
+    exit: Arc<ExitState>,
+}
+
+impl PostmasterHandle {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn stop(&self, mode: StopMode) {
+        signal_pid(self.pid, &self.exit, mode.signal());
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.exit.status.lock().expect("exit lock is never poisoned").is_some()
+    }
+}
+
+impl StopMode {
+    fn signal(self) -> i32 {
+        match self {
+            StopMode::Fast => sys::SIGINT,
+            StopMode::Immediate => sys::SIGQUIT,
+        }
+    }
+}
+
+/// Signals a child by pid. The status lock is held so the reaper cannot reap (and the kernel
+/// cannot recycle the pid) between the check and the kill.
+fn signal_pid(pid: u32, exit: &ExitState, signal: i32) {
+    let status = exit.status.lock().expect("exit lock is never poisoned");
+    if status.is_none() {
+        if let Err(e) = sys::kill(pid, signal) {
+            log::warn!("cannot signal postgres (pid {pid}): {e}");
+        }
+    }
+}
+
+impl Postmaster {
+    /// Spawns `pgbin -D pgdata` (plus `extra_args`) and returns at once; see [`wait_ready`].
+    ///
+    /// `on_exit` runs on the reaper thread when Postgres exits, whoever stopped it.
+    ///
+    /// [`wait_ready`]: Postmaster::wait_ready
+    pub fn spawn(
+        pgbin: &Path,
+        pgdata: &Path,
+        run_as: Option<RunAs>,
+        env: &[(&str, &str)],
+        on_exit: Box<dyn FnOnce(ExitStatus) + Send>,
+    ) -> Result<Postmaster> {
+        let mut cmd = Command::new(pgbin);
+        cmd.arg("-D").arg(pgdata).stdin(Stdio::null()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(user) = run_as {
+            cmd.uid(user.uid).gid(user.gid);
+        }
+        let parent = std::process::id();
+        // SAFETY-free: the closure only calls async-signal-safe prctl/getppid (see sys).
+        unsafe_free_pre_exec(&mut cmd, move || sys::set_parent_death_signal(sys::SIGQUIT, parent));
+        let mut child = cmd.spawn().map_err(|e| Error::Process {
+            what: format!("cannot run {}", pgbin.display()),
+            detail: e.to_string(),
+        })?;
+        let log = LogTail::default();
+        let stderr = child.stderr.take().expect("stderr was piped above");
+        let log_thread = forward_log(stderr, log.clone());
+        let exit = Arc::new(ExitState { status: Mutex::new(None), changed: Condvar::new() });
+        let pid = child.id();
+        spawn_reaper(child, exit.clone(), log_thread, on_exit);
+        log::info!("started postgres, pid {pid}");
+        Ok(Postmaster { pid, pgdata: pgdata.to_path_buf(), exit, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn log_tail(&self) -> String {
+        self.log.text()
+    }
+
+    /// The exit status, once Postgres has exited.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        *self.exit.status.lock().expect("exit lock is never poisoned")
+    }
+
+    /// Waits until `postmaster.pid` names this process and says `ready`, polling every
+    /// millisecond (the file is tiny; a watcher would cost more than it saves).
+    pub fn wait_ready(&self, timeout: Duration, interrupted: &AtomicBool) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let pidfile = self.pgdata.join("postmaster.pid");
+        let pid_line = self.pid.to_string();
+        loop {
+            if let Some(status) = self.exit_status() {
+                // Let the log thread drain the last lines before quoting them.
+                std::thread::sleep(Duration::from_millis(20));
+                return Err(Error::PostgresStart { reason: describe_exit(status), log_tail: self.log_tail() });
+            }
+            if let Ok(text) = std::fs::read_to_string(&pidfile) {
+                let mut lines = text.lines();
+                let ours = lines.next().map(str::trim) == Some(pid_line.as_str());
+                if ours && text.lines().last().map(str::trim) == Some("ready") {
+                    return Ok(());
+                }
+            }
+            if interrupted.load(Ordering::SeqCst) {
+                return Err(Error::Interrupted);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::PostgresStart {
+                    reason: format!("not ready after {} s", timeout.as_secs()),
+                    log_tail: self.log_tail(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Sends the shutdown signal for `mode`; a no-op once Postgres has exited.
+    pub fn stop(&self, mode: StopMode) {
+        self.signal(mode.signal());
+    }
+
+    /// Asks the postmaster to reread its configuration (what `pg_ctl reload` does).
+    pub fn reload(&self) {
+        self.signal(sys::SIGHUP);
+    }
+
+    fn signal(&self, signal: i32) {
+        signal_pid(self.pid, &self.exit, signal);
+    }
+
+    pub fn handle(&self) -> PostmasterHandle {
+        PostmasterHandle { pid: self.pid, exit: self.exit.clone() }
+    }
+
+    /// Waits for Postgres to exit, at most `timeout`; returns its status if it did.
+    pub fn wait_exit(&self, timeout: Option<Duration>) -> Option<ExitStatus> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut status = self.exit.status.lock().expect("exit lock is never poisoned");
+        loop {
+            if let Some(s) = *status {
+                return Some(s);
+            }
+            match deadline {
+                None => status = self.exit.changed.wait(status).expect("exit lock is never poisoned"),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    status = self.exit.changed.wait_timeout(status, d - now).expect("exit lock is never poisoned").0;
+                }
+            }
+        }
+    }
+
+    /// Stops Postgres and waits for it: fast, then immediate after `grace`, then SIGKILL.
+    pub fn shutdown(&self, grace: Duration) -> ExitStatus {
+        for (signal, wait) in [(sys::SIGINT, grace), (sys::SIGQUIT, grace), (sys::SIGKILL, Duration::from_secs(3600))] {
+            self.signal(signal);
+            if let Some(status) = self.wait_exit(Some(wait)) {
+                return status;
+            }
+            log::warn!("postgres (pid {}) still running after {} s, escalating", self.pid, wait.as_secs());
+        }
+        unreachable!("SIGKILL cannot be ignored and the last wait is an hour")
+    }
+}
+
+impl Drop for Postmaster {
+    fn drop(&mut self) {
+        if self.exit_status().is_none() {
+            log::info!("stopping postgres (pid {}) that is being abandoned", self.pid);
+            self.shutdown(Duration::from_secs(10));
+        }
+    }
+}
+
+fn spawn_reaper(
+    mut child: Child,
+    exit: Arc<ExitState>,
+    log_thread: std::thread::JoinHandle<()>,
+    on_exit: Box<dyn FnOnce(ExitStatus) + Send>,
+) {
+    std::thread::Builder::new()
+        .name("postgres-reaper".into())
+        .spawn(move || {
+            let pid = child.id();
+            if let Err(e) = sys::wait_exited_nowait(pid) {
+                log::error!("waiting for postgres (pid {pid}) failed: {e}");
+            }
+            let status = {
+                let mut guard = exit.status.lock().expect("exit lock is never poisoned");
+                let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(1 << 8));
+                *guard = Some(status);
+                status
+            };
+            let _ = log_thread.join();
+            log::info!("postgres (pid {pid}) exited: {}", describe_exit(status));
+            exit.changed.notify_all();
+            on_exit(status);
+        })
+        .expect("spawning a thread only fails when the system is out of resources");
+}
+
+
+/// `exited with code 1`, `killed by signal 9`.
+pub fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
+/// `CommandExt::pre_exec` is an `unsafe fn` because the closure runs between fork and exec;
+/// ours calls only async-signal-safe functions, which is the whole contract.
+#[allow(unsafe_code)]
+fn unsafe_free_pre_exec(cmd: &mut Command, f: impl Fn() -> std::io::Result<()> + Send + Sync + 'static) {
+    // SAFETY: `f` performs only async-signal-safe system calls and allocates nothing.
+    unsafe {
+        cmd.pre_exec(f);
+    }
+}
+
+/// Is a process with this pid still alive (tests, diagnostics)?
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(false)
+}

@@ -1,0 +1,43 @@
+//! Connections to the local Postgres.
+
+use crate::error::{Error, Result};
+use postgres::{Client, Config, NoTls};
+use std::time::Duration;
+
+/// Application names, as Neon sets them, so `pg_stat_activity` tells who is who.
+pub const APP_APPLY: &str = "compute_ctl:apply_config";
+pub const APP_MONITOR: &str = "compute_ctl:activity_monitor";
+pub const APP_SUBSCRIPTIONS: &str = "compute_ctl:drop_subscriptions";
+pub const APP_STATUS: &str = "compute_ctl:get_dbs_and_roles";
+
+/// Connects with `--connstr`, optionally to another database, tagged with `app`.
+pub fn connect(connstr: &str, dbname: Option<&str>, app: &str) -> Result<Client> {
+    let mut config = config(connstr)?;
+    if let Some(db) = dbname {
+        config.dbname(db);
+    }
+    config.application_name(app);
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    let db = config.get_dbname().unwrap_or("postgres").to_string();
+    config.connect(NoTls).map_err(|e| Error::sql("connect", db, e))
+}
+
+pub fn config(connstr: &str) -> Result<Config> {
+    connstr.parse::<Config>().map_err(|e| Error::Usage(format!("-C/--connstr: cannot parse {connstr:?}: {e}")))
+}
+
+/// The user of `--connstr`: the superuser `initdb` creates in local mode.
+pub fn connstr_user(connstr: &str) -> Result<String> {
+    config(connstr)?
+        .get_user()
+        .map(str::to_string)
+        .ok_or_else(|| Error::Usage(format!("-C/--connstr: {connstr:?} names no user")))
+}
+
+/// The database of `--connstr` (the "system database"), `postgres` by default.
+pub fn connstr_dbname(connstr: &str) -> Result<String> {
+    let c = config(connstr)?;
+    Ok(c.get_dbname().or(c.get_user()).unwrap_or("postgres").to_string())
+}

@@ -1,0 +1,358 @@
+//! Validation at the edge: JSON in, [`ParsedSpec`] or an error naming the field out.
+
+use super::{ComputeMode, ComputeSpec, GenericOption};
+use crate::error::{Error, Result};
+use crate::escape;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+
+/// A tenant or timeline id: 16 bytes written as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Id([u8; 16]);
+
+impl FromStr for Id {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Id, String> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("expected 32 hex digits, got {s:?}"));
+        }
+        let mut out = [0u8; 16];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+        }
+        Ok(Id(out))
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// A WAL position, written `X/Y` in upper-case hex as Postgres does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl FromStr for Lsn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Lsn, String> {
+        let bad = || format!("expected an LSN like \"0/169AD58\", got {s:?}");
+        let (hi, lo) = s.split_once('/').ok_or_else(bad)?;
+        let ok = |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
+        if !ok(hi) || !ok(lo) {
+            return Err(bad());
+        }
+        let hi = u64::from_str_radix(hi, 16).map_err(|_| bad())?;
+        let lo = u64::from_str_radix(lo, 16).map_err(|_| bad())?;
+        Ok(Lsn(hi << 32 | lo))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+impl Serialize for Lsn {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lsn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where PGDATA comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageMode {
+    /// No pageserver: PGDATA is kept across restarts and made by `initdb` when missing.
+    Local,
+    /// Every start is a fresh basebackup from the pageserver (first shard of the list).
+    Pageserver { connstrings: Vec<String>, safekeepers: Vec<String> },
+}
+
+/// A spec that passed validation. Fields are read-only: a `ParsedSpec` is a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedSpec {
+    spec: ComputeSpec,
+    tenant_id: Id,
+    timeline_id: Id,
+    storage: StorageMode,
+}
+
+/// Longest name Postgres keeps (NAMEDATALEN - 1): a longer one would be silently truncated.
+const MAX_NAME_BYTES: usize = 63;
+
+impl ParsedSpec {
+    /// Parses and validates JSON text.
+    pub fn parse(json: &str) -> Result<ParsedSpec> {
+        let spec: ComputeSpec = serde_json::from_str(json).map_err(Error::SpecJson)?;
+        ParsedSpec::validate(spec)
+    }
+
+    /// Validates a deserialized spec.
+    pub fn validate(spec: ComputeSpec) -> Result<ParsedSpec> {
+        let id = |field: &str, setting: &str| -> Result<Id> {
+            let text = match spec_str(&spec, field, setting) {
+                Some(t) => t,
+                None => return Err(Error::invalid(field, format!("missing (also not given as cluster.settings {setting})"))),
+            };
+            text.parse::<Id>().map_err(|e| Error::invalid(field, e))
+        };
+        let tenant_id = id("tenant_id", "neon.tenant_id")?;
+        let timeline_id = id("timeline_id", "neon.timeline_id")?;
+
+        let storage = match spec_str(&spec, "pageserver_connstring", "neon.pageserver_connstring") {
+            None => StorageMode::Local,
+            Some(list) => {
+                let connstrings: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+                if connstrings.iter().any(|c| c.is_empty()) {
+                    return Err(Error::invalid("pageserver_connstring", "empty entry in the comma-separated list"));
+                }
+                let mut safekeepers = spec.safekeeper_connstrings.clone();
+                if safekeepers.is_empty() {
+                    if let Some(s) = spec.setting("neon.safekeepers") {
+                        safekeepers = s.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                    }
+                }
+                if spec.mode == ComputeMode::Primary && safekeepers.is_empty() {
+                    return Err(Error::invalid(
+                        "safekeeper_connstrings",
+                        "a Primary in pageserver mode needs safekeepers (or cluster.settings neon.safekeepers)",
+                    ));
+                }
+                if spec.mode != ComputeMode::Primary {
+                    safekeepers.clear();
+                }
+                StorageMode::Pageserver { connstrings, safekeepers }
+            }
+        };
+
+        if spec.reconfigure_concurrency == 0 {
+            return Err(Error::invalid("reconfigure_concurrency", "must be at least 1"));
+        }
+        validate_settings(&spec)?;
+        validate_catalog(&spec)?;
+        Ok(ParsedSpec { spec, tenant_id, timeline_id, storage })
+    }
+
+    pub fn spec(&self) -> &ComputeSpec {
+        &self.spec
+    }
+    pub fn tenant_id(&self) -> Id {
+        self.tenant_id
+    }
+    pub fn timeline_id(&self) -> Id {
+        self.timeline_id
+    }
+    pub fn storage(&self) -> &StorageMode {
+        &self.storage
+    }
+    pub fn mode(&self) -> ComputeMode {
+        self.spec.mode
+    }
+}
+
+/// A top-level string field, or the legacy `cluster.settings` entry that stands in for it.
+fn spec_str<'a>(spec: &'a ComputeSpec, field: &str, setting: &str) -> Option<&'a str> {
+    let top = match field {
+        "tenant_id" => spec.tenant_id.as_deref(),
+        "timeline_id" => spec.timeline_id.as_deref(),
+        "pageserver_connstring" => spec.pageserver_connstring.as_deref(),
+        _ => unreachable!("spec_str is called only for the three legacy-capable fields"),
+    };
+    top.or_else(|| spec.setting(setting))
+}
+
+fn validate_settings(spec: &ComputeSpec) -> Result<()> {
+    for (i, opt) in spec.cluster.settings.iter().flatten().enumerate() {
+        let field = format!("cluster.settings[{i}] ({:?})", opt.name);
+        if !escape::is_conf_name(&opt.name) {
+            return Err(Error::invalid(field, "not a valid configuration parameter name"));
+        }
+        match &opt.value {
+            None => return Err(Error::invalid(field, "value is null; postgresql.conf needs a value")),
+            Some(v) if v.contains('\0') => return Err(Error::invalid(field, "value contains a NUL byte")),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn validate_name(field: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid(field, "name is empty"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!("{name:?} is {} bytes; Postgres names are at most {MAX_NAME_BYTES}", name.len()),
+        ));
+    }
+    if name.contains('\0') {
+        return Err(Error::invalid(field, format!("{name:?} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+/// SQL options are spliced into `CREATE ROLE`/`CREATE DATABASE`: names must be keywords
+/// (`CONNECTION LIMIT`), and unquoted values plain tokens, so nothing but what they say runs.
+fn validate_sql_options(field: &str, options: &Option<Vec<GenericOption>>) -> Result<()> {
+    for (i, opt) in options.iter().flatten().enumerate() {
+        let field = format!("{field}.options[{i}] ({:?})", opt.name);
+        let keyword = !opt.name.is_empty()
+            && opt.name.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b' ')
+            && !opt.name.starts_with(' ')
+            && !opt.name.ends_with(' ');
+        if !keyword {
+            return Err(Error::invalid(field, "option name must be an SQL keyword such as CONNECTION LIMIT"));
+        }
+        if let Some(v) = &opt.value {
+            if v.contains('\0') {
+                return Err(Error::invalid(field, "value contains a NUL byte"));
+            }
+            let token = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !opt.is_string() && !token {
+                return Err(Error::invalid(
+                    field,
+                    format!("value {v:?} is not a plain token; give vartype \"string\" to quote it"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_catalog(spec: &ComputeSpec) -> Result<()> {
+    for (i, role) in spec.cluster.roles.iter().enumerate() {
+        let field = format!("cluster.roles[{i}]");
+        validate_name(&format!("{field}.name"), &role.name)?;
+        validate_sql_options(&field, &role.options)?;
+        if let Some(p) = &role.encrypted_password {
+            let md5 = p.len() == 32 && p.bytes().all(|b| b.is_ascii_hexdigit());
+            let scram = p.starts_with("SCRAM-SHA-256$")
+                && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"$:+/=-".contains(&b));
+            if !md5 && !scram {
+                return Err(Error::invalid(
+                    format!("{field}.encrypted_password"),
+                    "expected an md5 hash (32 hex digits, without the md5 prefix) or a SCRAM-SHA-256$ verifier",
+                ));
+            }
+        }
+    }
+    for (i, db) in spec.cluster.databases.iter().enumerate() {
+        let field = format!("cluster.databases[{i}]");
+        validate_name(&format!("{field}.name"), &db.name)?;
+        validate_name(&format!("{field}.owner"), &db.owner)?;
+        validate_sql_options(&field, &db.options)?;
+    }
+    for (i, op) in spec.delta_operations.iter().flatten().enumerate() {
+        let field = format!("delta_operations[{i}]");
+        validate_name(&format!("{field}.name"), &op.name)?;
+        match op.action.as_str() {
+            "rename_role" | "rename_db" => match &op.new_name {
+                Some(n) => validate_name(&format!("{field}.new_name"), n)?,
+                None => return Err(Error::invalid(format!("{field}.new_name"), format!("required for {}", op.action))),
+            },
+            "delete_role" | "delete_db" => {}
+            other => {
+                return Err(Error::invalid(
+                    format!("{field}.action"),
+                    format!("unknown action {other:?}; expected delete_db, rename_db, delete_role or rename_role"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"{"format_version":1.0,"cluster":{"roles":[],"databases":[]},
+        "tenant_id":"b0554b632bd4d547a63b86c3630317e8","timeline_id":"2414a61ffc94e428f14b5758fe308e13"}"#;
+
+    #[test]
+    fn minimal_local_spec() {
+        let p = ParsedSpec::parse(MIN).unwrap();
+        assert_eq!(p.storage(), &StorageMode::Local);
+        assert_eq!(p.timeline_id().to_string(), "2414a61ffc94e428f14b5758fe308e13");
+        assert_eq!(p.spec().reconfigure_concurrency, 1);
+    }
+
+    #[test]
+    fn bad_timeline_names_the_field() {
+        let json = MIN.replace("2414a61ffc94e428f14b5758fe308e13", "xyz");
+        let err = ParsedSpec::parse(&json).unwrap_err().to_string();
+        assert_eq!(err, "invalid spec: timeline_id: expected 32 hex digits, got \"xyz\"");
+    }
+
+    #[test]
+    fn lsn_round_trips() {
+        let l: Lsn = "0/169AD58".parse().unwrap();
+        assert_eq!(l.to_string(), "0/169AD58");
+        assert_eq!("1/0".parse::<Lsn>().unwrap().0, 1 << 32);
+        assert!("169AD58".parse::<Lsn>().is_err());
+        assert!("0/".parse::<Lsn>().is_err());
+    }
+
+    #[test]
+    fn modes_parse_as_neon_writes_them() {
+        for (m, want) in [
+            (r#""Primary""#, ComputeMode::Primary),
+            (r#""Replica""#, ComputeMode::Replica),
+            (r#"{"Static":"0/169AD58"}"#, ComputeMode::Static(Lsn(0x169AD58))),
+        ] {
+            let json = MIN.replacen('{', &format!("{{\"mode\":{m},"), 1);
+            assert_eq!(ParsedSpec::parse(&json).unwrap().mode(), want);
+        }
+    }
+
+    #[test]
+    fn unknown_features_and_keys_are_kept_and_ignored() {
+        let json = MIN.replacen('{', r#"{"features":["foo_bar","activity_monitor_experimental"],"extra":1,"#, 1);
+        let p = ParsedSpec::parse(&json).unwrap();
+        assert_eq!(
+            p.spec().features,
+            vec![super::super::ComputeFeature::UnknownFeature, super::super::ComputeFeature::ActivityMonitorExperimental]
+        );
+    }
+
+    #[test]
+    fn pageserver_primary_needs_safekeepers() {
+        let json = MIN.replacen('{', r#"{"pageserver_connstring":"postgresql://x@127.0.0.1:1","#, 1);
+        let err = ParsedSpec::parse(&json).unwrap_err().to_string();
+        assert!(err.contains("safekeeper_connstrings"), "{err}");
+        let json = MIN.replacen('{', r#"{"pageserver_connstring":"postgresql://x@127.0.0.1:1","mode":"Replica","#, 1);
+        assert!(matches!(ParsedSpec::parse(&json).unwrap().storage(), StorageMode::Pageserver { .. }));
+    }
+
+    #[test]
+    fn names_longer_than_postgres_keeps_are_refused() {
+        let long = "r".repeat(64);
+        let json = MIN.replace(r#""roles":[]"#, &format!(r#""roles":[{{"name":"{long}"}}]"#));
+        let err = ParsedSpec::parse(&json).unwrap_err().to_string();
+        assert!(err.contains("cluster.roles[0].name") && err.contains("64 bytes"), "{err}");
+        let ok = "r".repeat(63);
+        let json = MIN.replace(r#""roles":[]"#, &format!(r#""roles":[{{"name":"{ok}"}}]"#));
+        ParsedSpec::parse(&json).unwrap();
+    }
+
+    #[test]
+    fn unquoted_sql_option_values_must_be_tokens() {
+        let json = MIN.replace(
+            r#""roles":[]"#,
+            r#""roles":[{"name":"a","options":[{"name":"CONNECTION LIMIT","value":"1; DROP TABLE x","vartype":"integer"}]}]"#,
+        );
+        let err = ParsedSpec::parse(&json).unwrap_err().to_string();
+        assert!(err.contains("cluster.roles[0].options[0]"), "{err}");
+    }
+}
