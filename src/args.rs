@@ -153,7 +153,11 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
                     .ok_or_else(|| usage(format!("{flag}: expected seconds, got {v:?}")))?;
                 exit_delay = Some(Duration::from_secs_f64(secs));
             }
-            "-r" | "--remote-ext-config" | "--cgroup" | "--filecache-connstr" | "--vm-monitor-addr"
+            "-r"
+            | "--remote-ext-config"
+            | "--cgroup"
+            | "--filecache-connstr"
+            | "--vm-monitor-addr"
             | "--set-disk-quota-for-fs" => {
                 value(flag)?;
                 log::warn!("{flag} is accepted for compatibility with Neon and ignored");
@@ -168,9 +172,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
 
     let pgdata = pgdata.ok_or_else(|| usage("-D/--pgdata is required".into()))?;
     let connstr = connstr.ok_or_else(|| usage("-C/--connstr is required".into()))?;
-    connstr
-        .parse::<postgres::Config>()
-        .map_err(|e| usage(format!("-C/--connstr: cannot parse {connstr:?}: {e}")))?;
+    connstr.parse::<postgres::Config>().map_err(|e| usage(format!("-C/--connstr: cannot parse {connstr:?}: {e}")))?;
     let spec = match (inline, file, cplane) {
         (Some(s), None, None) => SpecSource::Inline(s),
         (None, Some(f), None) => SpecSource::File(f),

@@ -8,7 +8,8 @@ use crate::args::{Args, SpecSource};
 use crate::error::{Error, Result};
 use crate::http::{routes, server};
 use crate::lifecycle::{
-    Configuration, ConfigurationPending, Context, Empty, Failed, Init, Live, Running, Shared, Status, Terminated,
+    Configuration, ConfigurationPending, Context, ContextData, Empty, Failed, Init, Live, Running, Shared, Status,
+    Terminated,
 };
 use crate::postgres::pgdata;
 use crate::postgres::process::StopMode;
@@ -58,6 +59,27 @@ enum Ending {
 
 /// Runs compute_ctl to the end and returns the process exit code.
 pub fn run(args: Args) -> Result<i32> {
+    let (tx, rx) = mpsc::channel::<Event>();
+    let app = Arc::new(routes::App {
+        shared: Shared::new(),
+        events: Mutex::new(tx),
+        live_config_allowed: !matches!(args.spec, SpecSource::Inline(_)),
+        connstr: args.connstr.clone(),
+        in_flight: AtomicUsize::new(0),
+    });
+    let result = supervise(args, app.clone(), rx);
+    // Give handlers that were answered by the owner a moment to write their responses; the
+    // bound keeps a stuck client from delaying the exit.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while app.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    result
+}
+
+fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i32> {
+    let tx = app.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let shared = app.shared.clone();
     let bindir = pgdata::bindir(&args.pgbin)?;
     let run_as = pgdata::postgres_identity(&args.pg_user)?;
     // The spec is read and validated before anything on disk is touched.
@@ -70,10 +92,8 @@ pub fn run(args: Args) -> Result<i32> {
         SpecSource::ControlPlane(_) | SpecSource::Wait => None,
     };
 
-    let (tx, rx) = mpsc::channel::<Event>();
-    let shared = Shared::new();
     let exit_tx = Mutex::new(tx.clone());
-    let ctx = Context {
+    let ctx = Context::new(ContextData {
         args: Arc::new(args.clone()),
         bindir,
         run_as,
@@ -83,15 +103,9 @@ pub fn run(args: Args) -> Result<i32> {
         on_postgres_exit: Arc::new(move |_, _| {
             let _ = exit_tx.lock().unwrap_or_else(|p| p.into_inner()).send(Event::PostgresExited);
         }),
-    };
+    });
     spawn_signal_thread(&ctx, tx.clone())?;
 
-    let app = Arc::new(routes::App {
-        shared: shared.clone(),
-        events: Mutex::new(tx.clone()),
-        live_config_allowed: !matches!(args.spec, SpecSource::Inline(_)),
-        connstr: args.connstr.clone(),
-    });
     for (port, which, name) in [
         (args.external_http_port, routes::Server::External, "external"),
         (args.internal_http_port, routes::Server::Internal, "internal"),
@@ -265,11 +279,11 @@ fn spawn_signal_thread(ctx: &Context, tx: Sender<Event>) -> Result<()> {
             for sig in signals.forever() {
                 log::info!("received termination signal {sig}");
                 interrupted.store(true, Ordering::SeqCst);
-                if count.fetch_add(1, Ordering::SeqCst) > 0 {
-                    if let Some(pm) = postmaster.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                        log::warn!("second signal: immediate shutdown of postgres (pid {})", pm.pid());
-                        pm.stop(StopMode::Immediate);
-                    }
+                if count.fetch_add(1, Ordering::SeqCst) > 0
+                    && let Some(pm) = postmaster.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+                {
+                    log::warn!("second signal: immediate shutdown of postgres (pid {})", pm.pid());
+                    pm.stop(StopMode::Immediate);
                 }
                 let _ = tx.send(Event::Signal(sig));
             }

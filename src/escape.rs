@@ -66,9 +66,7 @@ pub fn conf_value(text: &str) -> String {
 /// words). Anything else is written quoted, which the server accepts for every type.
 pub fn is_bare_conf_token(value: &str) -> bool {
     !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'+' | b':'))
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'+' | b':'))
 }
 
 /// True for a valid `postgresql.conf` parameter name (`work_mem`, `neon.timeline_id`).

@@ -52,6 +52,7 @@ pub fn set_parent_death_signal(signal: i32, parent: u32) -> io::Result<()> {
     Ok(())
 }
 
+#[allow(dead_code)] // used by the PID 1 reaper (operational-surface issue)
 /// When compute_ctl is PID 1: reaps one exited child that is not in `ours` (orphans that the
 /// kernel re-parented to us), without touching the children that std's `Child::wait` owns.
 /// Returns the reaped pid, or None when there is nothing to reap.

@@ -30,12 +30,7 @@ fn civil(t: SystemTime) -> (String, u32) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let text = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
+    let text = format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
     (text, d.subsec_nanos())
 }
 
@@ -82,7 +77,10 @@ mod tests {
     fn parses_what_it_formats() {
         let t = UNIX_EPOCH + Duration::new(1_740_071_656, 123_456_000);
         assert_eq!(parse_utc_micros("2025-02-20T17:14:16.123456Z"), Some(t));
-        assert_eq!(parse_utc_micros("2024-02-29T00:00:00.000000Z").map(rfc3339_z).as_deref(), Some("2024-02-29T00:00:00.000000000Z"));
+        assert_eq!(
+            parse_utc_micros("2024-02-29T00:00:00.000000Z").map(rfc3339_z).as_deref(),
+            Some("2024-02-29T00:00:00.000000000Z")
+        );
         assert_eq!(parse_utc_micros("garbage"), None);
     }
 }

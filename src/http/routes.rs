@@ -17,6 +17,9 @@ pub struct App {
     /// False when the spec came from `-s` (then `/configure` answers 412, as in Neon).
     pub live_config_allowed: bool,
     pub connstr: String,
+    /// Requests being handled; the owner waits for them before the process exits so that
+    /// the last answers (to `/terminate`, say) are written.
+    pub in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl App {
@@ -37,7 +40,18 @@ pub fn handler(app: Arc<App>, server: Server) -> super::server::Handler {
     Arc::new(move |req: &Request| route(&app, server, req))
 }
 
+/// Counts a request as in flight for as long as it lives.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 fn route(app: &App, server: Server, req: &Request) -> Response {
+    app.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let _in_flight = InFlight(&app.in_flight);
     let m = req.method.as_str();
     let get = m == "GET" || m == "HEAD";
     let resp = match (server, req.path.as_str()) {

@@ -36,10 +36,8 @@ pub fn spawn(addr: SocketAddr, name: &str, handler: Handler) -> io::Result<Socke
             }
             let handler = handler.clone();
             let active2 = active.clone();
-            let spawned = std::thread::Builder::new()
-                .name("http-conn".into())
-                .stack_size(256 * 1024)
-                .spawn(move || {
+            let spawned =
+                std::thread::Builder::new().name("http-conn".into()).stack_size(256 * 1024).spawn(move || {
                     serve_connection(stream, &handler);
                     active2.fetch_sub(1, Ordering::SeqCst);
                 });
@@ -97,7 +95,11 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits) -> R
             None => IDLE_TIMEOUT.checked_sub(idle_since.elapsed()),
         };
         let Some(timeout) = timeout.filter(|t| !t.is_zero()) else {
-            return if started.is_some() { Err(Response::error(408, "request not received in time")) } else { Ok(None) };
+            return if started.is_some() {
+                Err(Response::error(408, "request not received in time"))
+            } else {
+                Ok(None)
+            };
         };
         let _ = stream.set_read_timeout(Some(timeout));
         match stream.read(&mut chunk) {
@@ -106,7 +108,11 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits) -> R
                 started.get_or_insert_with(Instant::now);
                 buf.extend_from_slice(&chunk[..n]);
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) => {}
             Err(_) => return Ok(None),
         }
     }

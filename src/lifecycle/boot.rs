@@ -96,7 +96,8 @@ impl Boot {
             for f in ["postgresql.conf", "pg_hba.conf", conf::TEMP_OVERRIDE, "standby.signal"] {
                 let p = pgdata.join(f);
                 if p.exists() {
-                    std::os::unix::fs::chown(&p, Some(u.uid), Some(u.gid)).map_err(|e| Error::io("cannot chown", &p, e))?;
+                    std::os::unix::fs::chown(&p, Some(u.uid), Some(u.gid))
+                        .map_err(|e| Error::io("cannot chown", &p, e))?;
                 }
             }
         }

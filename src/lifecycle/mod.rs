@@ -105,10 +105,26 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-/// What every state carries: the arguments, where the binaries are, who Postgres runs as,
-/// the published snapshot, and how to reach the process owner.
+/// What every state carries (cheap to clone: one `Arc`).
 #[derive(Clone)]
-pub struct Context {
+pub struct Context(Arc<ContextData>);
+
+impl Context {
+    pub fn new(data: ContextData) -> Context {
+        Context(Arc::new(data))
+    }
+}
+
+impl std::ops::Deref for Context {
+    type Target = ContextData;
+    fn deref(&self) -> &ContextData {
+        &self.0
+    }
+}
+
+/// The arguments, where the binaries are, who Postgres runs as, the published snapshot, and
+/// how to reach the process owner.
+pub struct ContextData {
     pub args: Arc<Args>,
     pub bindir: PathBuf,
     pub run_as: Option<RunAs>,
@@ -121,7 +137,7 @@ pub struct Context {
     pub on_postgres_exit: Arc<dyn Fn(u32, ExitStatus) + Send + Sync>,
 }
 
-impl Context {
+impl ContextData {
     fn publish(&self, status: Status, error: Option<String>) {
         log::info!("compute status: {}", status.wire_name());
         self.shared.update(|s| {

@@ -105,7 +105,7 @@ pub fn line_in_file(path: &Path, line: &str) -> Result<bool> {
         .open(path)
         .map_err(|e| Error::io("cannot open", path, e))?;
     let sep = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
-    write!(f, "{sep}{line}\n").map_err(|e| Error::io("cannot append to", path, e))?;
+    writeln!(f, "{sep}{line}").map_err(|e| Error::io("cannot append to", path, e))?;
     Ok(true)
 }
 
@@ -113,12 +113,13 @@ pub fn line_in_file(path: &Path, line: &str) -> Result<bool> {
 /// lines a spec's `postgresql_conf` holds (used to find `max_connections`).
 pub fn find_in_conf_text<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.lines()
+        .rev()
         .filter_map(|l| {
             let l = l.split('#').next()?.trim();
             let (k, v) = l.split_once('=').or_else(|| l.split_once(char::is_whitespace))?;
             (k.trim() == name).then(|| v.trim().trim_matches('\''))
         })
-        .last()
+        .next()
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 use super::process::RunAs;
 use crate::error::{Error, Result};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// True when compute_ctl runs as root (then Postgres runs as `--pg-user`).
@@ -40,7 +40,9 @@ pub fn bindir(pgbin: &Path) -> Result<PathBuf> {
             .flat_map(std::env::split_paths)
             .map(|d| d.join(pgbin))
             .find(|p| p.is_file())
-            .ok_or_else(|| Error::Usage(format!("-b/--pgbin: {} is not on PATH; give its full path", pgbin.display())))?
+            .ok_or_else(|| {
+                Error::Usage(format!("-b/--pgbin: {} is not on PATH; give its full path", pgbin.display()))
+            })?
     };
     if !resolved.is_file() {
         return Err(Error::Usage(format!("-b/--pgbin: {} does not exist", resolved.display())));

@@ -115,10 +115,10 @@ impl StopMode {
 /// cannot recycle the pid) between the check and the kill.
 fn signal_pid(pid: u32, exit: &ExitState, signal: i32) {
     let status = exit.status.lock().expect("exit lock is never poisoned");
-    if status.is_none() {
-        if let Err(e) = sys::kill(pid, signal) {
-            log::warn!("cannot signal postgres (pid {pid}): {e}");
-        }
+    if status.is_none()
+        && let Err(e) = sys::kill(pid, signal)
+    {
+        log::warn!("cannot signal postgres (pid {pid}): {e}");
     }
 }
 
@@ -146,10 +146,9 @@ impl Postmaster {
         let parent = std::process::id();
         // SAFETY-free: the closure only calls async-signal-safe prctl/getppid (see sys).
         unsafe_free_pre_exec(&mut cmd, move || sys::set_parent_death_signal(sys::SIGQUIT, parent));
-        let mut child = cmd.spawn().map_err(|e| Error::Process {
-            what: format!("cannot run {}", pgbin.display()),
-            detail: e.to_string(),
-        })?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::Process { what: format!("cannot run {}", pgbin.display()), detail: e.to_string() })?;
         let log = LogTail::default();
         let stderr = child.stderr.take().expect("stderr was piped above");
         let log_thread = forward_log(stderr, log.clone());
@@ -292,7 +291,6 @@ fn spawn_reaper(
         })
         .expect("spawning a thread only fails when the system is out of resources");
 }
-
 
 /// `exited with code 1`, `killed by signal 9`.
 pub fn describe_exit(status: ExitStatus) -> String {

@@ -81,7 +81,7 @@ pub enum StorageMode {
 /// A spec that passed validation. Fields are read-only: a `ParsedSpec` is a value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedSpec {
-    spec: ComputeSpec,
+    spec: Box<ComputeSpec>,
     tenant_id: Id,
     timeline_id: Id,
     storage: StorageMode,
@@ -102,7 +102,12 @@ impl ParsedSpec {
         let id = |field: &str, setting: &str| -> Result<Id> {
             let text = match spec_str(&spec, field, setting) {
                 Some(t) => t,
-                None => return Err(Error::invalid(field, format!("missing (also not given as cluster.settings {setting})"))),
+                None => {
+                    return Err(Error::invalid(
+                        field,
+                        format!("missing (also not given as cluster.settings {setting})"),
+                    ));
+                }
             };
             text.parse::<Id>().map_err(|e| Error::invalid(field, e))
         };
@@ -117,10 +122,10 @@ impl ParsedSpec {
                     return Err(Error::invalid("pageserver_connstring", "empty entry in the comma-separated list"));
                 }
                 let mut safekeepers = spec.safekeeper_connstrings.clone();
-                if safekeepers.is_empty() {
-                    if let Some(s) = spec.setting("neon.safekeepers") {
-                        safekeepers = s.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-                    }
+                if safekeepers.is_empty()
+                    && let Some(s) = spec.setting("neon.safekeepers")
+                {
+                    safekeepers = s.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
                 }
                 if spec.mode == ComputeMode::Primary && safekeepers.is_empty() {
                     return Err(Error::invalid(
@@ -140,7 +145,7 @@ impl ParsedSpec {
         }
         validate_settings(&spec)?;
         validate_catalog(&spec)?;
-        Ok(ParsedSpec { spec, tenant_id, timeline_id, storage })
+        Ok(ParsedSpec { spec: Box::new(spec), tenant_id, timeline_id, storage })
     }
 
     pub fn spec(&self) -> &ComputeSpec {
@@ -180,6 +185,12 @@ fn validate_settings(spec: &ComputeSpec) -> Result<()> {
         match &opt.value {
             None => return Err(Error::invalid(field, "value is null; postgresql.conf needs a value")),
             Some(v) if v.contains('\0') => return Err(Error::invalid(field, "value contains a NUL byte")),
+            Some(v) if !opt.is_string() && v.chars().any(char::is_control) => {
+                return Err(Error::invalid(
+                    field,
+                    format!("value {v:?} of a {} setting contains control characters", opt.vartype),
+                ));
+            }
             Some(_) => {}
         }
     }
@@ -322,7 +333,10 @@ mod tests {
         let p = ParsedSpec::parse(&json).unwrap();
         assert_eq!(
             p.spec().features,
-            vec![super::super::ComputeFeature::UnknownFeature, super::super::ComputeFeature::ActivityMonitorExperimental]
+            vec![
+                super::super::ComputeFeature::UnknownFeature,
+                super::super::ComputeFeature::ActivityMonitorExperimental
+            ]
         );
     }
 

@@ -1,0 +1,5 @@
+//! All integration tests, in one binary (one link, one template PGDATA per run).
+
+mod support;
+
+mod lifecycle;

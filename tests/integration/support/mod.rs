@@ -1,0 +1,431 @@
+//! Shared fixtures: a template PGDATA made by `initdb` once per test run and copied per test,
+//! free loopback ports, a running compute_ctl child that is stopped by pid on drop, and a raw
+//! HTTP client.
+#![allow(dead_code)]
+
+pub mod http;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_compute_ctl");
+pub const PGBIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+pub const SUPERUSER: &str = "cloud_admin";
+pub const TENANT: &str = "b0554b632bd4d547a63b86c3630317e8";
+pub const TIMELINE: &str = "2414a61ffc94e428f14b5758fe308e13";
+
+pub fn pgbin() -> String {
+    format!("{PGBIN_DIR}/postgres")
+}
+
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+/// uid and gid of the `postgres` OS user (Postgres runs as it when the tests run as root).
+pub fn postgres_ids() -> (u32, u32) {
+    let text = std::fs::read_to_string("/etc/passwd").unwrap();
+    let line = text.lines().find(|l| l.starts_with("postgres:")).expect("the postgres OS user exists");
+    let f: Vec<&str> = line.split(':').collect();
+    (f[2].parse().unwrap(), f[3].parse().unwrap())
+}
+
+/// Runs `cmd` as the postgres user when we are root.
+pub fn as_pg_user(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    if is_root() {
+        let (u, g) = postgres_ids();
+        cmd.uid(u).gid(g);
+    }
+    cmd
+}
+
+/// Gives `path` (one entry) to the postgres user when we are root.
+pub fn give_to_pg(path: &Path) {
+    if is_root() {
+        let (u, g) = postgres_ids();
+        std::os::unix::fs::chown(path, Some(u), Some(g)).unwrap();
+    }
+}
+
+/// The root of this test run's directories: one per test process, removed by the next run.
+fn run_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let base = std::env::temp_dir().join("compute_ctl-tests");
+        std::fs::create_dir_all(&base).unwrap();
+        set_mode(&base, 0o755);
+        // Leftovers of earlier runs whose process is gone.
+        for e in std::fs::read_dir(&base).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("run-").and_then(|p| p.parse::<u32>().ok())
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let root = base.join(format!("run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        set_mode(&root, 0o755);
+        root
+    })
+}
+
+pub fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A PGDATA made by `initdb` once per test run (superuser `cloud_admin`, trust auth).
+pub fn template_pgdata() -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let dir = run_root().join("template");
+        std::fs::create_dir_all(&dir).unwrap();
+        give_to_pg(&dir);
+        set_mode(&dir, 0o700);
+        let out = as_pg_user(Command::new(format!("{PGBIN_DIR}/initdb")).arg("-D").arg(&dir).args([
+            "-U",
+            SUPERUSER,
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--auth=trust",
+            "--no-sync",
+        ]))
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        dir
+    })
+}
+
+/// A fresh directory for one test, removed on drop.
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = run_root().join(format!("{name}-{}", N.fetch_add(1, Ordering::SeqCst)));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        set_mode(&path, 0o755);
+        TestDir { path }
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+
+    /// A copy of the template PGDATA at `name` (milliseconds, unlike initdb).
+    pub fn pgdata_copy(&self, name: &str) -> PathBuf {
+        let dst = self.path.join(name);
+        let st = Command::new("cp").arg("-a").arg(template_pgdata()).arg(&dst).status().unwrap();
+        assert!(st.success());
+        dst
+    }
+
+    /// A directory the postgres user can write (for Unix sockets).
+    pub fn socket_dir(&self) -> PathBuf {
+        let p = self.path.join("sock");
+        std::fs::create_dir_all(&p).unwrap();
+        set_mode(&p, 0o777);
+        p
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A loopback port nobody listens on right now. Ports come from a range of our own, spaced by
+/// process id, and are checked by binding, so parallel tests and runs do not collide.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = 20000 + (std::process::id() as usize * 37) % 30000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (base + n % 15000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port.wrapping_add(1))).is_ok()
+        {
+            // Skip the next one too: HTTP servers use port and port+1.
+            NEXT.fetch_add(1, Ordering::SeqCst);
+            return port;
+        }
+    }
+}
+
+/// A minimal local-mode spec for Postgres on `pg_port` with its socket in `sock`.
+pub fn local_spec(pg_port: u16, sock: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "format_version": 1.0,
+        "tenant_id": TENANT,
+        "timeline_id": TIMELINE,
+        "cluster": {
+            "roles": [],
+            "databases": [],
+            "settings": [
+                {"name": "port", "value": pg_port.to_string(), "vartype": "integer"},
+                {"name": "listen_addresses", "value": "127.0.0.1", "vartype": "string"},
+                {"name": "unix_socket_directories", "value": sock.to_str().unwrap(), "vartype": "string"},
+                {"name": "max_connections", "value": "30", "vartype": "integer"},
+                {"name": "shared_buffers", "value": "16MB", "vartype": "string"},
+                {"name": "fsync", "value": "off", "vartype": "bool"}
+            ]
+        }
+    })
+}
+
+pub fn connstr(pg_port: u16) -> String {
+    format!("postgresql://{SUPERUSER}@127.0.0.1:{pg_port}/postgres")
+}
+
+/// Everything a test needs to run one compute: its directory, ports, PGDATA path and spec.
+pub struct Setup {
+    pub dir: TestDir,
+    pub pgdata: PathBuf,
+    pub pg_port: u16,
+    pub http_port: u16,
+    pub spec: serde_json::Value,
+}
+
+impl Setup {
+    /// PGDATA copied from the template.
+    pub fn new(name: &str) -> Setup {
+        let dir = TestDir::new(name);
+        let pgdata = dir.pgdata_copy("pgdata");
+        Setup::with_pgdata(dir, pgdata)
+    }
+
+    /// PGDATA path that does not exist yet.
+    pub fn empty(name: &str) -> Setup {
+        let dir = TestDir::new(name);
+        let pgdata = dir.join("pgdata");
+        Setup::with_pgdata(dir, pgdata)
+    }
+
+    pub fn with_pgdata(dir: TestDir, pgdata: PathBuf) -> Setup {
+        let pg_port = free_port();
+        let http_port = free_port();
+        let spec = local_spec(pg_port, &dir.socket_dir());
+        Setup { dir, pgdata, pg_port, http_port, spec }
+    }
+
+    pub fn connstr(&self) -> String {
+        connstr(self.pg_port)
+    }
+
+    /// Writes the spec to a file and returns the standard arguments with `-S`.
+    pub fn args(&self) -> Vec<String> {
+        let spec_path = self.dir.join("spec.json");
+        std::fs::write(&spec_path, serde_json::to_vec_pretty(&self.spec).unwrap()).unwrap();
+        let mut a = self.base_args();
+        a.extend(["-S".into(), spec_path.to_str().unwrap().into()]);
+        a
+    }
+
+    /// The arguments without a spec source.
+    pub fn base_args(&self) -> Vec<String> {
+        vec![
+            "-D".into(),
+            self.pgdata.to_str().unwrap().into(),
+            "-C".into(),
+            self.connstr(),
+            "-b".into(),
+            pgbin(),
+            "--http-port".into(),
+            self.http_port.to_string(),
+            "--http-bind".into(),
+            "127.0.0.1".into(),
+            "--exit-delay".into(),
+            "0".into(),
+        ]
+    }
+
+    pub fn spawn(&self) -> Compute {
+        Compute::spawn(&self.args(), self.http_port)
+    }
+
+    pub fn client(&self) -> postgres::Client {
+        pg_client(self.pg_port, "postgres")
+    }
+
+    pub fn setting(&mut self, name: &str, value: &str, vartype: &str) {
+        let settings = self.spec["cluster"]["settings"].as_array_mut().unwrap();
+        settings.retain(|s| s["name"] != name);
+        settings.push(serde_json::json!({"name": name, "value": value, "vartype": vartype}));
+    }
+}
+
+pub fn pg_client(port: u16, db: &str) -> postgres::Client {
+    postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(SUPERUSER)
+        .dbname(db)
+        .connect_timeout(Duration::from_secs(5))
+        .connect(postgres::NoTls)
+        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}/{db}: {e}"))
+}
+
+/// A compute_ctl child process; killed (SIGKILL, so Postgres gets its parent-death signal) on
+/// drop if still running, and waited for.
+pub struct Compute {
+    pub child: Option<Child>,
+    pub http_port: u16,
+    pub log: PathBuf,
+}
+
+static LOG_N: AtomicUsize = AtomicUsize::new(0);
+
+impl Compute {
+    pub fn spawn(args: &[String], http_port: u16) -> Compute {
+        let log = run_root().join(format!("compute-{}.log", LOG_N.fetch_add(1, Ordering::SeqCst)));
+        let f = std::fs::File::create(&log).unwrap();
+        let child =
+            Command::new(BIN).args(args).stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+        Compute { child: Some(child), http_port, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let r = http::request(self.http_port, "GET", "/status", &[], b"").ok()?;
+        serde_json::from_slice(&r.body).ok()
+    }
+
+    /// Polls `/status` until it says `want`, failing on `failed` (unless wanted) or exit.
+    pub fn wait_status(&mut self, want: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status() {
+                if s["status"] == want {
+                    return s;
+                }
+                if s["status"] == "failed" && want != "failed" {
+                    panic!("compute failed: {s}\nlog:\n{}", self.log_text());
+                }
+            }
+            if let Some(st) = self.try_wait() {
+                panic!("compute_ctl exited ({st}) before {want}; log:\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "no status {want} in {timeout:?}; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn wait_running(&mut self) -> serde_json::Value {
+        self.wait_status("running", Duration::from_secs(30))
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().unwrap()
+    }
+
+    /// Waits for compute_ctl to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_wait() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "compute_ctl still running after {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Compute {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take()
+            && c.try_wait().ok().flatten().is_none()
+        {
+            {
+                let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// The pid in `PGDATA/postmaster.pid`, if any.
+pub fn postmaster_pid(pgdata: &Path) -> Option<u32> {
+    std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
+}
+
+/// True while a process with this pid exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is gone.
+pub fn wait_pid_gone(pid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while pid_alive(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} still alive after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `pg_controldata` on PGDATA and returns the "Database cluster state" line's value.
+pub fn cluster_state(pgdata: &Path) -> String {
+    let out = Command::new(format!("{PGBIN_DIR}/pg_controldata")).arg(pgdata).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Database cluster state:"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no cluster state in pg_controldata output: {text}"))
+}
+
+/// A snapshot of every file under `dir` (path, bytes), to prove a directory was untouched.
+pub fn tree_snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
