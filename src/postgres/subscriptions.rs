@@ -85,10 +85,44 @@ pub fn guard_before_start(ctx: &Context, spec: &ParsedSpec) -> Result<Guard> {
         log::info!("subscriptions were already dropped for timeline {}: no guard needed", spec.timeline_id());
         return Ok(Guard::AlreadyDone);
     }
+    if no_subscription_can_exist(&ctx.args.pgdata) {
+        log::info!("pg_subscription is empty in a cleanly shut down cluster: no guard needed");
+        return Ok(Guard::AlreadyDone);
+    }
     let started = std::time::Instant::now();
     single_user_disable(ctx, spec.timeline_id())?;
     log::info!("single-user pass disabled inherited subscriptions in {} ms", started.elapsed().as_millis());
     Ok(Guard::SingleUser)
+}
+
+/// OID of the shared catalog `pg_subscription`.
+const PG_SUBSCRIPTION_OID: u32 = 6100;
+/// `DB_SHUTDOWNED` in `pg_control`'s `state` field.
+const DB_SHUTDOWNED: u32 = 1;
+
+/// True only when the cluster was shut down cleanly (no WAL left to replay that could add a
+/// subscription) and the heap file of `pg_subscription` has no pages: then no subscription can
+/// exist and the single-user pass can be skipped. Any doubt (unreadable or unexpected files)
+/// answers false, so the pass runs.
+pub fn no_subscription_can_exist(pgdata: &std::path::Path) -> bool {
+    let Ok(control) = std::fs::read(pgdata.join("global/pg_control")) else { return false };
+    // ControlFileData: system_identifier u64, pg_control_version u32, catalog_version_no u32,
+    // then the DBState enum.
+    let Some(state) = control.get(16..20) else { return false };
+    if u32::from_ne_bytes(state.try_into().expect("4 bytes")) != DB_SHUTDOWNED {
+        return false;
+    }
+    let Ok(map) = std::fs::read(pgdata.join("global/pg_filenode.map")) else { return false };
+    // RelMapFile: magic i32, num_mappings i32, then (oid u32, filenumber u32) pairs.
+    let Some(n) = map.get(4..8).map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes"))) else { return false };
+    let filenode = (0..usize::try_from(n).unwrap_or(0)).find_map(|i| {
+        let at = 8 + i * 8;
+        let oid = u32::from_ne_bytes(map.get(at..at + 4)?.try_into().ok()?);
+        let node = u32::from_ne_bytes(map.get(at + 4..at + 8)?.try_into().ok()?);
+        (oid == PG_SUBSCRIPTION_OID).then_some(node)
+    });
+    let Some(filenode) = filenode else { return false };
+    std::fs::metadata(pgdata.join(format!("global/{filenode}"))).is_ok_and(|m| m.len() == 0)
 }
 
 /// One `postgres --single` run in the system database that disables every subscription
@@ -284,5 +318,36 @@ pub fn release_guard(ctx: &Context, spec: &ParsedSpec, guard: Guard, pm: &Postma
             log::info!("neon.disable_logical_replication_subscribers released");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_or_unclean_clusters_never_skip_the_pass() {
+        let dir = std::env::temp_dir().join(format!("cc-subs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("global")).unwrap();
+        assert!(!no_subscription_can_exist(&dir));
+        let mut control = vec![0u8; 64];
+        control[16..20].copy_from_slice(&1u32.to_ne_bytes());
+        std::fs::write(dir.join("global/pg_control"), &control).unwrap();
+        let mut map = Vec::new();
+        map.extend_from_slice(&0x592717i32.to_ne_bytes());
+        map.extend_from_slice(&1i32.to_ne_bytes());
+        map.extend_from_slice(&6100u32.to_ne_bytes());
+        map.extend_from_slice(&6100u32.to_ne_bytes());
+        std::fs::write(dir.join("global/pg_filenode.map"), &map).unwrap();
+        std::fs::write(dir.join("global/6100"), b"").unwrap();
+        assert!(no_subscription_can_exist(&dir));
+        std::fs::write(dir.join("global/6100"), vec![0u8; 8192]).unwrap();
+        assert!(!no_subscription_can_exist(&dir));
+        std::fs::write(dir.join("global/6100"), b"").unwrap();
+        control[16..20].copy_from_slice(&4u32.to_ne_bytes()); // in production: WAL may add rows
+        std::fs::write(dir.join("global/pg_control"), &control).unwrap();
+        assert!(!no_subscription_can_exist(&dir));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -366,3 +366,15 @@ fn configure_with_the_flag_on_a_running_compute_drops_nothing() {
     assert_eq!(subscriptions(&mut db), vec!["live".to_string()]);
     wait_until("the live subscription to keep replicating", Duration::from_secs(30), || count(&mut db, "t") == 2);
 }
+
+#[test]
+fn a_clean_cluster_without_subscriptions_skips_the_single_user_pass() {
+    let mut s = Setup::new("subnone");
+    s.spec["drop_subscriptions_before_start"] = serde_json::json!(true);
+    let mut c = s.spawn();
+    c.wait_running();
+    let log = c.log_text();
+    assert!(log.contains("pg_subscription is empty in a cleanly shut down cluster"), "{log}");
+    assert!(!log.contains("single-user pass"), "{log}");
+    assert_eq!(marker(&mut s.client()), vec![(1, support::TIMELINE.to_string())]);
+}

@@ -1,0 +1,372 @@
+//! Overhead of `drop_subscriptions_before_start` on a branch start.
+//!
+//! For branches whose parent subscribes in 1, 5 and 20 databases (one subscription each, to a
+//! real publisher on loopback), it times compute_ctl from process start to `/status` saying
+//! `running` with the flag on (the drop happens), and the same branch after the drop was
+//! recorded with the flag off, median of 10 each, and prints the overhead. It also times the
+//! alternatives the guard was chosen against: a no-op single-user pass and a fast restart.
+//!
+//! Run: `cargo run --release --example bench_subscriptions` (as root or as a user that can
+//! run Postgres; PostgreSQL 15 in /usr/lib/postgresql/15/bin). Output lines starting with
+//! `RESULT` are collected by `examples/bench.rs`.
+
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+const RUNS: usize = 10;
+
+fn main() {
+    let root = std::env::temp_dir().join(format!("cc-bench-subs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    chmod(&root, 0o755);
+    let exe = compute_ctl_binary();
+    let template = initdb(&root.join("template"));
+    let publisher = Plain::start(
+        &root,
+        "publisher",
+        &template,
+        41000,
+        &["wal_level=logical", "max_wal_senders=100", "max_replication_slots=100"],
+    );
+
+    println!("drop_subscriptions_before_start overhead (median of {RUNS} starts, skip_pg_catalog_updates, local mode)");
+    println!("{:>10} {:>14} {:>14} {:>12}", "databases", "flag on ms", "flag off ms", "overhead ms");
+    for n in [1usize, 5, 20] {
+        let dbs: Vec<String> = (0..n).map(|d| format!("b{n}_{d}")).collect();
+        for db in &dbs {
+            publisher.sql("postgres", &format!("CREATE DATABASE {db}"));
+            publisher.sql(
+                db,
+                "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t; INSERT INTO t VALUES (1)",
+            );
+        }
+        let parent = make_parent(&root, &template, &publisher, &dbs, free_port());
+        let port = free_port();
+        let on: Vec<f64> =
+            (0..RUNS).map(|r| start_branch(&exe, &root, &parent, port, &format!("on{n}-{r}"), true).0).collect();
+        // A branch whose drop was recorded: the baseline start, flag off.
+        let (_, done) = start_branch(&exe, &root, &parent, port, &format!("done{n}"), true);
+        let off: Vec<f64> =
+            (0..RUNS).map(|r| start_branch(&exe, &root, &done, port, &format!("off{n}-{r}"), false).0).collect();
+        let (m_on, m_off) = (median(on), median(off));
+        println!("{n:>10} {m_on:>14.1} {m_off:>14.1} {:>12.1}", m_on - m_off);
+        println!("RESULT subscriptions_overhead_{n}db_ms {:.1} ms", m_on - m_off);
+    }
+
+    // The alternatives: a no-op single-user pass, and a fast restart (what
+    // max_logical_replication_workers = 0 would cost to undo).
+    let pgdata = copy_dir(&template, &root.join("alt"));
+    let single: Vec<f64> = (0..RUNS)
+        .map(|_| {
+            let t = Instant::now();
+            let mut c = pg_cmd("postgres");
+            c.args(["--single", "-D"])
+                .arg(&pgdata)
+                .arg("postgres")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut child = c.spawn().unwrap();
+            child.stdin.take().unwrap().write_all(b"SELECT 1\n").unwrap();
+            assert!(child.wait().unwrap().success());
+            ms(t)
+        })
+        .collect();
+    let plain = Plain::start(&root, "restart", &template, free_port(), &[]);
+    let restart: Vec<f64> = (0..RUNS)
+        .map(|_| {
+            let t = Instant::now();
+            let st = pg_cmd("pg_ctl")
+                .args(["restart", "-m", "fast", "-w", "-s", "-D"])
+                .arg(&plain.pgdata)
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success());
+            ms(t)
+        })
+        .collect();
+    let _ = pg_cmd("pg_ctl").args(["stop", "-m", "fast", "-s", "-D"]).arg(&plain.pgdata).status();
+    println!(
+        "guard alternatives: no-op single-user pass {:.1} ms, fast restart (pg_ctl restart -w) {:.1} ms",
+        median(&single),
+        median(&restart)
+    );
+    println!("RESULT single_user_pass_ms {:.1} ms", median(&single));
+    println!("RESULT fast_restart_ms {:.1} ms", median(&restart));
+    drop(publisher);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn compute_ctl_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("compute_ctl");
+    assert!(bin.exists(), "build the binary first: cargo build --release ({} missing)", bin.display());
+    bin
+}
+
+/// A loopback port that is free, with the next one free too (compute_ctl's HTTP port).
+fn free_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < 65000 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+fn median(v: impl AsRef<[f64]>) -> f64 {
+    let mut v = v.as_ref().to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn pg_ids() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    let f: Vec<&str> = text.lines().find(|l| l.starts_with("postgres:"))?.split(':').collect();
+    Some((f[2].parse().ok()?, f[3].parse().ok()?))
+}
+
+/// A command for a Postgres tool, run as the postgres user when we are root.
+fn pg_cmd(tool: &str) -> Command {
+    let mut c = Command::new(format!("{BIN_DIR}/{tool}"));
+    if let Some((u, g)) = pg_ids() {
+        c.uid(u).gid(g);
+    }
+    c
+}
+
+fn chown(p: &Path) {
+    if let Some((u, g)) = pg_ids() {
+        std::os::unix::fs::chown(p, Some(u), Some(g)).unwrap();
+    }
+}
+
+fn initdb(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    chown(dir);
+    chmod(dir, 0o700);
+    let out = pg_cmd("initdb")
+        .arg("-D")
+        .arg(dir)
+        .args(["-U", "cloud_admin", "-E", "UTF8", "--locale=C.UTF-8", "--auth=trust", "--no-sync"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir.to_path_buf()
+}
+
+fn copy_dir(from: &Path, to: &Path) -> PathBuf {
+    let _ = std::fs::remove_dir_all(to);
+    assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
+    let _ = std::fs::remove_file(to.join("postmaster.pid"));
+    to.to_path_buf()
+}
+
+/// A plain Postgres server (publisher, parent, restart baseline).
+struct Plain {
+    pgdata: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Plain {
+    fn start(root: &Path, name: &str, template: &Path, port: u16, settings: &[&str]) -> Plain {
+        let pgdata = copy_dir(template, &root.join(name));
+        let mut c = pg_cmd("postgres");
+        c.arg("-D").arg(&pgdata);
+        for s in ["listen_addresses=127.0.0.1", "unix_socket_directories=", "fsync=off", "max_connections=200"]
+            .iter()
+            .chain(settings)
+        {
+            c.arg("-c").arg(s);
+        }
+        c.arg("-c").arg(format!("port={port}"));
+        let child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let p = Plain { pgdata, port, child: Some(child) };
+        wait_ready(&p.pgdata);
+        p
+    }
+
+    fn sql(&self, db: &str, sql: &str) {
+        let out = Command::new(format!("{BIN_DIR}/psql"))
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "cloud_admin",
+                "-p",
+                &self.port.to_string(),
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn query(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(format!("{BIN_DIR}/psql"))
+            .args([
+                "-X",
+                "-At",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "cloud_admin",
+                "-p",
+                &self.port.to_string(),
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-INT").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Plain {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn wait_ready(pgdata: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::fs::read_to_string(pgdata.join("postmaster.pid"))
+            .is_ok_and(|t| t.lines().last().map(str::trim) == Some("ready"))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "postgres in {} not ready", pgdata.display());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A stopped parent whose databases each subscribe to the publisher, caught up.
+fn make_parent(root: &Path, template: &Path, publisher: &Plain, dbs: &[String], port: u16) -> PathBuf {
+    let name = format!("parent{}", dbs.len());
+    let mut p = Plain::start(
+        root,
+        &name,
+        template,
+        port,
+        &["max_logical_replication_workers=30", "max_worker_processes=40", "max_replication_slots=50"],
+    );
+    for db in dbs {
+        p.sql("postgres", &format!("CREATE DATABASE {db}"));
+        p.sql(db, "CREATE TABLE t (id int PRIMARY KEY)");
+        p.sql(db, &format!("CREATE SUBSCRIPTION sub_{db} CONNECTION 'host=127.0.0.1 port={} user=cloud_admin dbname={db}' PUBLICATION pub", publisher.port));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for db in dbs {
+        while p.query(db, "SELECT count(*) FROM t") != "1" {
+            assert!(Instant::now() < deadline, "parent did not sync {db}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    p.stop();
+    p.pgdata.clone()
+}
+
+/// Copies `from` to a fresh branch PGDATA, starts compute_ctl on it (new timeline, flag as
+/// given), returns the time from spawn to `running` and the PGDATA (stopped again).
+fn start_branch(exe: &Path, root: &Path, from: &Path, port: u16, name: &str, flag: bool) -> (f64, PathBuf) {
+    let pgdata = copy_dir(from, &root.join(name));
+    let http = port + 1;
+    let spec = serde_json::json!({
+        "format_version": 1.0,
+        "tenant_id": "b0554b632bd4d547a63b86c3630317e8",
+        "timeline_id": format!("{:032x}", name.bytes().fold(7u128, |h, b| h.wrapping_mul(131).wrapping_add(u128::from(b)))),
+        "skip_pg_catalog_updates": true,
+        "drop_subscriptions_before_start": flag,
+        "cluster": {"roles": [], "databases": [], "settings": [
+            {"name": "port", "value": port.to_string(), "vartype": "integer"},
+            {"name": "listen_addresses", "value": "127.0.0.1", "vartype": "string"},
+            {"name": "unix_socket_directories", "value": "", "vartype": "string"},
+            {"name": "max_logical_replication_workers", "value": "30", "vartype": "integer"},
+            {"name": "max_worker_processes", "value": "40", "vartype": "integer"},
+            {"name": "max_replication_slots", "value": "50", "vartype": "integer"},
+            {"name": "fsync", "value": "off", "vartype": "bool"}
+        ]}
+    });
+    let t = Instant::now();
+    let mut child = Command::new(exe)
+        .args(["-D", pgdata.to_str().unwrap(), "-C", &format!("postgresql://cloud_admin@127.0.0.1:{port}/postgres")])
+        .args([
+            "-b",
+            &format!("{BIN_DIR}/postgres"),
+            "--http-port",
+            &http.to_string(),
+            "--http-bind",
+            "127.0.0.1",
+            "--exit-delay",
+            "0",
+        ])
+        .args(["-s", &spec.to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let took = loop {
+        if let Some(body) = get_status(http)
+            && body.contains("\"status\":\"running\"")
+        {
+            break ms(t);
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(root.join(format!("{name}.log"))).unwrap_or_default();
+            panic!("compute_ctl exited ({st}) before running:\n{log}");
+        }
+        assert!(Instant::now() < deadline, "branch {name} not running");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    (took, pgdata)
+}
+
+fn get_status(port: u16) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
