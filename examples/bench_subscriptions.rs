@@ -346,7 +346,7 @@ fn start_branch(exe: &Path, root: &Path, from: &Path, port: u16, name: &str, fla
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let took = loop {
-        if let Some(body) = get_status(http)
+        if let Some(body) = get(http, "/status")
             && body.contains("\"status\":\"running\"")
         {
             break ms(t);
@@ -358,14 +358,19 @@ fn start_branch(exe: &Path, root: &Path, from: &Path, port: u16, name: &str, fla
         assert!(Instant::now() < deadline, "branch {name} not running");
         std::thread::sleep(Duration::from_millis(1));
     };
+    if flag && let Some(m) = get(http, "/metrics.json") {
+        let body = m.split("\r\n\r\n").nth(1).unwrap_or("{}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        eprintln!("  {name}: {took:.1} ms to running, drop_subscriptions_ms {}", v["drop_subscriptions_ms"]);
+    }
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let _ = child.wait();
     (took, pgdata)
 }
 
-fn get_status(port: u16) -> Option<String> {
+fn get(port: u16, path: &str) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     Some(text)

@@ -101,7 +101,10 @@ impl Boot {
                 }
             }
         }
+        let guard_started = Instant::now();
         self.guard = subscriptions::guard_before_start(&self.ctx, &self.spec)?;
+        let ms = elapsed_ms(guard_started);
+        self.ctx.shared.update(|s| s.metrics.drop_subscriptions_ms += ms);
         Ok(())
     }
 

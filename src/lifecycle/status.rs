@@ -85,7 +85,7 @@ pub struct Metrics {
     pub num_ext_downloaded: u64,
     pub largest_ext_size: u64,
     pub total_ext_download_size: u64,
-    /// Time spent dropping inherited subscriptions (guard included); not in Neon's set.
+    /// Time spent on `drop_subscriptions_before_start` (guard pass plus drop); not in Neon's set.
     pub drop_subscriptions_ms: u64,
 }
 
