@@ -110,7 +110,7 @@ fn ingest(connstr: &str, dir: &Path) {
         lsn: None,
         replica: false,
     };
-    fetch(&req, dir).unwrap_or_else(|e| panic!("{e}"));
+    fetch(&req, dir, &std::sync::atomic::AtomicBool::new(false)).unwrap_or_else(|e| panic!("{e}"));
     if let Ok(u) = pgdata::lookup_user("postgres") {
         pgdata::chown_tree(dir, u).unwrap();
     }

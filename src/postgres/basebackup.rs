@@ -17,6 +17,7 @@ use crate::error::{Error, db_error_text};
 use crate::spec::{Id, Lsn};
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tar::EntryType;
 
@@ -81,7 +82,8 @@ pub struct Fetched {
 
 /// Connects, sends the command, and unpacks the stream into `dir` (which should be empty).
 /// Errors are `Error::Basebackup` with the cause; the caller retries and cleans `dir`.
-pub fn fetch(req: &Request<'_>, dir: &Path) -> Result<Fetched, Error> {
+/// `interrupted` is checked at every read, so a termination request stops a flowing stream.
+pub fn fetch(req: &Request<'_>, dir: &Path, interrupted: &AtomicBool) -> Result<Fetched, Error> {
     let mut config: postgres::Config =
         req.connstr.parse().map_err(|e| Error::Basebackup(format!("invalid pageserver connection string: {e}")))?;
     if let Some(t) = req.token {
@@ -99,7 +101,7 @@ pub fn fetch(req: &Request<'_>, dir: &Path) -> Result<Fetched, Error> {
     let reader = client
         .copy_out(req.command().as_str())
         .map_err(|e| Error::Basebackup(format!("{} refused: {}", req.command(), db_error_text(&e))))?;
-    let bytes = unpack(reader, dir).map_err(|e| Error::Basebackup(e.to_string()))?;
+    let bytes = unpack(reader, dir, interrupted).map_err(|e| Error::Basebackup(e.to_string()))?;
     Ok(Fetched { connect_micros, bytes, ms: started.elapsed().as_millis() as u64 })
 }
 
@@ -149,15 +151,20 @@ fn cause_text(e: &io::Error) -> String {
     text
 }
 
-/// Counts what is read and remembers whether the stream reached its end.
-struct Counted<R> {
+/// Counts what is read, remembers whether the stream reached its end, and stops reading
+/// once a termination request arrived.
+struct Counted<'a, R> {
     inner: R,
     bytes: u64,
     eof: bool,
+    interrupted: &'a AtomicBool,
 }
 
-impl<R: Read> Read for Counted<R> {
+impl<R: Read> Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.interrupted.load(Ordering::Relaxed) {
+            return Err(io::Error::other("interrupted by a termination request"));
+        }
         let n = self.inner.read(buf)?;
         if n == 0 && !buf.is_empty() {
             self.eof = true;
@@ -169,8 +176,8 @@ impl<R: Read> Read for Counted<R> {
 
 /// Unpacks a tar stream into `dir`, entry by entry, and returns the bytes read. Succeeds only
 /// when the archive ended with its end-of-archive blocks and the stream then ended cleanly.
-pub fn unpack(stream: impl Read, dir: &Path) -> Result<u64, UnpackError> {
-    let mut archive = tar::Archive::new(Counted { inner: stream, bytes: 0, eof: false });
+pub fn unpack(stream: impl Read, dir: &Path, interrupted: &AtomicBool) -> Result<u64, UnpackError> {
+    let mut archive = tar::Archive::new(Counted { inner: stream, bytes: 0, eof: false, interrupted });
     let entries = archive.entries().map_err(|source| UnpackError::Io { during: "reading the tar".into(), source })?;
     let mut buf = vec![0u8; COPY_BUF];
     for entry in entries {

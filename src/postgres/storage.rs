@@ -113,7 +113,7 @@ fn fetch_with_retries(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match basebackup::fetch(req, staging) {
+        match basebackup::fetch(req, staging, &ctx.interrupted) {
             Ok(f) => return Ok(f),
             Err(e) if attempt <= retries => {
                 log::warn!(

@@ -309,3 +309,41 @@ fn sync_failure_fails_the_start_with_its_output() {
     assert!(err.contains("no quorum of safekeepers answered") && err.contains("giving up"), "{err}");
     assert!(n.ps.seen().queries.is_empty(), "a basebackup was fetched without an LSN");
 }
+
+#[test]
+fn a_hanging_sync_is_stopped_by_sigterm_and_dies_with_a_killed_compute_ctl() {
+    let n = Neon::new("ps-synchang", "Primary".into());
+    n.wrapper.hang();
+    for signal in ["TERM", "KILL"] {
+        std::fs::remove_file(n.s.dir.join("sync-ctl/sync.pid")).ok();
+        let mut c = n.spawn(0);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let pid = loop {
+            if let Some(p) = n.wrapper.sync_pid() {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "sync never started; log:\n{}", c.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        c.signal(signal);
+        assert!(!c.wait_exit(Duration::from_secs(10)).success());
+        support::wait_pid_gone(pid, Duration::from_secs(10));
+        assert!(n.ps.seen().queries.is_empty());
+    }
+}
+
+#[test]
+fn sigterm_of_a_running_primary_syncs_safekeepers_after_postgres_exits() {
+    let n = Neon::new("ps-sigterm", "Primary".into());
+    let mut c = n.spawn(0);
+    c.wait_running();
+    let pm = support::postmaster_pid(&n.s.pgdata).unwrap();
+    c.signal("TERM");
+    assert!(!c.wait_exit(Duration::from_secs(30)).success());
+    assert!(!support::pid_alive(pm));
+    let calls = n.wrapper.sync_calls();
+    assert_eq!(calls.len(), 2, "{calls:?}\n{}", c.log_text());
+    let log = c.log_text();
+    let (exited, synced) = (log.find("exited:").unwrap(), log.find("syncing safekeepers on shutdown").unwrap());
+    assert!(exited < synced, "the shutdown sync ran before postgres exited:\n{log}");
+}

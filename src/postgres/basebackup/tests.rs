@@ -1,6 +1,8 @@
 use super::*;
 use tar::{EntryType, Header};
 
+static NO: AtomicBool = AtomicBool::new(false);
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("cc-bb-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -48,7 +50,7 @@ fn good() -> Vec<u8> {
 fn a_whole_archive_unpacks_and_counts_its_bytes() {
     let d = tmp("good");
     let tar = good();
-    let n = unpack(&tar[..], &d.join("pgdata")).unwrap();
+    let n = unpack(&tar[..], &d.join("pgdata"), &NO).unwrap();
     assert_eq!(n, tar.len() as u64);
     assert_eq!(std::fs::read(d.join("pgdata/base/1")).unwrap(), vec![7u8; 3000]);
     assert_eq!(std::fs::read(d.join("pgdata/lnk")).unwrap().len(), 3000);
@@ -62,7 +64,7 @@ fn a_stream_cut_anywhere_fails() {
     // Inside a header, inside a file body, on an entry boundary, and with one end block only.
     for cut in [100, 512 * 3 + 10, 512 * 2, tar.len() - 1024, tar.len() - 512] {
         let d = tmp("cut");
-        let err = unpack(&tar[..cut], &d.join("pgdata")).unwrap_err();
+        let err = unpack(&tar[..cut], &d.join("pgdata"), &NO).unwrap_err();
         assert!(matches!(err, UnpackError::Truncated { .. } | UnpackError::Io { .. }), "cut at {cut}: {err}");
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -73,7 +75,7 @@ fn data_after_the_end_of_archive_fails() {
     let d = tmp("trail");
     let mut tar = good();
     tar.extend_from_slice(b"ERROR");
-    assert!(matches!(unpack(&tar[..], &d.join("pgdata")), Err(UnpackError::TrailingData)));
+    assert!(matches!(unpack(&tar[..], &d.join("pgdata"), &NO), Err(UnpackError::TrailingData)));
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -101,7 +103,7 @@ fn an_error_mid_stream_or_after_the_tar_fails_with_its_text() {
     let tar = good();
     for ok in [700, tar.len() - 1024 + 512] {
         let d = tmp("err");
-        let err = unpack(FailAfter { data: &tar, ok }, &d.join("pgdata")).unwrap_err().to_string();
+        let err = unpack(FailAfter { data: &tar, ok }, &d.join("pgdata"), &NO).unwrap_err().to_string();
         assert!(err.contains("pageserver went away"), "{err}");
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -131,7 +133,7 @@ fn entries_that_would_land_outside_are_refused() {
             entry
         };
         let tar = archive(&[entry]);
-        let err = unpack(&tar[..], &d.join("pgdata")).unwrap_err().to_string();
+        let err = unpack(&tar[..], &d.join("pgdata"), &NO).unwrap_err().to_string();
         assert!(err.contains(reason), "{i}: {err}");
         assert!(!outside.exists(), "{i}: wrote outside");
         assert_eq!(std::fs::read_dir(d.join("pgdata")).unwrap().count(), 0, "{i}: wrote inside");
@@ -156,4 +158,12 @@ fn command_is_neons_without_gzip() {
     req.replica = true;
     assert_eq!(req.command(), format!("basebackup {tenant} {timeline} --replica"));
     assert_eq!(req.server(), "ps.local:6400");
+}
+
+#[test]
+fn a_termination_request_stops_the_unpack() {
+    let d = tmp("int");
+    let err = unpack(&good()[..], &d.join("pgdata"), &AtomicBool::new(true)).unwrap_err().to_string();
+    assert!(err.contains("interrupted"), "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
 }

@@ -334,6 +334,8 @@ impl Wrapper {
                 std::os::unix::fs::symlink(tool.path(), bindir.join(tool.file_name())).unwrap();
             }
         }
+        // The script runs as the postgres user: it must be able to write here.
+        std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o777)).unwrap();
         let log = ctl.join("sync.log");
         std::fs::write(&log, "").unwrap();
         // The script runs as the postgres user: the log must be writable by anyone.
@@ -343,6 +345,10 @@ impl Wrapper {
             r#"#!/bin/sh
 if [ "$1" = "--sync-safekeepers" ]; then
     echo "pgdata=$PGDATA token=$NEON_AUTH_TOKEN" >> '{c}/sync.log'
+    if [ -f '{c}/hang' ]; then
+        echo $$ > '{c}/sync.pid.tmp' && mv '{c}/sync.pid.tmp' '{c}/sync.pid'
+        exec sleep 300
+    fi
     if [ -f '{c}/fail' ]; then
         cat '{c}/fail'
         echo "sync-safekeepers stand-in: giving up" >&2
@@ -370,6 +376,16 @@ exec '{real_bindir}/postgres' "$@"
     /// Makes `--sync-safekeepers` print `output` and exit 3.
     pub fn fail_with(&self, output: &str) {
         std::fs::write(self.ctl.join("fail"), output).unwrap();
+    }
+
+    /// Makes `--sync-safekeepers` hang (as `sleep`, its pid in [`Wrapper::sync_pid`]).
+    pub fn hang(&self) {
+        std::fs::write(self.ctl.join("hang"), "").unwrap();
+    }
+
+    /// The pid of a hanging `--sync-safekeepers`, once it runs.
+    pub fn sync_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.ctl.join("sync.pid")).ok()?.trim().parse().ok()
     }
 
     /// One line per `--sync-safekeepers` run: `pgdata=… token=…`.
