@@ -347,3 +347,19 @@ fn sigterm_of_a_running_primary_syncs_safekeepers_after_postgres_exits() {
     let (exited, synced) = (log.find("exited:").unwrap(), log.find("syncing safekeepers on shutdown").unwrap());
     assert!(exited < synced, "the shutdown sync ran before postgres exited:\n{log}");
 }
+
+#[test]
+fn a_directory_that_is_not_a_pgdata_is_not_wiped() {
+    let n = Neon::new("ps-notpgdata", "Replica".into());
+    std::fs::remove_dir_all(&n.s.pgdata).unwrap();
+    std::fs::create_dir(&n.s.pgdata).unwrap();
+    std::fs::write(n.s.pgdata.join("precious"), b"someone's file").unwrap();
+    let mut c = n.spawn(60);
+    let status = c.wait_status("failed", Duration::from_secs(30));
+    let err = status["error"].as_str().unwrap();
+    assert!(err.contains("not a PGDATA") && err.contains(n.s.pgdata.to_str().unwrap()), "{err}");
+    assert_eq!(std::fs::read(n.s.pgdata.join("precious")).unwrap(), b"someone's file");
+    assert_eq!(n.ps.seen().connections, 0);
+    c.signal("TERM");
+    c.wait_exit(Duration::from_secs(20));
+}
