@@ -1,24 +1,288 @@
-//! `drop_subscriptions_before_start`: drop inherited subscriptions once per timeline.
+//! `drop_subscriptions_before_start`: a branch of a subscriber drops the subscriptions it
+//! inherited, exactly once per timeline, before any apply worker can take the parent's slot.
+//!
+//! The steps, all before the compute reports `running`:
+//! 1. **Guard** ([`guard_before_start`], before the postmaster starts). With Neon's Postgres
+//!    (`neon` preloaded) the setting `neon.disable_logical_replication_subscribers=true` keeps
+//!    apply workers off. Vanilla Postgres has no such setting, so one single-user pass in the
+//!    system database (no background workers run in single-user mode) disables every
+//!    subscription — unless the marker says this timeline was already done. With the
+//!    subscriptions disabled the launcher starts no apply worker when the server comes up.
+//! 2. **Drop** ([`drop_inherited`]): unless the marker says done, in every database that has
+//!    subscriptions, in parallel, one transaction that takes
+//!    `LOCK TABLE pg_catalog.pg_subscription IN ACCESS EXCLUSIVE MODE` (the catalog is shared,
+//!    so concurrent cleanups serialize instead of deadlocking), then per subscription `DISABLE`,
+//!    `CONNECTION` to a socket that cannot exist, `SET (slot_name = NONE)`, `DROP`. Detaching
+//!    the slot keeps `DROP` from dropping the parent's slot; pointing the connection nowhere
+//!    keeps it from dropping the table-sync slots of tables whose copy was still running.
+//! 3. **Marker**: `neon.drop_subscriptions_done` (row 1) gets this timeline's id.
+//! 4. **Release** ([`release_guard`]): with Neon's setting, rewrite it to false and reload; the
+//!    single-user guard needs nothing (only inherited subscriptions were disabled, and they are
+//!    gone), so subscriptions created from now on replicate.
+//!
+//! A crash anywhere before the marker leaves a state from which the next start finishes the
+//! job (the pass disables what is left, the drop drops it); after the marker nothing is done.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::escape::{quote_ident, quote_literal};
 use crate::lifecycle::Context;
 use crate::postgres::process::Postmaster;
-use crate::spec::ParsedSpec;
+use crate::postgres::{conf, sql};
+use crate::spec::{Id, ParsedSpec};
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 
 /// What keeps apply workers from starting until the drop is done.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Guard {
+    /// The flag is off, or the compute is not a primary.
     None,
+    /// Neon's `neon.disable_logical_replication_subscribers=true` is in postgresql.conf.
+    NeonSetting,
+    /// A single-user pass disabled the inherited subscriptions (or found the marker).
+    SingleUser,
+    /// The local cache says this timeline was done: nothing to guard.
+    AlreadyDone,
 }
 
-pub fn guard_before_start(_ctx: &Context, _spec: &ParsedSpec) -> Result<Guard> {
-    Ok(Guard::None)
+/// The connection string given to inherited subscriptions before they are dropped: a Unix
+/// socket directory that cannot exist, so `DROP SUBSCRIPTION` fails to reach the publisher at
+/// once and leaves every slot there alone.
+const NOWHERE: &str = "host=/nonexistent/compute_ctl/detached port=1 dbname=none connect_timeout=1";
+
+/// File in PGDATA that caches "done for timeline X", written after the marker commits, so a
+/// restart on local storage skips the single-user pass.
+const DONE_CACHE: &str = "compute_ctl_subscriptions_done";
+
+/// True when the spec preloads Neon's library, whose setting guards apply workers.
+pub fn preloads_neon(spec: &ParsedSpec) -> bool {
+    let s = spec.spec();
+    let from_settings = s.setting("shared_preload_libraries");
+    let from_conf =
+        s.cluster.postgresql_conf.as_deref().and_then(|t| conf::find_in_conf_text(t, "shared_preload_libraries"));
+    [from_settings, from_conf]
+        .into_iter()
+        .flatten()
+        .any(|v| v.split(',').any(|l| l.trim().trim_matches('\'') == "neon"))
 }
 
-pub fn drop_inherited(_ctx: &Context, _spec: &ParsedSpec) -> Result<()> {
+fn wanted(spec: &ParsedSpec) -> bool {
+    spec.spec().drop_subscriptions_before_start && spec.mode() == crate::spec::ComputeMode::Primary
+}
+
+/// Step 1, before the postmaster starts (PGDATA prepared, postgresql.conf written).
+pub fn guard_before_start(ctx: &Context, spec: &ParsedSpec) -> Result<Guard> {
+    if !wanted(spec) {
+        return Ok(Guard::None);
+    }
+    if preloads_neon(spec) {
+        return Ok(Guard::NeonSetting);
+    }
+    let cache = ctx.args.pgdata.join(DONE_CACHE);
+    if std::fs::read_to_string(&cache).is_ok_and(|t| t.trim() == spec.timeline_id().to_string()) {
+        log::info!("subscriptions were already dropped for timeline {}: no guard needed", spec.timeline_id());
+        return Ok(Guard::AlreadyDone);
+    }
+    let started = std::time::Instant::now();
+    single_user_disable(ctx, spec.timeline_id())?;
+    log::info!("single-user pass disabled inherited subscriptions in {} ms", started.elapsed().as_millis());
+    Ok(Guard::SingleUser)
+}
+
+/// One `postgres --single` run in the system database that disables every subscription
+/// unless the marker holds this timeline. The SQL is one line: in single-user mode a newline
+/// ends a command.
+fn single_user_disable(ctx: &Context, timeline: Id) -> Result<()> {
+    let db = sql::connstr_dbname(&ctx.args.connstr)?;
+    let tl = quote_literal(&timeline.to_string());
+    let body = format!(
+        "DECLARE done boolean := false; BEGIN \
+         IF to_regclass('neon.drop_subscriptions_done') IS NOT NULL THEN \
+         EXECUTE 'SELECT EXISTS (SELECT 1 FROM neon.drop_subscriptions_done WHERE timeline_id = $1)' INTO done USING {tl}; \
+         END IF; \
+         IF NOT done THEN UPDATE pg_catalog.pg_subscription SET subenabled = false WHERE subenabled; END IF; \
+         END"
+    );
+    let script = format!("DO {}\n", crate::escape::dollar_quote(&body));
+    let mut cmd = Command::new(ctx.bindir.join("postgres"));
+    cmd.args(["--single", "-D"])
+        .arg(&ctx.args.pgdata)
+        // No background workers run in single-user mode; these keep the pass quick.
+        .args(["-c", "max_logical_replication_workers=0", "-c", "autovacuum=off"])
+        .arg(&db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(u) = ctx.run_as {
+        cmd.uid(u.uid).gid(u.gid);
+    }
+    let mut child = cmd.spawn().map_err(|e| Error::Process {
+        what: "cannot run postgres --single to guard subscriptions".into(),
+        detail: e.to_string(),
+    })?;
+    child
+        .stdin
+        .take()
+        .expect("stdin was piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| Error::Process { what: "cannot write to postgres --single".into(), detail: e.to_string() })?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::Process { what: "postgres --single (subscription guard)".into(), detail: e.to_string() })?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        log::debug!("single-user: {line}");
+    }
+    if !out.status.success() || text.contains("ERROR:") || text.contains("FATAL:") {
+        let detail: Vec<&str> = text.lines().filter(|l| l.contains("ERROR") || l.contains("FATAL")).collect();
+        return Err(Error::Process {
+            what: format!("postgres --single (subscription guard) {}", super::process::describe_exit(out.status)),
+            detail: if detail.is_empty() { text.trim().to_string() } else { detail.join("; ") },
+        });
+    }
     Ok(())
 }
 
-pub fn release_guard(_ctx: &Context, _spec: &ParsedSpec, _guard: Guard, _pm: &Postmaster) -> Result<()> {
+/// Step 2 and 3, once Postgres is ready: drop the inherited subscriptions unless the marker
+/// says this timeline is done, then record it.
+pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec) -> Result<()> {
+    if !wanted(spec) {
+        return Ok(());
+    }
+    let connstr = &ctx.args.connstr;
+    let system_db = sql::connstr_dbname(connstr)?;
+    let mut client = sql::connect(connstr, None, sql::APP_SUBSCRIPTIONS)?;
+    let timeline = spec.timeline_id().to_string();
+    if marker_done(&mut client, &system_db, &timeline)? {
+        log::info!("subscriptions were already dropped for timeline {timeline}");
+        write_cache(ctx, &timeline);
+        return Ok(());
+    }
+    let phase = "listing databases with subscriptions";
+    let rows = client
+        .query(
+            "SELECT d.datname, d.datallowconn AND d.datconnlimit <> -2, count(*) \
+             FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d ON d.oid = s.subdbid \
+             GROUP BY 1, 2 ORDER BY 1",
+            &[],
+        )
+        .map_err(|e| Error::sql(phase, &system_db, e))?;
+    let mut dbs = Vec::new();
+    for row in rows {
+        let (name, connectable, n): (String, bool, i64) = (row.get(0), row.get(1), row.get(2));
+        if connectable {
+            dbs.push(name);
+        } else {
+            log::warn!("database {name:?} does not allow connections: its {n} subscription(s) stay disabled");
+        }
+    }
+    drop_in_databases(connstr, &dbs)?;
+    let phase = "recording neon.drop_subscriptions_done";
+    client
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS neon; \
+             CREATE TABLE IF NOT EXISTS neon.drop_subscriptions_done (id integer PRIMARY KEY, timeline_id text); \
+             INSERT INTO neon.drop_subscriptions_done VALUES (1, current_setting('neon.timeline_id')) \
+             ON CONFLICT (id) DO UPDATE SET timeline_id = EXCLUDED.timeline_id",
+        )
+        .map_err(|e| Error::sql(phase, &system_db, e))?;
+    log::info!("recorded subscriptions dropped for timeline {timeline}");
+    write_cache(ctx, &timeline);
     Ok(())
+}
+
+/// Whether the marker holds `timeline`; a missing table (42P01) means never done.
+fn marker_done(client: &mut postgres::Client, db: &str, timeline: &str) -> Result<bool> {
+    match client.query("SELECT 1 FROM neon.drop_subscriptions_done WHERE timeline_id = $1", &[&timeline]) {
+        Ok(rows) => Ok(!rows.is_empty()),
+        Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) => Ok(false),
+        Err(e) => Err(Error::sql("checking neon.drop_subscriptions_done", db, e)),
+    }
+}
+
+fn write_cache(ctx: &Context, timeline: &str) {
+    let path = ctx.args.pgdata.join(DONE_CACHE);
+    if let Err(e) = conf::write_atomically(&path, timeline.as_bytes()) {
+        log::warn!("cannot cache the subscription marker (the next start will check again): {e}");
+    }
+}
+
+/// Drops the subscriptions of each database, several databases at once.
+fn drop_in_databases(connstr: &str, dbs: &[String]) -> Result<()> {
+    const MAX_PARALLEL: usize = 8;
+    let queue = Mutex::new(dbs.iter());
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..dbs.len().min(MAX_PARALLEL) {
+            scope.spawn(|| {
+                loop {
+                    let Some(db) = queue.lock().unwrap_or_else(|p| p.into_inner()).next() else { return };
+                    if let Err(e) = drop_in_database(connstr, db) {
+                        first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn drop_in_database(connstr: &str, db: &str) -> Result<()> {
+    let mut client = sql::connect(connstr, Some(db), sql::APP_SUBSCRIPTIONS)?;
+    let e = |phase: &str| {
+        let phase = phase.to_string();
+        move |err| Error::sql(phase, db, err)
+    };
+    let mut tx = client.transaction().map_err(e("beginning the subscription drop"))?;
+    // Per-database settings must not get in the way of the maintenance work.
+    tx.batch_execute(
+        "SET LOCAL ROLE NONE; SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; \
+         SET LOCAL transaction_read_only = off; \
+         LOCK TABLE pg_catalog.pg_subscription IN ACCESS EXCLUSIVE MODE",
+    )
+    .map_err(e("locking pg_subscription"))?;
+    let names: Vec<String> = tx
+        .query(
+            "SELECT subname FROM pg_catalog.pg_subscription \
+             WHERE subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) ORDER BY 1",
+            &[],
+        )
+        .map_err(e("listing subscriptions"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for name in &names {
+        let q = quote_ident(name);
+        let nowhere = quote_literal(NOWHERE);
+        tx.batch_execute(&format!(
+            "ALTER SUBSCRIPTION {q} DISABLE; \
+             ALTER SUBSCRIPTION {q} CONNECTION {nowhere}; \
+             ALTER SUBSCRIPTION {q} SET (slot_name = NONE); \
+             DROP SUBSCRIPTION {q}"
+        ))
+        .map_err(e(&format!("dropping subscription {name:?}")))?;
+    }
+    tx.commit().map_err(e("committing the subscription drop"))?;
+    log::info!("dropped {} inherited subscription(s) in database {db:?}: {names:?}", names.len());
+    Ok(())
+}
+
+/// Step 4: let subscriptions created from now on replicate.
+pub fn release_guard(ctx: &Context, spec: &ParsedSpec, guard: Guard, pm: &Postmaster) -> Result<()> {
+    match guard {
+        Guard::None | Guard::SingleUser | Guard::AlreadyDone => Ok(()),
+        Guard::NeonSetting => {
+            let text = conf::render(spec, ctx.args.internal_http_port, false);
+            conf::write_postgres_conf(&ctx.args.pgdata, &text)?;
+            pm.reload();
+            log::info!("neon.disable_logical_replication_subscribers released");
+            Ok(())
+        }
+    }
 }

@@ -1,0 +1,368 @@
+//! `drop_subscriptions_before_start` against a real publisher: a vanilla Postgres with
+//! `wal_level = logical` on a loopback port.
+
+use crate::support::publisher::PlainPostgres;
+use crate::support::{self, Compute, Setup, TestDir, http};
+use std::time::{Duration, Instant};
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs statements one by one (CREATE SUBSCRIPTION cannot run in the implicit transaction
+/// of a multi-statement batch).
+fn run(db: &mut postgres::Client, statements: &[&str]) {
+    for st in statements {
+        db.batch_execute(st).unwrap_or_else(|e| panic!("{st}: {e}"));
+    }
+}
+
+fn count(db: &mut postgres::Client, table: &str) -> i64 {
+    db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).unwrap().get(0)
+}
+
+fn new_timeline() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    format!("{:016x}{:016x}", t, N.fetch_add(1, Ordering::SeqCst) ^ u64::from(std::process::id()))
+}
+
+/// Replication commands the publisher has received so far (START_REPLICATION means someone
+/// asked to stream from a slot).
+fn start_replication_count(publisher: &PlainPostgres) -> usize {
+    publisher.log_text().matches("START_REPLICATION").count()
+}
+
+/// (slot_name, confirmed_flush_lsn) of every slot on the publisher.
+fn slots(publisher: &PlainPostgres) -> Vec<(String, String)> {
+    publisher
+        .client("postgres")
+        .query(
+            "SELECT slot_name::text, coalesce(confirmed_flush_lsn::text, '') FROM pg_replication_slots ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Publishes `t` in each database of the publisher, with `rows` rows.
+fn publish(publisher: &PlainPostgres, db: &str, rows: i32) {
+    if db != "postgres" {
+        publisher.client("postgres").batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+    }
+    let mut c = publisher.client(db);
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION pub FOR TABLE t").unwrap();
+    c.execute("INSERT INTO t SELECT g, 'p' FROM generate_series(1, $1::int) g", &[&rows]).unwrap();
+}
+
+fn insert(publisher: &PlainPostgres, db: &str, from: i32, to: i32) {
+    publisher
+        .client(db)
+        .execute("INSERT INTO t SELECT g, 'p' FROM generate_series($1::int, $2::int) g", &[&from, &to])
+        .unwrap();
+}
+
+/// A parent compute subscribed (subscription `sub_<db>`) to `t` in each of `dbs`, caught up
+/// with `rows` rows, then stopped cleanly.
+fn parent(publisher: &PlainPostgres, name: &str, dbs: &[&str], rows: i64) -> Setup {
+    let mut s = Setup::new(name);
+    s.setting("max_logical_replication_workers", "12", "integer");
+    s.setting("max_worker_processes", "20", "integer");
+    let mut c = s.spawn();
+    c.wait_running();
+    for db in dbs {
+        if *db != "postgres" {
+            s.client().batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+        }
+        let mut client = support::pg_client(s.pg_port, db);
+        let create = format!("CREATE SUBSCRIPTION sub_{db} CONNECTION '{}' PUBLICATION pub", publisher.connstr(db));
+        run(&mut client, &["CREATE TABLE t (id int PRIMARY KEY, v text)", &create]);
+        wait_until("the parent's initial sync", Duration::from_secs(30), || count(&mut client, "t") == rows);
+    }
+    terminate(&s, &mut c);
+    s
+}
+
+fn terminate(s: &Setup, c: &mut Compute) {
+    let r = http::request(s.http_port, "POST", "/terminate", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(c.wait_exit(Duration::from_secs(30)).success());
+}
+
+/// A branch: a copy of `from`'s (stopped) PGDATA with a new timeline and the flag on.
+fn branch(from: &Setup, name: &str) -> Setup {
+    let dir = TestDir::new(name);
+    let pgdata = dir.join("pgdata");
+    let st = std::process::Command::new("cp").arg("-a").arg(&from.pgdata).arg(&pgdata).status().unwrap();
+    assert!(st.success());
+    let _ = std::fs::remove_file(pgdata.join("postmaster.pid"));
+    let mut s = Setup::with_pgdata(dir, pgdata);
+    s.spec["cluster"]["settings"] = from.spec["cluster"]["settings"].clone();
+    s.setting("port", &s.pg_port.to_string(), "integer");
+    let sock = s.dir.socket_dir();
+    s.setting("unix_socket_directories", sock.to_str().unwrap(), "string");
+    s.spec["timeline_id"] = serde_json::json!(new_timeline());
+    s.spec["drop_subscriptions_before_start"] = serde_json::json!(true);
+    s
+}
+
+fn subscriptions(db: &mut postgres::Client) -> Vec<String> {
+    db.query("SELECT subname::text FROM pg_subscription ORDER BY 1", &[]).unwrap().iter().map(|r| r.get(0)).collect()
+}
+
+fn marker(db: &mut postgres::Client) -> Vec<(i32, String)> {
+    db.query("SELECT id, timeline_id FROM neon.drop_subscriptions_done ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[test]
+fn branch_drops_inherited_subscriptions_once_per_timeline() {
+    let publisher = PlainPostgres::publisher("sub-pub");
+    publish(&publisher, "postgres", 10);
+    let parent = parent(&publisher, "sub-parent", &["postgres"], 10);
+    // Changes the parent has not consumed yet: a branch that took the slot would steal them.
+    insert(&publisher, "postgres", 11, 20);
+    let slots_before = slots(&publisher);
+    let streams_before = start_replication_count(&publisher);
+
+    let b = branch(&parent, "sub-branch");
+    let mut bc = b.spawn();
+    bc.wait_running();
+    let mut db = b.client();
+    assert!(subscriptions(&mut db).is_empty());
+    assert_eq!(marker(&mut db), vec![(1, b.spec["timeline_id"].as_str().unwrap().to_string())]);
+    assert_eq!(count(&mut db, "t"), 10);
+    assert_eq!(slots(&publisher), slots_before, "the publisher's slots changed");
+    assert_eq!(start_replication_count(&publisher), streams_before, "the branch streamed from the publisher");
+    assert!(
+        bc.log_text().contains("dropped 1 inherited subscription(s) in database \"postgres\""),
+        "{}",
+        bc.log_text()
+    );
+
+    // The parent, restarted, catches up on everything; the branch gets nothing new.
+    let mut pc = parent.spawn();
+    pc.wait_running();
+    let mut pdb = parent.client();
+    wait_until("the parent to catch up", Duration::from_secs(30), || count(&mut pdb, "t") == 20);
+    insert(&publisher, "postgres", 21, 25);
+    wait_until("the parent to get new rows", Duration::from_secs(30), || count(&mut pdb, "t") == 25);
+    assert_eq!(count(&mut db, "t"), 10);
+
+    // The branch's own subscription survives a restart with the same spec and replicates.
+    let mut own = publisher.client("postgres");
+    own.batch_execute(
+        "CREATE TABLE t2 (id int PRIMARY KEY); CREATE PUBLICATION pub2 FOR TABLE t2; INSERT INTO t2 VALUES (1)",
+    )
+    .unwrap();
+    let create = format!("CREATE SUBSCRIPTION mine CONNECTION '{}' PUBLICATION pub2", publisher.connstr("postgres"));
+    run(&mut db, &["CREATE TABLE t2 (id int PRIMARY KEY)", &create]);
+    wait_until("the branch's own subscription to sync", Duration::from_secs(30), || count(&mut db, "t2") == 1);
+    drop(db);
+    terminate(&b, &mut bc);
+    let mut bc = b.spawn();
+    bc.wait_running();
+    let mut db = b.client();
+    assert_eq!(subscriptions(&mut db), vec!["mine".to_string()]);
+    own.batch_execute("INSERT INTO t2 VALUES (2)").unwrap();
+    wait_until("the branch's own subscription to replicate after restart", Duration::from_secs(30), || {
+        count(&mut db, "t2") == 2
+    });
+    drop(db);
+    terminate(&b, &mut bc);
+
+    // A branch of the branch drops again; the marker has one row, the newest timeline. The
+    // slot of `mine` (whose subscriber is stopped) does not move; the parent's is live.
+    let mine = |p: &PlainPostgres| slots(p).into_iter().filter(|(n, _)| n == "mine").collect::<Vec<_>>();
+    let slots_before = mine(&publisher);
+    assert_eq!(slots_before.len(), 1);
+    let bb = branch(&b, "sub-branch2");
+    let mut bbc = bb.spawn();
+    bbc.wait_running();
+    let mut db2 = bb.client();
+    assert!(subscriptions(&mut db2).is_empty());
+    assert_eq!(marker(&mut db2), vec![(1, bb.spec["timeline_id"].as_str().unwrap().to_string())]);
+    assert_eq!(mine(&publisher), slots_before);
+    drop(pc);
+}
+
+#[test]
+fn five_databases_under_write_load_drop_in_parallel() {
+    let publisher = PlainPostgres::publisher("sub5-pub");
+    let dbs = ["d1", "d2", "d3", "d4", "d5"];
+    for db in dbs {
+        publish(&publisher, db, 5);
+    }
+    let parent = parent(&publisher, "sub5-parent", &dbs, 5);
+    let slots_before = slots(&publisher);
+    // Write load on the publisher while the branch starts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = dbs
+        .iter()
+        .map(|db| {
+            let mut c = publisher.client(db);
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut i = 1000;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && i < 100_000 {
+                    c.execute("INSERT INTO t VALUES ($1, 'load')", &[&i]).unwrap();
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let b = branch(&parent, "sub5-branch");
+    let mut bc = b.spawn();
+    bc.wait_running();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in writers {
+        w.join().unwrap();
+    }
+    for db in dbs {
+        let mut c = support::pg_client(b.pg_port, db);
+        assert_eq!(count(&mut c, "t"), 5, "database {db} received rows");
+    }
+    assert!(subscriptions(&mut b.client()).is_empty());
+    // Every parent slot is intact: same names and positions.
+    assert_eq!(slots(&publisher), slots_before);
+    let metrics = http::get(b.http_port, "/metrics.json").json();
+    assert!(metrics["drop_subscriptions_ms"].as_u64().is_some(), "{metrics}");
+}
+
+#[test]
+fn publisher_down_does_not_slow_the_branch_start() {
+    let mut publisher = PlainPostgres::publisher("subdown-pub");
+    publish(&publisher, "postgres", 3);
+    let parent = parent(&publisher, "subdown-parent", &["postgres"], 3);
+    publisher.stop();
+    let b = branch(&parent, "subdown-branch");
+    let started = Instant::now();
+    let mut bc = b.spawn();
+    bc.wait_running();
+    let took = started.elapsed();
+    assert!(subscriptions(&mut b.client()).is_empty());
+    // connect_timeout alone would be 1 s per attempt; nothing here waits on the publisher.
+    assert!(took < Duration::from_secs(5), "start took {took:?}");
+}
+
+#[test]
+fn unfinished_table_sync_slots_on_the_publisher_are_left_alone() {
+    let publisher = PlainPostgres::publisher("subsync-pub");
+    publish(&publisher, "postgres", 3);
+    let mut s = Setup::new("subsync-parent");
+    s.setting("max_logical_replication_workers", "8", "integer");
+    let mut c = s.spawn();
+    c.wait_running();
+    // A row that conflicts with the initial copy keeps the table sync from ever finishing, so
+    // the publisher holds a table-sync slot of the parent's.
+    let create = format!("CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub", publisher.connstr("postgres"));
+    run(
+        &mut s.client(),
+        &["CREATE TABLE t (id int PRIMARY KEY, v text)", "INSERT INTO t VALUES (2, 'conflict')", &create],
+    );
+    wait_until("a table-sync slot on the publisher", Duration::from_secs(30), || {
+        slots(&publisher).iter().any(|(n, _)| n.contains("_sync_"))
+    });
+    terminate(&s, &mut c);
+    let before: Vec<String> = slots(&publisher).into_iter().map(|(n, _)| n).collect();
+    let b = branch(&s, "subsync-branch");
+    let mut bc = b.spawn();
+    bc.wait_running();
+    assert!(subscriptions(&mut b.client()).is_empty());
+    let after: Vec<String> = slots(&publisher).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(after, before, "a slot of the parent was dropped");
+}
+
+#[test]
+fn a_crash_between_drops_and_marker_is_finished_by_the_next_start() {
+    let publisher = PlainPostgres::publisher("subcrash-pub");
+    for db in ["c1", "c2"] {
+        publish(&publisher, db, 4);
+    }
+    let parent = parent(&publisher, "subcrash-parent", &["c1", "c2"], 4);
+    let slots_before = slots(&publisher);
+    // The state a crash leaves: subscriptions dropped in c1 but not c2, and no marker. Made
+    // by a start with the flag off and the launcher off, dropping c1's by hand.
+    let mut b = branch(&parent, "subcrash-branch");
+    b.spec["drop_subscriptions_before_start"] = serde_json::json!(false);
+    b.setting("max_logical_replication_workers", "0", "integer");
+    let mut bc = b.spawn();
+    bc.wait_running();
+    support::pg_client(b.pg_port, "c1")
+        .batch_execute("ALTER SUBSCRIPTION sub_c1 DISABLE; ALTER SUBSCRIPTION sub_c1 SET (slot_name = NONE)")
+        .unwrap();
+    run(&mut support::pg_client(b.pg_port, "c1"), &["DROP SUBSCRIPTION sub_c1"]);
+    assert_eq!(subscriptions(&mut b.client()), vec!["sub_c2".to_string()]);
+    // Killed, not stopped: the next start also has to recover.
+    let pm = support::postmaster_pid(&b.pgdata).unwrap();
+    bc.signal("KILL");
+    bc.wait_exit(Duration::from_secs(10));
+    support::wait_pid_gone(pm, Duration::from_secs(20));
+
+    b.spec["drop_subscriptions_before_start"] = serde_json::json!(true);
+    b.setting("max_logical_replication_workers", "4", "integer");
+    let mut bc = b.spawn();
+    bc.wait_running();
+    let mut db = b.client();
+    assert!(subscriptions(&mut db).is_empty());
+    assert_eq!(marker(&mut db), vec![(1, b.spec["timeline_id"].as_str().unwrap().to_string())]);
+    assert_eq!(slots(&publisher), slots_before);
+    terminate(&b, &mut bc);
+    // After the marker, the next start drops nothing: a new subscription survives.
+    let mut bc = b.spawn();
+    bc.wait_running();
+    assert!(bc.log_text().contains("no guard needed") || bc.log_text().contains("already dropped"));
+}
+
+#[test]
+fn flag_with_skip_pg_catalog_updates_still_drops_and_releases_the_guard() {
+    let publisher = PlainPostgres::publisher("subskip-pub");
+    publish(&publisher, "postgres", 2);
+    let parent = parent(&publisher, "subskip-parent", &["postgres"], 2);
+    let mut b = branch(&parent, "subskip-branch");
+    b.spec["skip_pg_catalog_updates"] = serde_json::json!(true);
+    let mut bc = b.spawn();
+    bc.wait_running();
+    let mut db = b.client();
+    assert!(subscriptions(&mut db).is_empty());
+    // The guard is released: a subscription created now replicates without a restart.
+    let mut p = publisher.client("postgres");
+    p.batch_execute(
+        "CREATE TABLE t3 (id int PRIMARY KEY); CREATE PUBLICATION pub3 FOR TABLE t3; INSERT INTO t3 VALUES (7)",
+    )
+    .unwrap();
+    let create = format!("CREATE SUBSCRIPTION fresh CONNECTION '{}' PUBLICATION pub3", publisher.connstr("postgres"));
+    run(&mut db, &["CREATE TABLE t3 (id int PRIMARY KEY)", &create]);
+    wait_until("a new subscription to replicate", Duration::from_secs(30), || count(&mut db, "t3") == 1);
+}
+
+#[test]
+fn configure_with_the_flag_on_a_running_compute_drops_nothing() {
+    let publisher = PlainPostgres::publisher("subcfg-pub");
+    publish(&publisher, "postgres", 2);
+    let mut s = Setup::new("subcfg");
+    let mut c = s.spawn();
+    c.wait_running();
+    let mut db = s.client();
+    let create = format!("CREATE SUBSCRIPTION live CONNECTION '{}' PUBLICATION pub", publisher.connstr("postgres"));
+    run(&mut db, &["CREATE TABLE t (id int PRIMARY KEY, v text)", &create]);
+    s.spec["drop_subscriptions_before_start"] = serde_json::json!(true);
+    let r = http::post_json(
+        s.http_port,
+        "/configure",
+        &serde_json::json!({"spec": s.spec, "compute_ctl_config": {"jwks": {"keys": []}}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(subscriptions(&mut db), vec!["live".to_string()]);
+    wait_until("the live subscription to keep replicating", Duration::from_secs(30), || count(&mut db, "t") == 2);
+}
