@@ -11,8 +11,8 @@ use crate::lifecycle::{
     Configuration, ConfigurationPending, Context, ContextData, Empty, Failed, Init, Live, Running, Shared, Status,
     Terminated,
 };
-use crate::postgres::pgdata;
 use crate::postgres::process::StopMode;
+use crate::postgres::{pgdata, storage};
 use crate::spec::ParsedSpec;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -116,6 +116,8 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
     }
     drop(tx);
 
+    // The spec Postgres last ran with, for the safekeeper sync after it exits.
+    let mut last_spec: Option<ParsedSpec> = None;
     let empty = Empty::new(ctx.clone());
     let mut state = match initial {
         Some(spec) => start(empty.init(spec)),
@@ -133,6 +135,9 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
     };
 
     loop {
+        if let State::Running(running) = &state {
+            last_spec = Some(running.spec().clone());
+        }
         state = match state {
             State::Empty(empty) => match rx.recv() {
                 Ok(Event::Configure { spec, reply }) => {
@@ -160,16 +165,23 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
                 }
                 Ok(Event::Terminate { mode, reply }) => {
                     let done = running.terminate(mode).wait();
+                    if !synced_after_exit(&ctx, last_spec.as_ref()) {
+                        let _ = reply.send(Reply::Failed("sync of safekeepers after postgres exited failed".into()));
+                        return Ok(1);
+                    }
                     let _ = reply.send(Reply::Done);
                     State::Terminated(done, Ending::Requested)
                 }
                 Ok(Event::Signal(sig)) => {
                     log::info!("received signal {sig}: fast shutdown of postgres");
-                    State::Terminated(running.terminate(StopMode::Fast).wait(), Ending::Signal)
+                    let done = running.terminate(StopMode::Fast).wait();
+                    synced_after_exit(&ctx, last_spec.as_ref());
+                    State::Terminated(done, Ending::Signal)
                 }
                 Ok(Event::PostgresExited) | Err(_) => {
                     let status = running.postgres_exited();
-                    return Ok(status.code().unwrap_or(1));
+                    let synced = synced_after_exit(&ctx, last_spec.as_ref());
+                    return Ok(if synced { status.code().unwrap_or(1) } else { 1 });
                 }
             },
             State::Failed(failed) if failed.postgres_running() => match rx.recv() {
@@ -188,11 +200,13 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
                 Ok(Event::Signal(sig)) => {
                     log::info!("received signal {sig}: fast shutdown of postgres");
                     failed.shutdown(StopMode::Fast);
+                    synced_after_exit(&ctx, last_spec.as_ref());
                     return Ok(1);
                 }
                 Ok(Event::PostgresExited) | Err(_) => {
                     let status = failed.shutdown(StopMode::Fast);
-                    return Ok(status.and_then(|s| s.code()).unwrap_or(1));
+                    let synced = synced_after_exit(&ctx, last_spec.as_ref());
+                    return Ok(if synced { status.and_then(|s| s.code()).unwrap_or(1) } else { 1 });
                 }
             },
             State::Failed(failed) => {
@@ -213,6 +227,20 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
                 });
             }
         };
+    }
+}
+
+/// A Primary in pageserver mode syncs its safekeepers again once Postgres has exited
+/// (reference 6); false when that failed, which makes the exit code 1, as in Neon.
+fn synced_after_exit(ctx: &Context, spec: Option<&ParsedSpec>) -> bool {
+    // A first signal set the flag; clear it so that only a further signal cuts the sync short.
+    ctx.interrupted.store(false, Ordering::SeqCst);
+    match spec.map_or(Ok(()), |s| storage::sync_after_exit(ctx, s)) {
+        Ok(()) => true,
+        Err(e) => {
+            log::error!("sync of safekeepers after postgres exited failed: {e}");
+            false
+        }
     }
 }
 

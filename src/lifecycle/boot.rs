@@ -40,6 +40,10 @@ pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
             if let Some(pm) = boot.postmaster.take() {
                 log::info!("start failed: stopping postgres (pid {})", pm.pid());
                 pm.shutdown(Duration::from_secs(10));
+                // Postgres ran, so a Primary may have written WAL: sync it as after any exit.
+                if let Err(e) = storage::sync_after_exit(&boot.ctx, &boot.spec) {
+                    log::error!("{e}");
+                }
             }
             clear_handle(&boot.ctx);
             Err(Failed::enter(boot.ctx, e, None))

@@ -304,7 +304,7 @@ pub fn describe_exit(status: ExitStatus) -> String {
 /// `CommandExt::pre_exec` is an `unsafe fn` because the closure runs between fork and exec;
 /// ours calls only async-signal-safe functions, which is the whole contract.
 #[allow(unsafe_code)]
-fn unsafe_free_pre_exec(cmd: &mut Command, f: impl Fn() -> std::io::Result<()> + Send + Sync + 'static) {
+pub(crate) fn unsafe_free_pre_exec(cmd: &mut Command, f: impl Fn() -> std::io::Result<()> + Send + Sync + 'static) {
     // SAFETY: `f` performs only async-signal-safe system calls and allocates nothing.
     unsafe {
         cmd.pre_exec(f);

@@ -1,10 +1,204 @@
-//! Pageserver mode: PGDATA is made anew from a basebackup on every start.
+//! Pageserver mode: PGDATA is made anew from a basebackup on every start, and a Primary syncs
+//! its safekeepers before it starts and after Postgres exits.
+//!
+//! Contracts of [`prepare_from_pageserver`]:
+//! - prerequisites: a validated spec in pageserver mode; no Postgres runs on PGDATA;
+//! - on success: PGDATA is a complete basebackup (mode 0700, owned by the Postgres user) with
+//!   our `postgresql.conf`; the caller writes the remaining files and starts Postgres;
+//! - on error: PGDATA does not exist (a partial unpack only ever lives in a staging directory
+//!   beside it, removed on failure), so a half-written PGDATA can never be started.
+//!
+//! The old PGDATA is removed only when it is a PGDATA (it has `PG_VERSION`) or empty: a wrong
+//! `-D` pointing at someone's files is refused instead of wiped (Neon wipes whatever is there).
 
+use super::basebackup::{self, Request};
+use super::{conf, pgdata, safekeepers};
 use crate::error::{Error, Result};
 use crate::lifecycle::Context;
-use crate::spec::ParsedSpec;
+use crate::spec::{ComputeMode, Lsn, ParsedSpec, StorageMode};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-/// Wipes PGDATA and fills it from the pageserver. (Filled in by the storage issue.)
-pub fn prepare_from_pageserver(_ctx: &Context, _spec: &ParsedSpec) -> Result<()> {
-    Err(Error::Basebackup("pageserver mode is not implemented yet".into()))
+/// Tries after the first one (Neon: 10, so 11 in all).
+const RETRIES: u32 = 10;
+/// The first pause between tries; each next one is 1.5 times longer (Neon's schedule).
+const FIRST_PAUSE: Duration = Duration::from_millis(500);
+/// Neon's testing override of [`RETRIES`]; honoured always, as it only shortens or lengthens
+/// the retry schedule.
+const RETRIES_ENV: &str = "NEON_COMPUTE_TESTING_BASEBACKUP_RETRIES";
+
+/// Wipes PGDATA and fills it from the pageserver (reference 4.3 steps 1–4).
+pub fn prepare_from_pageserver(ctx: &Context, spec: &ParsedSpec) -> Result<()> {
+    let StorageMode::Pageserver { connstrings, .. } = spec.storage() else {
+        return Err(Error::Basebackup("the spec has no pageserver_connstring".into()));
+    };
+    let pgdata = &ctx.args.pgdata;
+    let staging = staging_dir(pgdata);
+    remove_old(pgdata, &staging)?;
+    let conf_text = conf::render(spec, ctx.args.internal_http_port, spec.spec().drop_subscriptions_before_start);
+    let result = fill(ctx, spec, &connstrings[0], &staging, &conf_text);
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    std::fs::rename(&staging, pgdata).map_err(|e| Error::io("cannot move the new PGDATA to", pgdata, e))
+}
+
+fn fill(ctx: &Context, spec: &ParsedSpec, connstr: &str, staging: &Path, conf_text: &str) -> Result<()> {
+    fresh_dir(ctx, staging, conf_text)?;
+    let s = spec.spec();
+    let lsn = match s.mode {
+        ComputeMode::Primary => {
+            let started = Instant::now();
+            let lsn = safekeepers::sync(
+                &ctx.bindir.join("postgres"),
+                staging,
+                s.storage_auth_token.as_deref(),
+                ctx.run_as,
+                &ctx.interrupted,
+            )
+            .map_err(|e| match e {
+                Error::Interrupted => e,
+                e => Error::Process { what: "failed to sync safekeepers".into(), detail: e.to_string() },
+            })?;
+            let ms = started.elapsed().as_millis() as u64;
+            ctx.shared.update(|m| m.metrics.sync_safekeepers_ms = ms);
+            Some(lsn)
+        }
+        ComputeMode::Static(lsn) => {
+            log::info!("starting read-only node at static LSN {lsn}");
+            Some(lsn)
+        }
+        ComputeMode::Replica => {
+            log::info!("initializing standby from the latest pageserver LSN");
+            None
+        }
+    };
+    let req = Request {
+        connstr,
+        token: s.storage_auth_token.as_deref(),
+        tenant: spec.tenant_id(),
+        timeline: spec.timeline_id(),
+        lsn,
+        replica: s.mode != ComputeMode::Primary,
+    };
+    let fetched = fetch_with_retries(ctx, &req, staging, conf_text)?;
+    log::info!(
+        "basebackup of {} bytes unpacked in {} ms (connect {} us)",
+        fetched.bytes,
+        fetched.ms,
+        fetched.connect_micros
+    );
+    ctx.shared.update(|m| {
+        m.metrics.pageserver_connect_micros = fetched.connect_micros;
+        m.metrics.basebackup_ms = fetched.ms;
+        m.metrics.basebackup_bytes = fetched.bytes;
+    });
+    if let Some(u) = ctx.run_as {
+        pgdata::chown_tree(staging, u)?;
+    }
+    pgdata::set_owner_and_mode(staging, ctx.run_as)
+}
+
+fn fetch_with_retries(
+    ctx: &Context,
+    req: &Request<'_>,
+    staging: &Path,
+    conf_text: &str,
+) -> Result<basebackup::Fetched> {
+    let retries = std::env::var(RETRIES_ENV).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(RETRIES);
+    let lsn = req.lsn.map_or_else(|| "latest".to_string(), |l: Lsn| l.to_string());
+    let mut pause = FIRST_PAUSE;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match basebackup::fetch(req, staging, &ctx.interrupted) {
+            Ok(f) => return Ok(f),
+            Err(e) if attempt <= retries => {
+                log::warn!(
+                    "basebackup try {attempt} of {} failed: {e}; retrying in {} ms",
+                    retries + 1,
+                    pause.as_millis()
+                );
+                sleep_unless_interrupted(pause, &ctx.interrupted)?;
+                pause = pause.mul_f64(1.5);
+                // Start the next try from an empty directory: nothing of a failed one stays.
+                fresh_dir(ctx, staging, conf_text)?;
+            }
+            Err(e) => {
+                return Err(Error::Basebackup(format!(
+                    "failed to get basebackup@{lsn} from pageserver {} after {attempt} tries: {}",
+                    req.server(),
+                    e.to_string().trim_start_matches("basebackup: ")
+                )));
+            }
+        }
+    }
+}
+
+fn sleep_unless_interrupted(d: Duration, interrupted: &AtomicBool) -> Result<()> {
+    let deadline = Instant::now() + d;
+    while Instant::now() < deadline {
+        if interrupted.load(Ordering::SeqCst) {
+            return Err(Error::Interrupted);
+        }
+        std::thread::sleep(Duration::from_millis(10).min(deadline.saturating_duration_since(Instant::now())));
+    }
+    Ok(())
+}
+
+/// `.<name>.basebackup` beside PGDATA: same file system, so the final rename is atomic.
+fn staging_dir(pgdata: &Path) -> PathBuf {
+    let name = pgdata.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    pgdata.with_file_name(format!(".{name}.basebackup"))
+}
+
+/// Removes the old PGDATA (refusing a directory that is not one) and any staging leftover.
+fn remove_old(pgdata: &Path, staging: &Path) -> Result<()> {
+    match pgdata::inspect(pgdata)? {
+        pgdata::PgdataState::Missing => {}
+        pgdata::PgdataState::Empty | pgdata::PgdataState::Initialized => {
+            log::info!("removing the old PGDATA {}: every start is a fresh basebackup", pgdata.display());
+            remove_tree(pgdata)?;
+        }
+    }
+    remove_tree(staging)
+}
+
+fn remove_tree(p: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("cannot stat", p, e)),
+    };
+    let r = if meta.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+    r.map_err(|e| Error::io("cannot remove", p, e))
+}
+
+/// An empty directory, mode 0700 and owned by the Postgres user, holding only our
+/// `postgresql.conf` (which `--sync-safekeepers` reads).
+fn fresh_dir(ctx: &Context, dir: &Path, conf_text: &str) -> Result<()> {
+    remove_tree(dir)?;
+    std::fs::create_dir(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+    pgdata::set_owner_and_mode(dir, ctx.run_as)?;
+    conf::write_postgres_conf(dir, conf_text)?;
+    if let Some(u) = ctx.run_as {
+        let p = dir.join("postgresql.conf");
+        std::os::unix::fs::chown(&p, Some(u.uid), Some(u.gid)).map_err(|e| Error::io("cannot chown", &p, e))?;
+    }
+    Ok(())
+}
+
+/// The sync after a Primary's Postgres has exited (reference 6), so that what it wrote is on
+/// a quorum of safekeepers before the compute is gone. Does nothing in other modes.
+pub fn sync_after_exit(ctx: &Context, spec: &ParsedSpec) -> Result<()> {
+    if spec.mode() != ComputeMode::Primary || !matches!(spec.storage(), StorageMode::Pageserver { .. }) {
+        return Ok(());
+    }
+    log::info!("syncing safekeepers on shutdown");
+    let token = spec.spec().storage_auth_token.as_deref();
+    let lsn = safekeepers::sync(&ctx.bindir.join("postgres"), &ctx.args.pgdata, token, ctx.run_as, &ctx.interrupted)?;
+    log::info!("safekeepers synced on shutdown at LSN {lsn}");
+    Ok(())
 }
