@@ -66,6 +66,7 @@ fn serve_connection(mut stream: TcpStream, handler: &Handler, active: &AtomicUsi
             Ok(None) => return,
             Err(resp) => {
                 let _ = resp.write_to(&mut stream, false, false);
+                linger_close(stream);
                 return;
             }
         };
@@ -126,6 +127,24 @@ fn read_request(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
                 ) => {}
             Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// Closes after an error answer without losing it: a close with unread input makes the
+/// kernel send a reset, which can destroy the answer before the client reads it. So stop
+/// writing, then read and discard what the client still sends, for a bounded time and size.
+fn linger_close(mut stream: TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut sink = [0u8; 16 * 1024];
+    let mut total = 0usize;
+    while total < 8 * 1024 * 1024 {
+        let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else { break };
+        let _ = stream.set_read_timeout(Some(left.min(Duration::from_millis(500))));
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
         }
     }
 }

@@ -2,4 +2,6 @@
 
 mod support;
 
+mod api;
+mod http;
 mod lifecycle;
