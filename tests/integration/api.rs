@@ -135,8 +135,7 @@ fn postgres_routes_on_a_running_compute() {
     let body = serde_json::json!({"database": tricky, "schema": "my schema", "privileges": ["USAGE", "CREATE"], "role": "gr antee"});
     let r = http::post_json(ip, "/grants", &body);
     assert_eq!((r.status, r.json()), (201, body));
-    let ok: bool =
-        t.query_one("SELECT has_schema_privilege('gr antee', 'my schema', 'CREATE')", &[]).unwrap().get(0);
+    let ok: bool = t.query_one("SELECT has_schema_privilege('gr antee', 'my schema', 'CREATE')", &[]).unwrap().get(0);
     assert!(ok);
     let bad = serde_json::json!({"database": "postgres", "schema": "public", "privileges": ["FLY"], "role": "x"});
     assert_eq!(http::post_json(ip, "/grants", &bad).status, 422);
@@ -233,9 +232,26 @@ fn terminate_from_running_answers_the_checkpoint_lsn_then_lingers() {
     assert_eq!(c.status().unwrap()["status"], "terminated");
     let r = http::request(s.http_port, "POST", "/terminate", &[], b"").unwrap();
     assert_eq!((r.status, r.body.len()), (201, 0));
+    let r = http::post_json(s.http_port, "/configure", &serde_json::json!({"spec": s.spec, "compute_ctl_config": {}}));
+    assert_eq!((r.status, error_of(&r).as_str()), (412, "invalid compute status: terminated"));
+    let r = http::get(s.http_port, "/insights");
+    assert_eq!((r.status, error_of(&r).as_str()), (412, "invalid compute status: terminated"));
     let code = c.wait_exit(Duration::from_secs(20));
     assert_eq!(code.code(), Some(0));
     assert!(answered.elapsed() >= Duration::from_millis(2500), "exited {:?} after the answer", answered.elapsed());
+}
+
+#[test]
+fn configure_on_a_running_compute_reloads_and_answers_the_status() {
+    let mut s = Setup::new("api-reconfigure");
+    let mut c = s.spawn();
+    c.wait_running();
+    s.setting("work_mem", "7777kB", "string");
+    let r = http::post_json(s.http_port, "/configure", &serde_json::json!({"spec": s.spec, "compute_ctl_config": {}}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "running");
+    let v: String = s.client().query_one("SHOW work_mem", &[]).unwrap().get(0);
+    assert_eq!(v, "7777kB");
 }
 
 #[test]
