@@ -125,8 +125,13 @@ fn route(app: &App, server: Server, req: &Request) -> Response {
     };
     let known = table.iter().find(|(p, _)| *p == req.path);
     let label = known.map_or("other", |(p, _)| *p);
-    let resp = dispatch(app, server, req, known);
+    let mut resp = dispatch(app, server, req, known);
     crate::metrics::count_http_request(server.label(), label, resp.status);
+    // Neon copies `x-request-id` onto the response; the parser has already refused control
+    // characters in header values, so echoing it cannot split the response head.
+    if let Some(id) = req.header("x-request-id") {
+        resp = resp.with_header("x-request-id", id.to_string());
+    }
     if label == "/metrics" || label == "/status" {
         log::debug!("{} {} -> {}", req.method, req.path, resp.status);
     } else {

@@ -145,6 +145,8 @@ fn keep_alive_and_pipelined_requests() {
     conn.stream.write_all(b"GET /status HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     assert_eq!(http::read_response(&mut conn.stream).unwrap().status, 200);
     assert_eq!(http::read_response(&mut conn.stream).unwrap().status, 404);
+    let r = http::request(s.http_port, "GET", "/status", &[("X-Request-Id", "req-42")], b"").unwrap();
+    assert_eq!(r.header("x-request-id"), Some("req-42"));
     // HTTP/1.0 closes by default.
     let r = http::raw(s.http_port, b"GET /status HTTP/1.0\r\n\r\n").unwrap();
     assert_eq!(r.header("connection"), Some("close"));
