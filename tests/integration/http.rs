@@ -207,3 +207,29 @@ fn slow_client_gets_408_and_does_not_block_others() {
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(9) && took < Duration::from_secs(20), "408 after {took:?}");
 }
+
+#[test]
+fn a_full_house_of_idle_connections_makes_room_for_status() {
+    let (s, _c) = waiting("http-fullhouse");
+    // More idle connections than the server has slots: without shedding, /status would get
+    // 503 until the idle timeout (60 s).
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        match TcpStream::connect(("127.0.0.1", s.http_port)) {
+            Ok(st) => idle.push(st),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(5);
+    loop {
+        if let Ok(r) = http::request(s.http_port, "GET", "/status", &[], b"")
+            && r.status == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/status still refused after {:?}", started.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(idle);
+}
