@@ -15,11 +15,13 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// An idle keep-alive connection is closed after this.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Past this many connections, idle keep-alive connections are closed within a second, so
+/// Past this many connections, a connection idle for [`CROWDED_IDLE_TIMEOUT`] is closed, so
 /// that a crowd of idle clients cannot fill every slot and starve `GET /status`.
 pub const SHED_IDLE_ABOVE: usize = MAX_CONNECTIONS * 3 / 4;
+/// The idle timeout while crowded (also the time a new connection has for its first request).
+pub const CROWDED_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often an idle connection checks whether it should make room.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
+const IDLE_CHECK: Duration = Duration::from_millis(500);
 
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
@@ -104,8 +106,13 @@ fn read_request(
         }
         let timeout = match started {
             Some(t) => REQUEST_DEADLINE.checked_sub(t.elapsed()),
-            None if active.load(Ordering::Relaxed) > SHED_IDLE_ABOVE => None,
-            None => IDLE_TIMEOUT.checked_sub(idle_since.elapsed()).map(|t| t.min(IDLE_CHECK)),
+            None => {
+                // Crowded: idle connections get a short leash (a new one still has that long
+                // to send its request), so the crowd drains and new clients get served.
+                let limit =
+                    if active.load(Ordering::Relaxed) > SHED_IDLE_ABOVE { CROWDED_IDLE_TIMEOUT } else { IDLE_TIMEOUT };
+                limit.checked_sub(idle_since.elapsed()).map(|t| t.min(IDLE_CHECK))
+            }
         };
         let Some(timeout) = timeout.filter(|t| !t.is_zero()) else {
             return if started.is_some() {

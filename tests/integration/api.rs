@@ -354,13 +354,15 @@ fn control_plane_empty_waits_for_configure() {
     let s = Setup::new("api-cplane-empty");
     let cp = StandIn::start(vec![(200, r#"{"status":"empty","spec":null,"compute_ctl_config":{}}"#.into())]);
     let mut c = Compute::spawn(&cplane_args(&s, &cp.uri()), s.http_port);
+    // `/status` says empty from the start, so first wait for the fetch itself.
+    poll(Duration::from_secs(20), "the spec request", || (cp.count() == 1).then_some(()));
     c.wait_status("empty", Duration::from_secs(20));
-    assert_eq!(cp.count(), 1);
     // Stays empty until /configure; the pool time is measured.
     std::thread::sleep(Duration::from_millis(300));
     let r = http::post_json(s.http_port, "/configure", &serde_json::json!({"spec": s.spec, "compute_ctl_config": {}}));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "running");
+    assert_eq!(cp.count(), 1, "an empty answer is not retried");
     let m = http::get(s.http_port, "/metrics.json").json();
     assert!(m["wait_for_spec_ms"].as_u64().unwrap() >= 300, "{m}");
 }
