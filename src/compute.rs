@@ -123,9 +123,10 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
         log::info!("running as PID 1: reaping orphaned processes");
     }
 
+    // Internal first: once the external server answers, both are up.
     for (port, which, name) in [
-        (args.external_http_port, routes::Server::External, "external"),
         (args.internal_http_port, routes::Server::Internal, "internal"),
+        (args.external_http_port, routes::Server::External, "external"),
     ] {
         let addr = SocketAddr::new(args.http_bind, port);
         server::spawn(addr, name, routes::handler(app.clone(), which))
