@@ -350,6 +350,16 @@ fn control_plane_404_fails_at_once() {
 }
 
 #[test]
+fn control_plane_503_every_time_gives_up_after_three_attempts() {
+    let s = Setup::new("api-cplane503");
+    let cp = StandIn::start(vec![(503, "{}".into())]);
+    let mut c = Compute::spawn(&cplane_args(&s, &cp.uri()), s.http_port);
+    assert_eq!(c.wait_exit(Duration::from_secs(60)).code(), Some(1));
+    assert_eq!(cp.count(), 3);
+    assert!(c.log_text().contains("exhausted all 3 attempts"), "{}", c.log_text());
+}
+
+#[test]
 fn control_plane_empty_waits_for_configure() {
     let s = Setup::new("api-cplane-empty");
     let cp = StandIn::start(vec![(200, r#"{"status":"empty","spec":null,"compute_ctl_config":{}}"#.into())]);
