@@ -36,6 +36,11 @@ pub enum Event {
 #[derive(Debug)]
 pub enum Reply {
     Done,
+    /// Postgres stopped after `/terminate`; the LSN of its shutdown checkpoint when it could
+    /// be read from `pg_controldata`.
+    Terminated {
+        lsn: Option<String>,
+    },
     WrongState(Status),
     Failed(String),
 }
@@ -60,11 +65,14 @@ enum Ending {
 /// Runs compute_ctl to the end and returns the process exit code.
 pub fn run(args: Args) -> Result<i32> {
     let (tx, rx) = mpsc::channel::<Event>();
+    let auth_token = args.http_auth_token_file.as_deref().map(routes::Token::from_file).transpose()?;
     let app = Arc::new(routes::App {
         shared: Shared::new(),
         events: Mutex::new(tx),
         live_config_allowed: !matches!(args.spec, SpecSource::Inline(_)),
         connstr: args.connstr.clone(),
+        bindir: pgdata::bindir(&args.pgbin)?,
+        auth_token,
         in_flight: AtomicUsize::new(0),
     });
     let result = supervise(args, app.clone(), rx);
@@ -105,10 +113,20 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
         }),
     });
     spawn_signal_thread(&ctx, tx.clone())?;
+    if std::process::id() == 1 {
+        let postmaster = ctx.postmaster.clone();
+        let is_ours = move |pid: u32| {
+            postmaster.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|pm| pm.pid() == pid)
+        };
+        crate::sys::spawn_orphan_reaper(is_ours)
+            .map_err(|e| Error::Process { what: "cannot start the orphan reaper".into(), detail: e.to_string() })?;
+        log::info!("running as PID 1: reaping orphaned processes");
+    }
 
+    // Internal first: once the external server answers, both are up.
     for (port, which, name) in [
-        (args.external_http_port, routes::Server::External, "external"),
         (args.internal_http_port, routes::Server::Internal, "internal"),
+        (args.external_http_port, routes::Server::External, "external"),
     ] {
         let addr = SocketAddr::new(args.http_bind, port);
         server::spawn(addr, name, routes::handler(app.clone(), which))
@@ -123,7 +141,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
         Some(spec) => start(empty.init(spec)),
         None => {
             if let SpecSource::ControlPlane(uri) = &args.spec {
-                match crate::control_plane::fetch_spec(uri, &args.compute_id, &shared)? {
+                match crate::control_plane::fetch_spec(uri, &args.compute_id)? {
                     Some(spec) => start(empty.init(spec)),
                     None => State::Empty(empty),
                 }
@@ -137,6 +155,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
     loop {
         if let State::Running(running) = &state {
             last_spec = Some(running.spec().clone());
+            crate::monitor::ensure_started(&shared, &args.connstr);
         }
         state = match state {
             State::Empty(empty) => match rx.recv() {
@@ -147,7 +166,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
                 }
                 Ok(Event::Terminate { reply, .. }) => {
                     let done = empty.terminate().wait();
-                    let _ = reply.send(Reply::Done);
+                    let _ = reply.send(Reply::Terminated { lsn: None });
                     State::Terminated(done, Ending::Requested)
                 }
                 Ok(Event::Signal(sig)) => {
@@ -165,11 +184,12 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
                 }
                 Ok(Event::Terminate { mode, reply }) => {
                     let done = running.terminate(mode).wait();
+                    let lsn = checkpoint_lsn(done.context());
                     if !synced_after_exit(&ctx, last_spec.as_ref()) {
                         let _ = reply.send(Reply::Failed("sync of safekeepers after postgres exited failed".into()));
                         return Ok(1);
                     }
-                    let _ = reply.send(Reply::Done);
+                    let _ = reply.send(Reply::Terminated { lsn });
                     State::Terminated(done, Ending::Requested)
                 }
                 Ok(Event::Signal(sig)) => {
@@ -318,4 +338,29 @@ fn spawn_signal_thread(ctx: &Context, tx: Sender<Event>) -> Result<()> {
         })
         .map_err(|e| Error::Process { what: "cannot start the signal thread".into(), detail: e.to_string() })?;
     Ok(())
+}
+
+/// "Latest checkpoint location" from `pg_controldata` (beside `-b`, as the Postgres user when
+/// we are root), i.e. the shutdown checkpoint's LSN after a fast shutdown. None if unreadable.
+fn checkpoint_lsn(ctx: &Context) -> Option<String> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(ctx.bindir.join("pg_controldata"));
+    cmd.arg(&ctx.args.pgdata).env("LC_ALL", "C").stdin(std::process::Stdio::null());
+    if let Some(u) = ctx.run_as {
+        cmd.uid(u.uid).gid(u.gid);
+    }
+    let out = match cmd.output() {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            log::warn!("pg_controldata failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+            return None;
+        }
+        Err(e) => {
+            log::warn!("cannot run pg_controldata: {e}");
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lsn = text.lines().find_map(|l| l.strip_prefix("Latest checkpoint location:")).map(|v| v.trim().to_string());
+    lsn.filter(|v| v.split_once('/').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty()))
 }

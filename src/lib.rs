@@ -19,6 +19,8 @@ pub mod error;
 pub mod escape;
 pub mod http;
 pub mod lifecycle;
+pub mod metrics;
+pub mod monitor;
 pub mod postgres;
 pub mod spec;
 mod sys;

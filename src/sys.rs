@@ -52,24 +52,56 @@ pub fn set_parent_death_signal(signal: i32, parent: u32) -> io::Result<()> {
     Ok(())
 }
 
-#[allow(dead_code)] // used by the PID 1 reaper (operational-surface issue)
-/// When compute_ctl is PID 1: reaps one exited child that is not in `ours` (orphans that the
-/// kernel re-parented to us), without touching the children that std's `Child::wait` owns.
-/// Returns the reaped pid, or None when there is nothing to reap.
-pub fn reap_one_orphan(ours: &dyn Fn(u32) -> bool) -> Option<u32> {
-    // SAFETY: as in `wait_exited_nowait`; WNOHANG makes it return at once.
-    let pid = unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        let rc = libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT | libc::WNOHANG);
-        if rc != 0 {
-            return None;
+/// The pids of our zombie children: processes in state `Z` whose parent is us, read from
+/// `/proc` (which must be this PID namespace's `/proc`, as in a container).
+pub fn zombie_children() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses, so split after
+        // the last `)`.
+        let mut rest = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace();
+        let (Some(state), Some(ppid)) = (rest.next(), rest.next().and_then(|p| p.parse::<u32>().ok())) else {
+            continue;
+        };
+        if state == "Z" && ppid == me {
+            out.push(pid);
         }
-        info.si_pid()
-    };
-    if pid <= 0 || ours(pid as u32) {
-        return None;
     }
-    // SAFETY: reaps exactly the zombie found above; a null status pointer is allowed.
+    out
+}
+
+/// Reaps zombie child `pid` if it still is one; true when it was reaped here.
+pub fn reap(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    // SAFETY: waitpid(2) on one pid with WNOHANG; a null status pointer is allowed.
     let rc = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-    (rc == pid).then_some(pid as u32)
+    rc == pid
+}
+
+/// When compute_ctl is PID 1 (a container's entrypoint), orphans anywhere in the container are
+/// re-parented to it and, unless it reaps them, stay zombies forever. This thread reaps every
+/// zombie child that is not ours: each second it lists the zombie children, and reaps those
+/// already seen a second earlier that `is_ours` does not claim. Our own children (the
+/// postmaster, `initdb`, `pg_dump`, …) are always waited for by their owner right away, so one
+/// still unreaped after a second has no waiter; the postmaster is also excluded by pid, since
+/// its reaper holds the zombie on purpose for a moment (see `wait_exited_nowait`).
+pub fn spawn_orphan_reaper(is_ours: impl Fn(u32) -> bool + Send + 'static) -> io::Result<()> {
+    std::thread::Builder::new().name("pid1-reaper".into()).spawn(move || {
+        let mut seen: Vec<u32> = Vec::new();
+        loop {
+            let now: Vec<u32> = zombie_children().into_iter().filter(|p| !is_ours(*p)).collect();
+            for pid in &now {
+                if seen.contains(pid) && reap(*pid) {
+                    log::info!("reaped orphaned process {pid}");
+                }
+            }
+            seen = now;
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    })?;
+    Ok(())
 }

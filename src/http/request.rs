@@ -4,7 +4,7 @@
 /// Size limits; anything over them is refused with the matching status code.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Longest request line (414 past it... answered as 431 with the head, see below).
+    /// Longest request line (414 past it).
     pub max_request_line: usize,
     /// Most header lines.
     pub max_headers: usize,

@@ -62,7 +62,12 @@ impl Response {
             Body::Stream(mut r) => {
                 head.push_str("Transfer-Encoding: chunked\r\n\r\n");
                 out.write_all(head.as_bytes())?;
+                if head_only {
+                    return out.flush();
+                }
                 let mut buf = vec![0u8; 64 * 1024];
+                // A read error (the producer failed midway) ends the response without the last
+                // chunk, so the client sees a truncated body instead of a complete-looking one.
                 loop {
                     let n = r.read(&mut buf)?;
                     if n == 0 {
@@ -86,6 +91,7 @@ pub fn reason(status: u16) -> &'static str {
         204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",

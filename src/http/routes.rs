@@ -1,11 +1,19 @@
-//! Routes of the external and internal servers, with Neon's methods, bodies and codes.
+//! Routes of the external and internal servers, with Neon's methods, bodies and codes, and the
+//! optional bearer-token check in front of them.
+//!
+//! Differences from Neon, on purpose: unknown paths (404) and wrong methods (405) get a JSON
+//! `{"error": …}` body like every other error; `/terminate` also works from `empty` and answers
+//! `{"lsn": …}`; `/insights` is a JSON object, not a JSON string holding JSON text.
 
+use super::pg_routes;
 use super::request::Request;
 use super::response::Response;
 use crate::compute::{Event, Reply};
 use crate::lifecycle::{Shared, Status};
 use crate::postgres::process::StopMode;
 use crate::spec::{ConfigurationRequest, ParsedSpec};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -17,9 +25,44 @@ pub struct App {
     /// False when the spec came from `-s` (then `/configure` answers 412, as in Neon).
     pub live_config_allowed: bool,
     pub connstr: String,
+    /// Where `pg_dump` is (beside `-b`).
+    pub bindir: PathBuf,
+    /// `--http-auth-token-file`'s token; every route but `GET /metrics` then needs it.
+    pub auth_token: Option<Token>,
     /// Requests being handled; the owner waits for them before the process exits so that
     /// the last answers (to `/terminate`, say) are written.
-    pub in_flight: std::sync::atomic::AtomicUsize,
+    pub in_flight: AtomicUsize,
+}
+
+/// A bearer token. Its `Debug` never shows it, so it cannot leak into a log line.
+pub struct Token(Vec<u8>);
+
+impl Token {
+    /// Reads the token file: the token is its content without surrounding whitespace.
+    pub fn from_file(path: &std::path::Path) -> crate::Result<Token> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| crate::Error::io("cannot read --http-auth-token-file", path, e))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(crate::Error::Usage(format!("--http-auth-token-file {}: the file is empty", path.display())));
+        }
+        Ok(Token(token.as_bytes().to_vec()))
+    }
+
+    /// Compares in time that depends only on the lengths, never on where the bytes differ.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        let mut diff = self.0.len() ^ given.len();
+        for (i, b) in self.0.iter().enumerate() {
+            diff |= usize::from(b ^ given.get(i).copied().unwrap_or(!b));
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
 }
 
 impl App {
@@ -36,42 +79,122 @@ pub enum Server {
     Internal,
 }
 
+impl Server {
+    fn label(self) -> &'static str {
+        match self {
+            Server::External => "external",
+            Server::Internal => "internal",
+        }
+    }
+}
+
 pub fn handler(app: Arc<App>, server: Server) -> super::server::Handler {
     Arc::new(move |req: &Request| route(&app, server, req))
 }
 
 /// Counts a request as in flight for as long as it lives.
-struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+struct InFlight<'a>(&'a AtomicUsize);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
+/// The routes of each server: (path, allowed methods). The path strings double as the
+/// bounded label set of the request counter.
+const EXTERNAL: &[(&str, &[&str])] = &[
+    ("/status", &["GET", "HEAD"]),
+    ("/metrics.json", &["GET", "HEAD"]),
+    ("/metrics", &["GET", "HEAD"]),
+    ("/info", &["GET", "HEAD"]),
+    ("/insights", &["GET", "HEAD"]),
+    ("/database_schema", &["GET", "HEAD"]),
+    ("/check_writability", &["POST"]),
+    ("/configure", &["POST"]),
+    ("/terminate", &["POST"]),
+];
+const INTERNAL: &[(&str, &[&str])] = &[("/extensions", &["POST"]), ("/grants", &["POST"])];
+
 fn route(app: &App, server: Server, req: &Request) -> Response {
-    app.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    app.in_flight.fetch_add(1, Ordering::SeqCst);
     let _in_flight = InFlight(&app.in_flight);
-    let m = req.method.as_str();
-    let get = m == "GET" || m == "HEAD";
-    let resp = match (server, req.path.as_str()) {
-        (Server::External, "/status") if get => status(app),
-        (Server::External, "/metrics.json") if get => Response::json(200, &app.shared.get().metrics),
-        (Server::External, "/configure") if m == "POST" => configure(app, req),
-        (Server::External, "/terminate") if m == "POST" => terminate(app, req),
-        (Server::External, "/status" | "/metrics.json" | "/configure" | "/terminate") => Response::empty(405),
-        _ => Response::empty(404),
+    let table = match server {
+        Server::External => EXTERNAL,
+        Server::Internal => INTERNAL,
     };
-    log::debug!("{} {} -> {}", req.method, req.path, resp.status);
+    let known = table.iter().find(|(p, _)| *p == req.path);
+    let label = known.map_or("other", |(p, _)| *p);
+    let mut resp = dispatch(app, server, req, known);
+    crate::metrics::count_http_request(server.label(), label, resp.status);
+    // Neon copies `x-request-id` onto the response; the parser has already refused control
+    // characters in header values, so echoing it cannot split the response head.
+    if let Some(id) = req.header("x-request-id") {
+        resp = resp.with_header("x-request-id", id.to_string());
+    }
+    if label == "/metrics" || label == "/status" {
+        log::debug!("{} {} -> {}", req.method, req.path, resp.status);
+    } else {
+        log::info!("{} {} -> {}", req.method, req.path, resp.status);
+    }
     resp
+}
+
+fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&str])>) -> Response {
+    let m = req.method.as_str();
+    let public = server == Server::External && req.path == "/metrics" && (m == "GET" || m == "HEAD");
+    if !public && let Some(token) = &app.auth_token {
+        let given = req.header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+        if !given.is_some_and(|g| token.matches(g.as_bytes())) {
+            return Response::error(401, "missing or invalid bearer token")
+                .with_header("WWW-Authenticate", "Bearer".into());
+        }
+    }
+    let Some((path, methods)) = known else {
+        return Response::error(404, format!("no route for {}", req.path));
+    };
+    if !methods.contains(&m) {
+        return Response::error(405, format!("method {m} is not allowed on {path}"))
+            .with_header("Allow", methods.join(", "));
+    }
+    match (server, *path) {
+        (Server::External, "/status") => status(app),
+        (Server::External, "/metrics.json") => Response::json(200, &app.shared.get().metrics),
+        (Server::External, "/metrics") => {
+            Response::text(200, "text/plain; version=0.0.4", crate::metrics::render(&app.shared.get()))
+        }
+        (Server::External, "/info") => info(),
+        (Server::External, "/insights") => pg_routes::insights(app),
+        (Server::External, "/database_schema") => pg_routes::database_schema(app, req),
+        (Server::External, "/check_writability") => pg_routes::check_writability(app),
+        (Server::External, "/configure") => configure(app, req),
+        (Server::External, "/terminate") => terminate(app, req),
+        (Server::Internal, "/extensions") => pg_routes::extensions(app, req),
+        (Server::Internal, "/grants") => pg_routes::grants(app, req),
+        _ => Response::error(404, format!("no route for {}", req.path)),
+    }
 }
 
 fn status(app: &App) -> Response {
     Response::json(200, &app.shared.get().body())
 }
 
-fn precondition(status: Status) -> Response {
+/// Neon's `/info`: the CPUs this compute may use.
+fn info() -> Response {
+    let num_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Response::json(200, &serde_json::json!({ "num_cpus": num_cpus }))
+}
+
+pub(super) fn precondition(status: Status) -> Response {
     Response::error(412, format!("invalid compute status: {status}"))
+}
+
+/// 412 unless the compute is `running`.
+pub(super) fn require_running(app: &App) -> Result<(), Response> {
+    match app.shared.get().status {
+        Status::Running => Ok(()),
+        other => Err(precondition(other)),
+    }
 }
 
 fn is_json(req: &Request) -> bool {
@@ -118,7 +241,7 @@ fn configure(app: &App, req: &Request) -> Response {
         return Response::error(503, "compute_ctl is shutting down");
     }
     match rx.recv() {
-        Ok(Reply::Done) => status(app),
+        Ok(Reply::Done | Reply::Terminated { .. }) => status(app),
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::Failed(msg)) => Response::error(500, format!("compute configuration failed: {msg}")),
         Err(_) => Response::error(503, "compute_ctl is shutting down"),
@@ -142,10 +265,27 @@ fn terminate(app: &App, req: &Request) -> Response {
         return Response::error(503, "compute_ctl is shutting down");
     }
     match rx.recv() {
-        Ok(Reply::Done) => Response::empty(200),
+        Ok(Reply::Terminated { lsn }) => Response::json(200, &serde_json::json!({ "lsn": lsn })),
+        Ok(Reply::Done) => Response::json(200, &serde_json::json!({ "lsn": null })),
         Ok(Reply::WrongState(Status::Terminated)) => Response::empty(201),
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::Failed(msg)) => Response::error(500, msg),
         Err(_) => Response::error(503, "compute_ctl is shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_compare() {
+        let t = Token(b"s3cret".to_vec());
+        assert!(t.matches(b"s3cret"));
+        assert!(!t.matches(b"s3cres"));
+        assert!(!t.matches(b"s3cret2"));
+        assert!(!t.matches(b"s3cre"));
+        assert!(!t.matches(b""));
+        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
     }
 }

@@ -15,6 +15,13 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// An idle keep-alive connection is closed after this.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Past this many connections, a connection idle for [`CROWDED_IDLE_TIMEOUT`] is closed, so
+/// that a crowd of idle clients cannot fill every slot and starve `GET /status`.
+pub const SHED_IDLE_ABOVE: usize = MAX_CONNECTIONS * 3 / 4;
+/// The idle timeout while crowded (also the time a new connection has for its first request).
+pub const CROWDED_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often an idle connection checks whether it should make room.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
 
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
@@ -38,7 +45,7 @@ pub fn spawn(addr: SocketAddr, name: &str, handler: Handler) -> io::Result<Socke
             let active2 = active.clone();
             let spawned =
                 std::thread::Builder::new().name("http-conn".into()).stack_size(256 * 1024).spawn(move || {
-                    serve_connection(stream, &handler);
+                    serve_connection(stream, &handler, &active2);
                     active2.fetch_sub(1, Ordering::SeqCst);
                 });
             if spawned.is_err() {
@@ -50,17 +57,18 @@ pub fn spawn(addr: SocketAddr, name: &str, handler: Handler) -> io::Result<Socke
     Ok(local)
 }
 
-fn serve_connection(mut stream: TcpStream, handler: &Handler) {
+fn serve_connection(mut stream: TcpStream, handler: &Handler, active: &AtomicUsize) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(REQUEST_DEADLINE));
     let limits = Limits::default();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
-        let req = match read_request(&mut stream, &mut buf, &limits) {
+        let req = match read_request(&mut stream, &mut buf, &limits, active) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(resp) => {
                 let _ = resp.write_to(&mut stream, false, false);
+                linger_close(stream);
                 return;
             }
         };
@@ -74,8 +82,14 @@ fn serve_connection(mut stream: TcpStream, handler: &Handler) {
     }
 }
 
-/// Reads one request; Ok(None) when the client closed or idled out between requests.
-fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits) -> Result<Option<Request>, Response> {
+/// Reads one request; Ok(None) when the client closed or idled out between requests (or the
+/// server is crowded and an idle connection makes room).
+fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limits: &Limits,
+    active: &AtomicUsize,
+) -> Result<Option<Request>, Response> {
     let mut started: Option<Instant> = if buf.is_empty() { None } else { Some(Instant::now()) };
     let idle_since = Instant::now();
     let mut chunk = [0u8; 16 * 1024];
@@ -92,7 +106,13 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits) -> R
         }
         let timeout = match started {
             Some(t) => REQUEST_DEADLINE.checked_sub(t.elapsed()),
-            None => IDLE_TIMEOUT.checked_sub(idle_since.elapsed()),
+            None => {
+                // Crowded: idle connections get a short leash (a new one still has that long
+                // to send its request), so the crowd drains and new clients get served.
+                let limit =
+                    if active.load(Ordering::Relaxed) > SHED_IDLE_ABOVE { CROWDED_IDLE_TIMEOUT } else { IDLE_TIMEOUT };
+                limit.checked_sub(idle_since.elapsed()).map(|t| t.min(IDLE_CHECK))
+            }
         };
         let Some(timeout) = timeout.filter(|t| !t.is_zero()) else {
             return if started.is_some() {
@@ -114,6 +134,24 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits) -> R
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
                 ) => {}
             Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// Closes after an error answer without losing it: a close with unread input makes the
+/// kernel send a reset, which can destroy the answer before the client reads it. So stop
+/// writing, then read and discard what the client still sends, for a bounded time and size.
+fn linger_close(mut stream: TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut sink = [0u8; 16 * 1024];
+    let mut total = 0usize;
+    while total < 8 * 1024 * 1024 {
+        let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else { break };
+        let _ = stream.set_read_timeout(Some(left.min(Duration::from_millis(500))));
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
         }
     }
 }

@@ -2,6 +2,8 @@
 
 mod support;
 
+mod api;
+mod http;
 mod lifecycle;
 mod storage;
 mod subscriptions;

@@ -97,3 +97,112 @@ pub fn read_response(s: &mut impl Read) -> std::io::Result<Response> {
     }
     Ok(Response { status, headers, body })
 }
+
+/// Sends raw bytes on a new connection and reads one response (for malformed requests).
+pub fn raw(port: u16, bytes: &[u8]) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(bytes)?;
+    read_response(&mut s)
+}
+
+/// A keep-alive connection that sends requests one after the other.
+pub struct Conn {
+    pub stream: TcpStream,
+}
+
+impl Conn {
+    pub fn open(port: u16) -> Conn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn { stream }
+    }
+
+    pub fn get(&mut self, path: &str) -> std::io::Result<Response> {
+        self.stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())?;
+        read_response(&mut self.stream)
+    }
+}
+
+/// A scripted HTTP server on 127.0.0.1:0 standing in for the control plane: it answers the
+/// n-th request with the n-th (status, body) of the script (the last one repeats) and records
+/// every request head it receives.
+pub struct StandIn {
+    pub port: u16,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl StandIn {
+    pub fn start(script: Vec<(u16, String)>) -> StandIn {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(mut s) = stream else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                seen.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
+                let (status, body) = script[n.min(script.len() - 1)].clone();
+                let resp = format!(
+                    "HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes());
+            }
+        });
+        StandIn { port, requests }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+/// Like `Compute::spawn`, with extra environment variables (set on the child only, so
+/// parallel tests do not see each other's), logging to `log`.
+pub fn spawn_with_env(
+    args: &[String],
+    http_port: u16,
+    env: &[(&str, &str)],
+    log: std::path::PathBuf,
+) -> super::Compute {
+    let f = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new(super::BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    super::Compute { child: Some(child), http_port, log }
+}
+
+/// `promtool check metrics` on `text`; None when promtool is not installed.
+pub fn promtool_check(text: &str) -> Option<(bool, String)> {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let msg = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Some((out.status.success(), msg))
+}

@@ -1,0 +1,232 @@
+//! Prometheus metrics: the process-wide counters, and the text exposition format written by
+//! hand (version 0.0.4, what `promtool check metrics` reads).
+//!
+//! Neon's four families (reference 3.5) keep their names and labels; empty families are left
+//! out, as Neon does. Added: `compute_ctl_up{status}` (one sample per status, 1 for the current
+//! one), `compute_ctl_startup_duration_seconds{step}` and `compute_ctl_startup_bytes{what}` (the
+//! `/metrics.json` fields), and `compute_ctl_http_requests_total{server,route,code}`.
+//!
+//! The counters are process-wide by nature (the control-plane fetch happens before any HTTP
+//! server exists), so they live in one global registry rather than being threaded through.
+
+use crate::lifecycle::{Snapshot, Status};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Mutex, MutexGuard};
+
+/// One installed extension, aggregated over databases.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct InstalledExtension {
+    pub name: String,
+    pub version: String,
+    pub owned_by_superuser: bool,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// `compute_ctl_cplane_requests_total`: (rpc, http_status) → count.
+    cplane: BTreeMap<(String, String), u64>,
+    /// `compute_ctl_remote_ext_requests_total`: http_status → count (no remote extensions in
+    /// this build, so it stays empty and is left out).
+    remote_ext: BTreeMap<String, u64>,
+    /// `compute_ctl_db_migration_failed_total`: migration_id → count.
+    migration_failed: BTreeMap<String, u64>,
+    /// `compute_installed_extensions`: extension → number of databases.
+    installed: BTreeMap<InstalledExtension, u64>,
+    /// `compute_ctl_http_requests_total`: (server, route, code) → count.
+    http: BTreeMap<(&'static str, &'static str, u16), u64>,
+}
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+
+fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
+    // A poisoned lock means a panic while bumping a counter; the maps are still valid.
+    let mut guard: MutexGuard<'_, Option<Registry>> = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    f(guard.get_or_insert_with(Registry::default))
+}
+
+/// Counts one control-plane request; `http_status` is e.g. `200 OK`, or `unknown` for a
+/// network error (Neon's labels).
+pub fn count_cplane_request(rpc: &str, http_status: &str) {
+    with(|r| *r.cplane.entry((rpc.to_string(), http_status.to_string())).or_default() += 1);
+}
+
+/// Counts one failed migration.
+pub fn count_migration_failed(migration_id: &str) {
+    with(|r| *r.migration_failed.entry(migration_id.to_string()).or_default() += 1);
+}
+
+/// Counts one answered HTTP request. `route` must be one of a fixed set (or `other`) so that
+/// the label's cardinality stays bounded.
+pub fn count_http_request(server: &'static str, route: &'static str, code: u16) {
+    with(|r| *r.http.entry((server, route, code)).or_default() += 1);
+}
+
+/// Replaces the installed-extension gauge (after a start or a reconfiguration).
+pub fn set_installed_extensions(exts: BTreeMap<InstalledExtension, u64>) {
+    with(|r| r.installed = exts);
+}
+
+/// The Prometheus text for the current registry and `snap`.
+pub fn render(snap: &Snapshot) -> String {
+    let mut out = String::with_capacity(4096);
+    with(|r| {
+        family(
+            &mut out,
+            "compute_installed_extensions",
+            "gauge",
+            "Number of databases where the version of extension is installed",
+            r.installed.iter().map(|(e, n)| {
+                (
+                    vec![
+                        ("extension_name", e.name.as_str()),
+                        ("version", e.version.as_str()),
+                        ("owned_by_superuser", if e.owned_by_superuser { "1" } else { "0" }),
+                    ],
+                    *n as f64,
+                )
+            }),
+        );
+        family(
+            &mut out,
+            "compute_ctl_cplane_requests_total",
+            "counter",
+            "Total number of control plane requests made by compute_ctl by status",
+            r.cplane
+                .iter()
+                .map(|((rpc, st), n)| (vec![("rpc", rpc.as_str()), ("http_status", st.as_str())], *n as f64)),
+        );
+        family(
+            &mut out,
+            "compute_ctl_remote_ext_requests_total",
+            "counter",
+            "Total number of requests made by compute_ctl to download extensions from S3 proxy by status",
+            r.remote_ext.iter().map(|(st, n)| (vec![("http_status", st.as_str())], *n as f64)),
+        );
+        family(
+            &mut out,
+            "compute_ctl_db_migration_failed_total",
+            "counter",
+            "Total number of failed database migrations",
+            r.migration_failed.iter().map(|(id, n)| (vec![("migration_id", id.as_str())], *n as f64)),
+        );
+        let codes: Vec<(&str, &str, String, u64)> =
+            r.http.iter().map(|((s, route, code), n)| (*s, *route, code.to_string(), *n)).collect();
+        family(
+            &mut out,
+            "compute_ctl_http_requests_total",
+            "counter",
+            "HTTP requests answered by compute_ctl, by server, route and status code",
+            codes.iter().map(|(s, route, code, n)| {
+                (vec![("server", *s), ("route", *route), ("code", code.as_str())], *n as f64)
+            }),
+        );
+    });
+    family(
+        &mut out,
+        "compute_ctl_up",
+        "gauge",
+        "Compute status: 1 for the current status, 0 for the others",
+        Status::ALL.iter().map(|s| (vec![("status", s.wire_name())], if *s == snap.status { 1.0 } else { 0.0 })),
+    );
+    let m = &snap.metrics;
+    let ms = |v: u64| v as f64 / 1000.0;
+    let steps = [
+        ("wait_for_spec", ms(m.wait_for_spec_ms)),
+        ("sync_sk_check", ms(m.sync_sk_check_ms)),
+        ("sync_safekeepers", ms(m.sync_safekeepers_ms)),
+        ("pageserver_connect", m.pageserver_connect_micros as f64 / 1e6),
+        ("basebackup", ms(m.basebackup_ms)),
+        ("start_postgres", ms(m.start_postgres_ms)),
+        ("config", ms(m.config_ms)),
+        ("total_startup", ms(m.total_startup_ms)),
+        ("load_ext", ms(m.load_ext_ms)),
+        ("drop_subscriptions", ms(m.drop_subscriptions_ms)),
+    ];
+    family(
+        &mut out,
+        "compute_ctl_startup_duration_seconds",
+        "gauge",
+        "Duration of each start-up step of the last start (the /metrics.json timings)",
+        steps.iter().map(|(step, v)| (vec![("step", *step)], *v)),
+    );
+    let bytes = [
+        ("basebackup", m.basebackup_bytes),
+        ("largest_ext", m.largest_ext_size),
+        ("total_ext_download", m.total_ext_download_size),
+    ];
+    family(
+        &mut out,
+        "compute_ctl_startup_bytes",
+        "gauge",
+        "Bytes transferred during the last start (the /metrics.json sizes)",
+        bytes.iter().map(|(what, v)| (vec![("what", *what)], *v as f64)),
+    );
+    family(
+        &mut out,
+        "compute_ctl_extensions_downloaded",
+        "gauge",
+        "Extensions downloaded during the last start",
+        std::iter::once((Vec::new(), m.num_ext_downloaded as f64)),
+    );
+    out
+}
+
+/// Writes one family: `# HELP`, `# TYPE` and its samples; nothing when it has no samples.
+fn family<'a>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl Iterator<Item = (Vec<(&'a str, &'a str)>, f64)>,
+) {
+    let mut samples = samples.peekable();
+    if samples.peek().is_none() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        out.push_str(name);
+        if !labels.is_empty() {
+            out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{k}=\"{}\"", escape_label(v));
+            }
+            out.push('}');
+        }
+        let _ = writeln!(out, " {value}");
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// HELP text escapes backslash and newline.
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        family(&mut out, "m", "gauge", "h", std::iter::once((vec![("l", "a\"b\\c\nd")], 1.0)));
+        assert_eq!(out, "# HELP m h\n# TYPE m gauge\nm{l=\"a\\\"b\\\\c\\nd\"} 1\n");
+    }
+
+    #[test]
+    fn empty_families_are_left_out() {
+        let mut out = String::new();
+        family(&mut out, "m", "counter", "h", std::iter::empty());
+        assert!(out.is_empty());
+    }
+}
