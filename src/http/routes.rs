@@ -59,7 +59,8 @@ fn route(app: &App, server: Server, req: &Request) -> Response {
         (Server::External, "/metrics.json") if get => Response::json(200, &app.shared.get().metrics),
         (Server::External, "/configure") if m == "POST" => configure(app, req),
         (Server::External, "/terminate") if m == "POST" => terminate(app, req),
-        (Server::External, "/status" | "/metrics.json" | "/configure" | "/terminate") => Response::empty(405),
+        (Server::External, "/dbs_and_roles") if get => dbs_and_roles(app),
+        (Server::External, "/status" | "/metrics.json" | "/configure" | "/terminate" | "/dbs_and_roles") => Response::empty(405),
         _ => Response::empty(404),
     };
     log::debug!("{} {} -> {}", req.method, req.path, resp.status);
@@ -68,6 +69,14 @@ fn route(app: &App, server: Server, req: &Request) -> Response {
 
 fn status(app: &App) -> Response {
     Response::json(200, &app.shared.get().body())
+}
+
+/// Roles and databases from Postgres, never with password hashes.
+fn dbs_and_roles(app: &App) -> Response {
+    match crate::postgres::apply::dbs_and_roles(&app.connstr) {
+        Ok(v) => Response::json(200, &v),
+        Err(e) => Response::error(500, e.to_string()),
+    }
 }
 
 fn precondition(status: Status) -> Response {
