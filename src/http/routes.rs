@@ -60,7 +60,9 @@ fn route(app: &App, server: Server, req: &Request) -> Response {
         (Server::External, "/configure") if m == "POST" => configure(app, req),
         (Server::External, "/terminate") if m == "POST" => terminate(app, req),
         (Server::External, "/dbs_and_roles") if get => dbs_and_roles(app),
-        (Server::External, "/status" | "/metrics.json" | "/configure" | "/terminate" | "/dbs_and_roles") => Response::empty(405),
+        (Server::External, "/status" | "/metrics.json" | "/configure" | "/terminate" | "/dbs_and_roles") => {
+            Response::empty(405)
+        }
         _ => Response::empty(404),
     };
     log::debug!("{} {} -> {}", req.method, req.path, resp.status);

@@ -213,8 +213,7 @@ fn options_match(options: &[GenericOption], row: &RoleRow) -> bool {
 /// (both would be "conflicting or redundant options").
 fn role_options(role: &Role) -> (String, String) {
     let opts = role.options.as_deref().unwrap_or_default();
-    let mut parts: Vec<String> =
-        opts.iter().map(|o| sql_option(&o.name, o.value.as_deref(), o.is_string())).collect();
+    let mut parts: Vec<String> = opts.iter().map(|o| sql_option(&o.name, o.value.as_deref(), o.is_string())).collect();
     if !opts.iter().any(|o| option_family(&o.name) == Some("LOGIN")) {
         parts.push("LOGIN".into());
     }
@@ -277,7 +276,11 @@ pub fn create_and_alter_roles(spec: &ComputeSpec, jwks_roles: &HashSet<String>, 
 #[derive(Debug, Clone, PartialEq)]
 pub enum DbDelta {
     /// Drop the subscriptions of `name` first (connecting to it), then run `stmts`.
-    Delete { name: String, allow_connections_first: bool, stmts: Vec<Stmt> },
+    Delete {
+        name: String,
+        allow_connections_first: bool,
+        stmts: Vec<Stmt>,
+    },
     Rename(Stmt),
 }
 
@@ -338,12 +341,8 @@ pub fn create_and_alter_databases(spec: &ComputeSpec, snap: &mut Snapshot) -> Ve
 }
 
 fn database_options(db: &Database) -> String {
-    let mut parts: Vec<String> = db
-        .options
-        .iter()
-        .flatten()
-        .map(|o| sql_option(&o.name, o.value.as_deref(), o.is_string()))
-        .collect();
+    let mut parts: Vec<String> =
+        db.options.iter().flatten().map(|o| sql_option(&o.name, o.value.as_deref(), o.is_string())).collect();
     parts.push(format!("OWNER {}", quote_ident(&db.owner)));
     parts.join(" ")
 }

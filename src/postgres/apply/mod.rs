@@ -129,7 +129,9 @@ pub fn apply(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency) -> Res
         sys.run("handle_other_extensions", &stmt("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))?;
     }
     match (&state.neon_available, &state.neon_installed) {
-        (Some(_), None) => sys.run("handle_neon_extension", &stmt("CREATE EXTENSION IF NOT EXISTS neon WITH SCHEMA neon"))?,
+        (Some(_), None) => {
+            sys.run("handle_neon_extension", &stmt("CREATE EXTENSION IF NOT EXISTS neon WITH SCHEMA neon"))?
+        }
         (Some(available), Some(installed)) if available != installed => {
             sys.run("handle_neon_extension", &stmt("ALTER EXTENSION neon UPDATE"))?
         }
@@ -138,7 +140,9 @@ pub fn apply(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency) -> Res
     if !state.health_check {
         sys.run(
             "create_availability_check",
-            &stmt("CREATE TABLE IF NOT EXISTS health_check (id serial primary key, updated_at timestamptz default now())"),
+            &stmt(
+                "CREATE TABLE IF NOT EXISTS health_check (id serial primary key, updated_at timestamptz default now())",
+            ),
         )?;
         sys.run(
             "create_availability_check",

@@ -90,7 +90,12 @@ impl Exec<'_> {
         Ok(())
     }
 
-    fn query(&mut self, phase: &'static str, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<postgres::Row>> {
+    fn query(
+        &mut self,
+        phase: &'static str,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>> {
         self.client.query(sql, params).map_err(|e| Error::sql(phase, self.db, e))
     }
 
