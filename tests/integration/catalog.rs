@@ -326,14 +326,14 @@ fn deleting_a_role_cleans_up_its_objects_and_foreign_grants() {
 fn hostile_per_database_settings_do_not_break_apply() {
     let mut cat = Cat::start("cat-dbsettings", |spec| {
         spec["cluster"]["roles"] = json!([role("owner", None), role("gone", None)]);
-        spec["cluster"]["databases"] = json!([db("hostile", "owner")]);
     });
-    // Make the apply work in that database: missing default privileges, and (in the system
-    // database) a role to delete that owns a table.
-    let mut h = cat.db("hostile");
-    h.batch_execute("ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON TABLES FROM neon_superuser").unwrap();
-    drop(h);
+    // A database made outside the spec, with settings that would break a naive connection,
+    // and a role to delete that owns tables there and in the system database.
     let mut pg = cat.db("postgres");
+    pg.batch_execute("CREATE DATABASE hostile").unwrap();
+    let mut h = cat.db("hostile");
+    h.batch_execute("GRANT CREATE ON SCHEMA public TO gone; SET ROLE gone; CREATE TABLE public.h (x int)").unwrap();
+    drop(h);
     pg.batch_execute(
         "GRANT CREATE ON SCHEMA public TO gone; SET ROLE gone; CREATE TABLE public.t (x int); RESET ROLE;
          ALTER DATABASE hostile SET default_transaction_read_only = on;
@@ -343,16 +343,32 @@ fn hostile_per_database_settings_do_not_break_apply() {
          ALTER ROLE cloud_admin IN DATABASE hostile SET lock_timeout = '1ms';",
     )
     .unwrap();
+    // The spec takes the database over and deletes the role.
     let mut spec = cat.spec();
     spec["cluster"]["roles"] = json!([role("owner", None)]);
+    spec["cluster"]["databases"] = json!([db("hostile", "owner")]);
     spec["delta_operations"] = json!([{"action": "delete_role", "name": "gone"}]);
     let ddl = cat.ddl_during(|cat| cat.configure_ok(&spec));
-    assert!(
-        ddl.iter().any(|l| l.contains("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES")),
-        "{ddl:#?}"
-    );
-    assert!(ddl.iter().any(|l| l.contains("DROP ROLE IF EXISTS \"gone\"")), "{ddl:#?}");
+    for want in [
+        "ALTER DATABASE \"hostile\" OWNER TO \"owner\"",
+        "REASSIGN OWNED BY \"gone\" TO \"owner\"",
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES",
+        "DROP ROLE IF EXISTS \"gone\"",
+    ] {
+        assert!(ddl.iter().any(|l| l.contains(want) && l.contains("app=compute_ctl:apply_config")), "{want}: {ddl:#?}");
+    }
     assert!(!roles(&mut pg).contains(&"gone".to_string()));
+    let mut h = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(cat.s.pg_port)
+        .user(support::SUPERUSER)
+        .dbname("hostile")
+        .options("-c statement_timeout=0")
+        .connect(postgres::NoTls)
+        .unwrap();
+    let owner: String =
+        h.query_one("SELECT tableowner::text FROM pg_tables WHERE tablename = 'h'", &[]).unwrap().get(0);
+    assert_eq!(owner, "owner");
 }
 
 #[test]

@@ -101,7 +101,12 @@ pub fn apply(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency) -> Res
         .collect();
 
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
-    run(&mut sys, "create_superuser", catalog::create_superuser(spec, &mut snap))?;
+    let superuser = catalog::create_superuser(spec, &mut snap);
+    if !superuser.is_empty() {
+        // Default privileges checked before were for a neon_superuser that is gone.
+        per_db::forget_verified(Some(connstr));
+    }
+    run(&mut sys, "create_superuser", superuser)?;
     run(&mut sys, "drop_invalid_databases", catalog::drop_invalid_databases(&mut snap))?;
     run(&mut sys, "rename_roles", catalog::rename_roles(spec, &mut snap))?;
     run(&mut sys, "create_and_alter_roles", catalog::create_and_alter_roles(spec, &jwks_roles, &mut snap))?;
@@ -262,10 +267,10 @@ fn db_tasks(spec: &ComputeSpec, snap: &Snapshot, system_db: &str, me: &str) -> V
             continue;
         }
         let owner = if is_system { me.to_string() } else { db.owner.clone() };
-        tasks.push(DbTask { name: db.name.clone(), owner, manage_schema: usable });
+        tasks.push(DbTask { name: db.name.clone(), owner, manage_schema: usable, oid: row.and_then(|r| r.oid) });
     }
     if !system_seen {
-        tasks.push(DbTask { name: system_db.to_string(), owner: me.to_string(), manage_schema: false });
+        tasks.push(DbTask { name: system_db.to_string(), owner: me.to_string(), manage_schema: false, oid: None });
     }
     tasks
 }

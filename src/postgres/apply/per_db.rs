@@ -12,6 +12,7 @@ use super::{Counter, maintenance_client};
 use crate::error::{Error, Result};
 use crate::escape::quote_ident;
 use postgres::Client;
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -23,6 +24,25 @@ pub struct DbTask {
     pub owner: String,
     /// A spec database that accepts connections: its public schema is managed.
     pub manage_schema: bool,
+    /// None for a database created by this apply.
+    pub oid: Option<u32>,
+}
+
+/// Databases whose schema `public` this process has already brought to the spec's state:
+/// (connection string, database oid, owner). A live reconfigure does not connect to them
+/// again, which is what makes a repeated apply cheap; a new process (every start) checks
+/// every database once. A new owner, a database dropped and created again (new oid) or a
+/// re-created `neon_superuser` ([`forget_verified`]) makes the database checked again.
+static VERIFIED: Mutex<BTreeSet<(String, u32, String)>> = Mutex::new(BTreeSet::new());
+
+fn verified() -> std::sync::MutexGuard<'static, BTreeSet<(String, u32, String)>> {
+    VERIFIED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Forgets what was verified for `connstr` (every connection string when None), so that the
+/// next apply checks every database again.
+pub fn forget_verified(connstr: Option<&str>) {
+    verified().retain(|(c, _, _)| connstr.is_some_and(|want| c != want));
 }
 
 /// What every task shares.
@@ -61,7 +81,9 @@ pub fn run_all(tasks: &[DbTask], workers: usize, shared: &Shared<'_>) -> Result<
 
 fn run_one(task: &DbTask, shared: &Shared<'_>) -> Result<()> {
     let deleting: Vec<&String> = shared.roles_to_delete.iter().filter(|r| **r != task.owner).collect();
-    if deleting.is_empty() && !task.manage_schema {
+    let key = |oid: u32| (shared.connstr.to_string(), oid, task.owner.clone());
+    let check_schema = task.manage_schema && !task.oid.is_some_and(|oid| verified().contains(&key(oid)));
+    if deleting.is_empty() && !check_schema {
         return Ok(());
     }
     let mut client = maintenance_client(shared.connstr, Some(&task.name))?;
@@ -69,8 +91,17 @@ fn run_one(task: &DbTask, shared: &Shared<'_>) -> Result<()> {
     if !deleting.is_empty() {
         delete_role_references(&mut exec, &deleting, &task.owner)?;
     }
-    if task.manage_schema {
+    if check_schema {
         change_schema_perms(&mut exec, &task.owner)?;
+        let oid = match task.oid {
+            Some(oid) => oid,
+            None => exec
+                .query(SCHEMA_PERMS, "SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()", &[])?
+                .first()
+                .map(|r| r.get(0))
+                .unwrap_or_default(),
+        };
+        verified().insert(key(oid));
     }
     Ok(())
 }
