@@ -467,3 +467,17 @@ fn reconfigure_reloads_without_restart_and_reports_failures() {
     assert_eq!(dbs_with_owner(&mut pg).into_iter().find(|(d, _)| d == "orphan").unwrap().1, "owner");
     assert_eq!(support::postmaster_pid(&cat.s.pgdata), Some(pid));
 }
+
+#[test]
+fn configure_is_refused_when_the_spec_came_from_the_command_line() {
+    let s = Setup::new("cat-inline");
+    let mut args = s.base_args();
+    args.extend(["-s".into(), s.spec.to_string()]);
+    let mut c = Compute::spawn(&args, s.http_port);
+    c.wait_running();
+    let body = json!({"spec": s.spec, "compute_ctl_config": {"jwks": {"keys": []}}});
+    let r = http::post_json(s.http_port, "/configure", &body);
+    assert_eq!(r.status, 412, "{}", r.text());
+    assert_eq!(r.json()["error"], "live configuration is not allowed for this compute node");
+    assert_eq!(c.status().unwrap()["status"], "running");
+}
