@@ -272,6 +272,18 @@ fn passwords_options_and_templates_take_effect() {
     cat.configure_ok(&spec);
     let n: i64 = pg.query_one("SELECT count(*) FROM pg_database WHERE datname = 'tmpl'", &[]).unwrap().get(0);
     assert_eq!(n, 0);
+    drop(pg);
+
+    // A restart with the same spec (a new process checks every database) runs no DDL either.
+    let r = http::request(cat.s.http_port, "POST", "/terminate", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    cat.c.wait_exit(Duration::from_secs(20));
+    cat.c = cat.s.spawn();
+    cat.c.wait_running();
+    let log = cat.wait_log("catalog applied in");
+    let ddl: Vec<&str> = log.lines().filter(|l| l.contains("app=compute_ctl:apply_config LOG:  statement:")).collect();
+    assert!(ddl.is_empty(), "{ddl:#?}");
+    assert!(log.contains("with 0 statements (nothing to change)"), "{log}");
 }
 
 #[test]
@@ -480,4 +492,48 @@ fn configure_is_refused_when_the_spec_came_from_the_command_line() {
     assert_eq!(r.status, 412, "{}", r.text());
     assert_eq!(r.json()["error"], "live configuration is not allowed for this compute node");
     assert_eq!(c.status().unwrap()["status"], "running");
+}
+
+#[test]
+fn deleting_a_role_in_many_databases_at_once_does_not_deadlock() {
+    let names: Vec<String> = (0..8).map(|i| format!("par_{i}")).collect();
+    let mut cat = Cat::start("cat-parallel", |spec| {
+        spec["cluster"]["roles"] = json!([role("owner", None), role("spread", None)]);
+        spec["cluster"]["databases"] = names.iter().map(|n| db(n, "owner")).collect();
+        spec["reconfigure_concurrency"] = json!(8);
+    });
+    for n in &names {
+        cat.db(n)
+            .batch_execute(
+                "GRANT CREATE ON SCHEMA public TO spread; SET ROLE spread;
+                 CREATE TABLE a (x int); CREATE TABLE b (x int); CREATE SEQUENCE s;
+                 GRANT SELECT ON a TO owner WITH GRANT OPTION",
+            )
+            .unwrap();
+        // Shared-catalog grants, revoked in every database: the clean-ups of different
+        // databases touch the same pg_database rows, in different orders.
+        cat.db("postgres")
+            .batch_execute(&format!("SET ROLE owner; GRANT CONNECT, TEMPORARY ON DATABASE {n} TO spread"))
+            .unwrap();
+    }
+    let mut spec = cat.spec();
+    spec["cluster"]["roles"] = json!([role("owner", None)]);
+    spec["delta_operations"] = json!([{"action": "delete_role", "name": "spread"}]);
+    cat.configure_ok(&spec);
+    assert!(!roles(&mut cat.db("postgres")).contains(&"spread".to_string()));
+    for n in &names {
+        let owners: Vec<String> = cat
+            .db(n)
+            .query(
+                "SELECT DISTINCT pg_get_userbyid(relowner)::text FROM pg_class WHERE relname IN ('a', 'b', 's')",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(owners, vec!["owner".to_string()], "{n}");
+    }
+    let log = cat.c.log_text();
+    assert!(log.contains("8 at a time"), "{log}");
 }
