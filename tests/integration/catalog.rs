@@ -458,6 +458,20 @@ fn reconfigure_reloads_without_restart_and_reports_failures() {
     let one: i32 = pg.query_one("SELECT 1", &[]).unwrap().get(0);
     assert_eq!(one, 1);
 
+    // A setting Postgres refuses fails the reconfigure too, and postgresql.conf is kept.
+    let conf_before = std::fs::read(cat.s.pgdata.join("postgresql.conf")).unwrap();
+    let mut bad = spec.clone();
+    bad["cluster"]["settings"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "work_mem", "value": "lots", "vartype": "string"}));
+    let r = cat.configure(&bad);
+    assert_eq!(r.status, 500, "{}", r.text());
+    let err = r.json()["error"].as_str().unwrap().to_string();
+    assert!(err.contains("work_mem = \"lots\""), "{err}");
+    assert_eq!(std::fs::read(cat.s.pgdata.join("postgresql.conf")).unwrap(), conf_before);
+    assert_eq!(cat.c.status().unwrap()["status"], "failed");
+
     // Bad requests are refused as Neon does, and leave the state alone.
     let port = cat.s.http_port;
     let r = http::request(port, "POST", "/configure", &[], b"{}").unwrap();

@@ -21,6 +21,7 @@
 
 pub mod catalog;
 pub mod per_db;
+pub mod settings;
 
 use crate::error::{Error, Result};
 use crate::escape::{quote_ident, quote_literal};
