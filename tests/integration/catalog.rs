@@ -253,6 +253,12 @@ fn passwords_options_and_templates_take_effect() {
     let n: i32 = pg.query_one("SELECT rolconnlimit FROM pg_roles WHERE rolname = 'limited'", &[]).unwrap().get(0);
     assert_eq!(n, 5);
 
+    // So is a changed database option that ALTER DATABASE can change.
+    spec["cluster"]["databases"][0]["options"][3]["value"] = json!("9");
+    let ddl = cat.ddl_during(|cat| cat.configure_ok(&spec));
+    assert_eq!(ddl.len(), 1, "{ddl:#?}");
+    assert!(ddl[0].contains("ALTER DATABASE \"collated\" WITH CONNECTION LIMIT 9"), "{ddl:#?}");
+
     // /dbs_and_roles lists them, never with a password hash.
     let r = http::get(cat.s.http_port, "/dbs_and_roles");
     assert_eq!(r.status, 200);

@@ -52,6 +52,7 @@ pub struct DbRow {
     pub is_template: bool,
     /// None for a database this apply creates.
     pub oid: Option<u32>,
+    pub connlimit: i32,
 }
 
 /// The mutable context of one apply: phases update it as they plan, as Neon's
@@ -65,7 +66,7 @@ pub struct Snapshot {
 pub const ROLES_QUERY: &str = "SELECT rolname::text, rolpassword, rolcanlogin, rolsuper, rolinherit, rolcreaterole, \
      rolcreatedb, rolreplication, rolbypassrls, rolconnlimit FROM pg_catalog.pg_authid";
 pub const DBS_QUERY: &str = "SELECT datname::text, pg_catalog.pg_get_userbyid(datdba)::text, NOT datallowconn, \
-     datconnlimit = -2, datistemplate, oid FROM pg_catalog.pg_database";
+     datconnlimit = -2, datistemplate, oid, datconnlimit FROM pg_catalog.pg_database";
 
 impl Snapshot {
     pub fn load(client: &mut postgres::Client) -> Result<Snapshot, postgres::Error> {
@@ -91,6 +92,7 @@ impl Snapshot {
                 invalid: r.get(3),
                 is_template: r.get(4),
                 oid: Some(r.get(5)),
+                connlimit: r.get(6),
             };
             snap.dbs.insert(r.get(0), row);
         }
@@ -332,23 +334,78 @@ pub fn create_and_alter_databases(spec: &ComputeSpec, snap: &mut Snapshot) -> Ve
     for db in &spec.cluster.databases {
         let name = quote_ident(&db.name);
         match snap.dbs.get_mut(&db.name) {
-            Some(row) if row.owner == db.owner => {}
             Some(row) => {
-                out.push(Stmt::new(format!("ALTER DATABASE {name} OWNER TO {}", quote_ident(&db.owner))));
-                row.owner = db.owner.clone();
+                if row.owner != db.owner {
+                    out.push(Stmt::new(format!("ALTER DATABASE {name} OWNER TO {}", quote_ident(&db.owner))));
+                    row.owner = db.owner.clone();
+                }
+                let changes = alterable_option_changes(db, row);
+                if !changes.is_empty() {
+                    out.push(Stmt::new(format!("ALTER DATABASE {name} WITH {}", changes.join(" "))));
+                }
             }
             None => {
                 out.push(Stmt::new(format!("CREATE DATABASE {name} {}", database_options(db))));
                 out.push(Stmt::new(format!("GRANT ALL PRIVILEGES ON DATABASE {name} TO {NEON_SUPERUSER}")));
-                let row = DbRow {
+                let mut row = DbRow {
                     owner: db.owner.clone(),
                     restrict_conn: false,
                     invalid: false,
                     is_template: false,
                     oid: None,
+                    connlimit: -1,
                 };
+                // What the options just set, so later phases know (a database that refuses
+                // connections is not visited).
+                alterable_option_changes(db, &mut row);
                 snap.dbs.insert(db.name.clone(), row);
             }
+        }
+    }
+    out
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" | "1" | "t" => Some(true),
+        "false" | "off" | "no" | "0" | "f" => Some(false),
+        _ => None,
+    }
+}
+
+/// The options `ALTER DATABASE … WITH` can change (`CONNECTION LIMIT`, `ALLOW_CONNECTIONS`,
+/// `IS_TEMPLATE`) whose spec value differs from `row`; `row` is updated to the spec's values.
+/// The others (`TEMPLATE`, `LC_COLLATE`, `ENCODING`, …) only mean something at creation.
+fn alterable_option_changes(db: &Database, row: &mut DbRow) -> Vec<String> {
+    let mut out = Vec::new();
+    for o in db.options.iter().flatten() {
+        let Some(v) = o.value.as_deref() else { continue };
+        let differs = match o.name.to_ascii_uppercase().as_str() {
+            "CONNECTION LIMIT" | "CONNECTION_LIMIT" => match v.trim().parse::<i32>() {
+                Ok(n) if n != row.connlimit => {
+                    row.connlimit = n;
+                    true
+                }
+                _ => false,
+            },
+            "ALLOW_CONNECTIONS" => match parse_bool(v) {
+                Some(b) if b == row.restrict_conn => {
+                    row.restrict_conn = !b;
+                    true
+                }
+                _ => false,
+            },
+            "IS_TEMPLATE" => match parse_bool(v) {
+                Some(b) if b != row.is_template => {
+                    row.is_template = b;
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if differs {
+            out.push(sql_option(&o.name, Some(v), o.is_string()));
         }
     }
     out
@@ -457,7 +514,14 @@ mod tests {
         );
         let mut snap = Snapshot::default();
         snap.roles.insert("$x$".into(), RoleRow { password: Some("md5aa".into()), ..RoleRow::default() });
-        let db = DbRow { owner: "o".into(), restrict_conn: false, invalid: false, is_template: false, oid: None };
+        let db = DbRow {
+            owner: "o".into(),
+            restrict_conn: false,
+            invalid: false,
+            is_template: false,
+            oid: None,
+            connlimit: -1,
+        };
         snap.dbs.insert("a\"b".into(), db.clone());
         assert_eq!(sqls(&rename_roles(&s, &mut snap)), ["ALTER ROLE \"$x$\" RENAME TO \"%I\""]);
         assert_eq!(snap.roles["%I"].password, None, "Postgres clears an md5 password on rename");
@@ -478,7 +542,14 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.dbs.insert(
             "t".into(),
-            DbRow { owner: "o".into(), restrict_conn: true, invalid: false, is_template: true, oid: None },
+            DbRow {
+                owner: "o".into(),
+                restrict_conn: true,
+                invalid: false,
+                is_template: true,
+                oid: None,
+                connlimit: -1,
+            },
         );
         let plan = rename_and_delete_databases(&s, &mut snap);
         let DbDelta::Delete { stmts, allow_connections_first, .. } = &plan[0] else { panic!("{plan:?}") };
@@ -504,6 +575,14 @@ mod tests {
         );
         // pg_get_userbyid gives the plain name, so an owner that needs quoting compares equal.
         assert!(create_and_alter_databases(&s, &mut snap).is_empty());
+        // Options that ALTER DATABASE can change are compared with the row.
+        let s2 = spec(
+            r#""cluster":{"roles":[],"databases":[{"name":"d","owner":"we\"ird","options":[
+                {"name":"CONNECTION LIMIT","value":"7","vartype":"integer"},
+                {"name":"IS_TEMPLATE","value":"false","vartype":"bool"}]}]}"#,
+        );
+        assert_eq!(sqls(&create_and_alter_databases(&s2, &mut snap)), ["ALTER DATABASE \"d\" WITH CONNECTION LIMIT 7"]);
+        assert!(create_and_alter_databases(&s2, &mut snap).is_empty());
         snap.dbs.get_mut("d").unwrap().owner = "other".into();
         assert_eq!(sqls(&create_and_alter_databases(&s, &mut snap)), ["ALTER DATABASE \"d\" OWNER TO \"we\"\"ird\""]);
     }
