@@ -173,7 +173,14 @@ fn delete_role_references(exec: &mut Exec<'_>, roles: &[&String], owner: &str) -
         let grants = exec.query(DELETE_REFS, FOREIGN_GRANTS, &[&role.as_str()])?;
         for g in grants {
             let grantor: String = g.get(0);
-            let kind: String = g.get(1);
+            // Only the four words the query itself produces reach the statement.
+            let kind = match g.get::<_, String>(1).as_str() {
+                "TABLE" => "TABLE",
+                "SEQUENCE" => "SEQUENCE",
+                "SCHEMA" => "SCHEMA",
+                "DATABASE" => "DATABASE",
+                other => unreachable!("FOREIGN_GRANTS yields no object kind {other:?}"),
+            };
             let nsp: Option<String> = g.get(2);
             let obj: String = g.get(3);
             let target = match nsp {
