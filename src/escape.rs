@@ -93,6 +93,22 @@ pub fn dollar_quote(body: &str) -> String {
     format!("{tag}{body}{tag}")
 }
 
+/// One `CREATE ROLE`/`CREATE DATABASE` option as Neon renders it: `NAME 'escaped'` for
+/// vartype `string`, `NAME value` for other vartypes, `NAME` alone for a null value. Spec
+/// validation has already limited names to keywords and unquoted values to plain tokens.
+pub fn sql_option(name: &str, value: Option<&str>, is_string: bool) -> String {
+    match value {
+        None => name.to_string(),
+        Some(v) if is_string => format!("{name} {}", quote_literal(v)),
+        Some(v) => format!("{name} {v}"),
+    }
+}
+
+/// `"a", "b"`: a list of quoted identifiers for `GRANT … TO`.
+pub fn quote_ident_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    names.into_iter().map(quote_ident).collect::<Vec<_>>().join(", ")
+}
+
 /// Reads a quoted conf value back (the subset of the server's lexer that [`conf_value`]
 /// produces); used by tests and the fuzzer to check round trips.
 pub fn unquote_conf_value(quoted: &str) -> Option<String> {
@@ -159,6 +175,31 @@ mod tests {
         assert_eq!(q, "$cc1$a $cc$ b$cc1$");
         let q = dollar_quote("x$cc");
         assert!(q.starts_with("$cc1$"), "{q}");
+    }
+
+    #[test]
+    fn sql_options_quote_only_strings() {
+        assert_eq!(sql_option("LC_COLLATE", Some("C'; DROP"), true), "LC_COLLATE 'C''; DROP'");
+        assert_eq!(sql_option("CONNECTION LIMIT", Some("5"), false), "CONNECTION LIMIT 5");
+        assert_eq!(sql_option("NOLOGIN", None, false), "NOLOGIN");
+        assert_eq!(quote_ident_list(["a\"b", "$$"]), "\"a\"\"b\", \"$$\"");
+    }
+
+    #[test]
+    fn hostile_names_stay_one_token() {
+        // Every name the catalog tests use comes back out of an identifier or literal
+        // unchanged when the quoting is undone.
+        for name in ["a\"b", "it's", "$$", "$x$", "%I", "';", "tab\there", "🐘 emoji", "\\back"] {
+            let q = quote_ident(name);
+            let inner = &q[1..q.len() - 1];
+            assert_eq!(inner.replace("\"\"", "\""), name);
+            assert!(!inner.replace("\"\"", "").contains('"'));
+            let l = quote_literal(name);
+            let body = l.trim_start_matches('E');
+            let body = &body[1..body.len() - 1];
+            let back = if l.starts_with('E') { body.replace("\\\\", "\\") } else { body.to_string() };
+            assert_eq!(back.replace("''", "'"), name);
+        }
     }
 
     #[test]

@@ -110,6 +110,7 @@ const EXTERNAL: &[(&str, &[&str])] = &[
     ("/info", &["GET", "HEAD"]),
     ("/insights", &["GET", "HEAD"]),
     ("/database_schema", &["GET", "HEAD"]),
+    ("/dbs_and_roles", &["GET", "HEAD"]),
     ("/check_writability", &["POST"]),
     ("/configure", &["POST"]),
     ("/terminate", &["POST"]),
@@ -166,6 +167,7 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
         (Server::External, "/info") => info(),
         (Server::External, "/insights") => pg_routes::insights(app),
         (Server::External, "/database_schema") => pg_routes::database_schema(app, req),
+        (Server::External, "/dbs_and_roles") => dbs_and_roles(app),
         (Server::External, "/check_writability") => pg_routes::check_writability(app),
         (Server::External, "/configure") => configure(app, req),
         (Server::External, "/terminate") => terminate(app, req),
@@ -183,6 +185,14 @@ fn status(app: &App) -> Response {
 fn info() -> Response {
     let num_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     Response::json(200, &serde_json::json!({ "num_cpus": num_cpus }))
+}
+
+/// Roles and databases from Postgres, never with password hashes.
+fn dbs_and_roles(app: &App) -> Response {
+    match crate::postgres::apply::dbs_and_roles(&app.connstr) {
+        Ok(v) => Response::json(200, &v),
+        Err(e) => Response::error(500, e.to_string()),
+    }
 }
 
 pub(super) fn precondition(status: Status) -> Response {

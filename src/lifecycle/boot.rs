@@ -175,7 +175,26 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
     }
     // A running compute never re-arms the subscriber guard: nothing here drops subscriptions.
     let text = conf::render(spec, ctx.args.internal_http_port, false);
+    let path = ctx.args.pgdata.join("postgresql.conf");
+    let old = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
     conf::write_postgres_conf(&ctx.args.pgdata, &text)?;
+    // A value Postgres refuses would be ignored by the reload and would stop the next start:
+    // put the old file back and fail with the setting named.
+    let check = match apply::settings::check_postgresql_conf(&ctx.args.connstr) {
+        Ok(c) if c.invalid.is_empty() => c,
+        Ok(c) => {
+            conf::write_atomically(&path, &old)?;
+            let reason = format!("Postgres refuses {}; postgresql.conf was left as it was", c.invalid.join(", "));
+            return Err(Error::invalid("cluster.settings", reason));
+        }
+        Err(e) => {
+            conf::write_atomically(&path, &old)?;
+            return Err(e);
+        }
+    };
+    if !check.need_restart.is_empty() {
+        log::warn!("reconfigure: {} take effect only after a restart", check.need_restart.join(", "));
+    }
     pm.reload();
     let s = spec.spec();
     if !s.skip_pg_catalog_updates && s.mode == ComputeMode::Primary {

@@ -104,6 +104,16 @@ impl PlainPostgres {
         format!("host=127.0.0.1 port={} user={SUPERUSER} dbname={db}", self.port)
     }
 
+    /// Names of the replication slots on this server.
+    pub fn slot_names(&self) -> Vec<String> {
+        self.client("postgres")
+            .query("SELECT slot_name::text FROM pg_replication_slots ORDER BY 1", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,0 +1,344 @@
+//! Declarative catalog apply: roles, databases and delta operations (reference 4.8), on
+//! vanilla PostgreSQL.
+//!
+//! The spec is the source of truth for the roles and databases it names; others are left
+//! alone, and only delta operations delete. The apply reads the catalog once, plans each
+//! phase as a list of statements from the difference (see [`catalog`]), and runs only those:
+//! a second apply of the same spec sends no DDL at all. Per-database phases run on a bounded
+//! pool of threads ([`per_db`]).
+//!
+//! Phases, in order: `neon_superuser`; drop invalid databases; rename roles; create and alter
+//! roles; rename and delete databases (a deleted database's subscriptions are dropped first,
+//! leaving the publisher's slots alone); create databases and fix owners; schema `neon`; per
+//! database: references of deleted roles, schema `public`; `pg_stat_statements` when
+//! preloaded; the `neon` extension when available; `health_check`; drop roles.
+//!
+//! Every connection is a *maintenance connection*: `application_name`
+//! `compute_ctl:apply_config`, and start-up options that override per-database or per-role
+//! settings that would break the apply (`role`, `default_transaction_read_only`,
+//! `search_path`, `statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout`).
+//! Options from the client override `ALTER DATABASE … SET`, and no statement is needed.
+
+pub mod catalog;
+pub mod per_db;
+pub mod settings;
+
+use crate::error::{Error, Result};
+use crate::escape::{quote_ident, quote_literal};
+use crate::postgres::{conf, sql};
+use crate::spec::{ComputeSpec, Database, ParsedSpec, Role};
+use catalog::{DbDelta, Snapshot, Stmt};
+use per_db::{DbTask, Exec};
+use postgres::{Client, NoTls};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How many databases are worked on at once.
+#[derive(Debug, Clone, Copy)]
+pub enum Concurrency {
+    /// At start: derived from `max_connections` (reference 4.7).
+    AtStart,
+    /// On reconfigure: the spec's `reconfigure_concurrency`.
+    Reconfigure(usize),
+}
+
+/// Start-up options of every maintenance connection (see the module docs).
+const MAINTENANCE_OPTIONS: &str = "-c role=none -c default_transaction_read_only=off -c search_path=public \
+     -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0";
+
+/// A connection string that cannot connect: a subscription about to be dropped gets it, so
+/// `DROP SUBSCRIPTION` cannot reach the publisher to drop table-sync slots.
+const UNREACHABLE_CONNINFO: &str = "host=/nonexistent/compute_ctl/dropped-subscription port=1 connect_timeout=1";
+
+/// Statements run, per phase, for the log line at the end (and for tests and the benchmark).
+#[derive(Debug, Default)]
+pub struct Counter(Mutex<BTreeMap<&'static str, u64>>);
+
+impl Counter {
+    pub fn add(&self, phase: &'static str, n: u64) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(phase).or_default() += n;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
+    }
+
+    pub fn by_phase(&self) -> BTreeMap<&'static str, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// What an apply did.
+#[derive(Debug)]
+pub struct Report {
+    pub statements: BTreeMap<&'static str, u64>,
+    pub total: u64,
+    pub elapsed: Duration,
+}
+
+/// Applies the spec's catalog.
+pub fn apply_spec(connstr: &str, spec: &ParsedSpec, concurrency: Concurrency) -> Result<()> {
+    apply(connstr, spec.spec(), concurrency).map(|_| ())
+}
+
+/// Applies the spec's catalog and says how many statements each phase ran.
+pub fn apply(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency) -> Result<Report> {
+    let started = Instant::now();
+    let workers = match concurrency {
+        Concurrency::AtStart => start_concurrency(spec),
+        Concurrency::Reconfigure(n) => n.max(1),
+    };
+    let system_db = sql::connstr_dbname(connstr)?;
+    let counter = Counter::default();
+    let mut client = maintenance_client(connstr, None)?;
+    let mut snap = Snapshot::load(&mut client).map_err(|e| Error::sql("read catalog", &system_db, e))?;
+    let state = SystemState::load(&mut client).map_err(|e| Error::sql("read catalog", &system_db, e))?;
+    let jwks_roles: HashSet<String> = spec
+        .local_proxy_config
+        .iter()
+        .flat_map(|l| l.jwks.iter().flatten())
+        .flat_map(|j| j.role_names.iter().cloned())
+        .collect();
+
+    let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
+    let superuser = catalog::create_superuser(spec, &mut snap);
+    if !superuser.is_empty() {
+        // Default privileges checked before were for a neon_superuser that is gone.
+        per_db::forget_verified(Some(connstr));
+    }
+    run(&mut sys, "create_superuser", superuser)?;
+    run(&mut sys, "drop_invalid_databases", catalog::drop_invalid_databases(&mut snap))?;
+    run(&mut sys, "rename_roles", catalog::rename_roles(spec, &mut snap))?;
+    run(&mut sys, "create_and_alter_roles", catalog::create_and_alter_roles(spec, &jwks_roles, &mut snap))?;
+    for delta in catalog::rename_and_delete_databases(spec, &mut snap) {
+        match delta {
+            DbDelta::Rename(s) => sys.run("rename_and_delete_databases", &s)?,
+            DbDelta::Delete { name, allow_connections_first, stmts } => {
+                drop_subscriptions_of(&mut sys, connstr, &name, allow_connections_first)?;
+                run(&mut sys, "rename_and_delete_databases", stmts)?;
+            }
+        }
+    }
+    run(&mut sys, "create_and_alter_databases", catalog::create_and_alter_databases(spec, &mut snap))?;
+    if !state.neon_schema {
+        sys.run("create_schema_neon", &stmt("CREATE SCHEMA IF NOT EXISTS neon"))?;
+    }
+
+    let roles_to_delete = catalog::roles_to_delete(spec, &snap);
+    let tasks = db_tasks(spec, &snap, &system_db, &state.current_user);
+    let shared = per_db::Shared { connstr, roles_to_delete: &roles_to_delete, counter: &counter };
+    per_db::run_all(&tasks, workers, &shared)?;
+
+    let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
+    if state.pg_stat_statements_preloaded && !state.pg_stat_statements_installed {
+        sys.run("handle_other_extensions", &stmt("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))?;
+    }
+    match (&state.neon_available, &state.neon_installed) {
+        (Some(_), None) => {
+            sys.run("handle_neon_extension", &stmt("CREATE EXTENSION IF NOT EXISTS neon WITH SCHEMA neon"))?
+        }
+        (Some(available), Some(installed)) if available != installed => {
+            sys.run("handle_neon_extension", &stmt("ALTER EXTENSION neon UPDATE"))?
+        }
+        _ => {}
+    }
+    if !state.health_check {
+        sys.run(
+            "create_availability_check",
+            &stmt(
+                "CREATE TABLE IF NOT EXISTS health_check (id serial primary key, updated_at timestamptz default now())",
+            ),
+        )?;
+        sys.run(
+            "create_availability_check",
+            &stmt("INSERT INTO health_check VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET updated_at = now()"),
+        )?;
+    }
+    run(&mut sys, "drop_roles", catalog::drop_roles(&roles_to_delete, &mut snap))?;
+
+    let report = Report { statements: counter.by_phase(), total: counter.total(), elapsed: started.elapsed() };
+    let phases: Vec<String> = report.statements.iter().map(|(p, n)| format!("{p}={n}")).collect();
+    log::info!(
+        "catalog applied in {} ms with {} statements ({}) over {} databases, {workers} at a time",
+        report.elapsed.as_millis(),
+        report.total,
+        if phases.is_empty() { "nothing to change".to_string() } else { phases.join(", ") },
+        tasks.len(),
+    );
+    Ok(report)
+}
+
+fn stmt(sql: &str) -> Stmt {
+    Stmt { sql: sql.into(), what: sql.into() }
+}
+
+fn run(exec: &mut Exec<'_>, phase: &'static str, stmts: Vec<Stmt>) -> Result<()> {
+    stmts.iter().try_for_each(|s| exec.run(phase, s))
+}
+
+/// Reference 4.7: from `max_connections` (settings, else the base `postgresql_conf`):
+/// below 10 that many, below 30 ten, else a third; 10 when it is not given.
+pub fn start_concurrency(spec: &ComputeSpec) -> usize {
+    let limit = spec
+        .setting("max_connections")
+        .or_else(|| spec.cluster.postgresql_conf.as_deref().and_then(|t| conf::find_in_conf_text(t, "max_connections")))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    match limit {
+        Some(l) if l < 10 => l,
+        Some(l) if l < 30 => 10,
+        Some(l) => l / 3,
+        None => 10,
+    }
+    .max(1)
+}
+
+/// A maintenance connection (see the module docs) to `db`, or to the database of the
+/// connection string.
+pub fn maintenance_client(connstr: &str, db: Option<&str>) -> Result<Client> {
+    let mut config = sql::config(connstr)?;
+    if let Some(db) = db {
+        config.dbname(db);
+    }
+    config.application_name(sql::APP_APPLY);
+    let options = match config.get_options() {
+        Some(o) if !o.trim().is_empty() => format!("{o} {MAINTENANCE_OPTIONS}"),
+        _ => MAINTENANCE_OPTIONS.to_string(),
+    };
+    config.options(&options);
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    let name = config.get_dbname().or(config.get_user()).unwrap_or("postgres").to_string();
+    config.connect(NoTls).map_err(|e| Error::sql("connect", name, e))
+}
+
+/// What the cluster-wide phases after the roles and databases look at, read once.
+struct SystemState {
+    current_user: String,
+    neon_schema: bool,
+    pg_stat_statements_preloaded: bool,
+    pg_stat_statements_installed: bool,
+    neon_available: Option<String>,
+    neon_installed: Option<String>,
+    health_check: bool,
+}
+
+impl SystemState {
+    fn load(client: &mut Client) -> Result<SystemState, postgres::Error> {
+        let row = client.query_one(
+            "SELECT current_user::text,
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'neon'),
+                    pg_catalog.current_setting('shared_preload_libraries'),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_stat_statements'),
+                    (SELECT default_version FROM pg_catalog.pg_available_extensions WHERE name = 'neon'),
+                    (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'neon'),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE tablename = 'health_check')",
+            &[],
+        )?;
+        let preload: String = row.get(2);
+        Ok(SystemState {
+            current_user: row.get(0),
+            neon_schema: row.get(1),
+            pg_stat_statements_preloaded: preload
+                .split(',')
+                .any(|l| l.trim().trim_matches('"') == "pg_stat_statements"),
+            pg_stat_statements_installed: row.get(3),
+            neon_available: row.get(4),
+            neon_installed: row.get(5),
+            health_check: row.get(6),
+        })
+    }
+}
+
+/// The per-database work list: every spec database plus the system database (once, if the
+/// spec also names it).
+fn db_tasks(spec: &ComputeSpec, snap: &Snapshot, system_db: &str, me: &str) -> Vec<DbTask> {
+    let mut tasks: Vec<DbTask> = Vec::new();
+    let mut system_seen = false;
+    for db in &spec.cluster.databases {
+        if tasks.iter().any(|t| t.name == db.name) {
+            continue;
+        }
+        let row = snap.dbs.get(&db.name);
+        let usable = row.is_some_and(|r| !r.restrict_conn && !r.invalid);
+        let is_system = db.name == system_db;
+        system_seen |= is_system;
+        if !usable && !is_system {
+            continue;
+        }
+        let owner = if is_system { me.to_string() } else { db.owner.clone() };
+        tasks.push(DbTask { name: db.name.clone(), owner, manage_schema: usable, oid: row.and_then(|r| r.oid) });
+    }
+    if !system_seen {
+        tasks.push(DbTask { name: system_db.to_string(), owner: me.to_string(), manage_schema: false, oid: None });
+    }
+    tasks
+}
+
+/// Before `DROP DATABASE … WITH (FORCE)`: drops that database's subscriptions without
+/// touching the publisher (slot detached, connection string made unreachable so that not
+/// even table-sync slots are dropped). Connects to the database only when it has some.
+fn drop_subscriptions_of(sys: &mut Exec<'_>, connstr: &str, db: &str, allow_connections_first: bool) -> Result<()> {
+    const PHASE: &str = "rename_and_delete_databases";
+    let n: i64 = sys
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d ON d.oid = s.subdbid \
+             WHERE d.datname = $1",
+            &[&db],
+        )
+        .map_err(|e| Error::sql(PHASE, sys.db, e))?
+        .get(0);
+    if n == 0 {
+        return Ok(());
+    }
+    if allow_connections_first {
+        sys.run(PHASE, &stmt(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote_ident(db))))?;
+    }
+    let mut client = maintenance_client(connstr, Some(db))?;
+    let mut exec = Exec { client: &mut client, db, counter: sys.counter };
+    let names: Vec<String> = exec
+        .client
+        .query(
+            "SELECT subname::text FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d \
+             ON d.oid = s.subdbid WHERE d.datname = pg_catalog.current_database()",
+            &[],
+        )
+        .map_err(|e| Error::sql(PHASE, db, e))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    for name in names {
+        let s = quote_ident(&name);
+        exec.run(PHASE, &stmt(&format!("ALTER SUBSCRIPTION {s} DISABLE")))?;
+        exec.run(PHASE, &stmt(&format!("ALTER SUBSCRIPTION {s} CONNECTION {}", quote_literal(UNREACHABLE_CONNINFO))))?;
+        exec.run(PHASE, &stmt(&format!("ALTER SUBSCRIPTION {s} SET (slot_name = NONE)")))?;
+        exec.run(PHASE, &stmt(&format!("DROP SUBSCRIPTION {s}")))?;
+    }
+    Ok(())
+}
+
+/// `GET /dbs_and_roles`: every role and database, as Neon answers it but **without password
+/// hashes** (`encrypted_password` is always null). The owner is the plain role name.
+pub fn dbs_and_roles(connstr: &str) -> Result<serde_json::Value> {
+    let mut client = sql::connect(connstr, None, sql::APP_STATUS)?;
+    let db = sql::connstr_dbname(connstr)?;
+    let snap = Snapshot::load(&mut client).map_err(|e| Error::sql("dbs_and_roles", &db, e))?;
+    let mut roles: Vec<Role> =
+        snap.roles.keys().map(|name| Role { name: name.clone(), encrypted_password: None, options: None }).collect();
+    roles.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut databases: Vec<Database> = snap
+        .dbs
+        .into_iter()
+        .map(|(name, d)| Database {
+            name,
+            owner: d.owner,
+            options: None,
+            restrict_conn: d.restrict_conn,
+            invalid: d.invalid,
+        })
+        .collect();
+    databases.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(serde_json::json!({ "roles": roles, "databases": databases }))
+}

@@ -1,0 +1,253 @@
+//! The per-database phases (reference 4.8 phase 8) and the bounded pool that runs them: N
+//! worker threads take databases from a shared queue, each with its own connection to that
+//! database, opened only when the database is looked at.
+//!
+//! Deadlocks: the only per-database work that touches shared catalogs heavily is the
+//! clean-up before `DROP ROLE` (`REASSIGN OWNED`, `DROP OWNED`); it runs in one transaction
+//! per database that first takes a self-conflicting lock on `pg_shdepend`, so those
+//! transactions queue one after another instead of deadlocking across databases.
+
+use super::catalog::{NEON_SUPERUSER, Stmt};
+use super::{Counter, maintenance_client};
+use crate::error::{Error, Result};
+use crate::escape::quote_ident;
+use postgres::Client;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// One database to visit.
+#[derive(Debug, Clone)]
+pub struct DbTask {
+    pub name: String,
+    /// Owner after this apply; the target of `REASSIGN OWNED`.
+    pub owner: String,
+    /// A spec database that accepts connections: its public schema is managed.
+    pub manage_schema: bool,
+    /// None for a database created by this apply.
+    pub oid: Option<u32>,
+}
+
+/// Databases whose schema `public` this process has already brought to the spec's state:
+/// (connection string, database oid, owner). A live reconfigure does not connect to them
+/// again, which is what makes a repeated apply cheap; a new process (every start) checks
+/// every database once. A new owner, a database dropped and created again (new oid) or a
+/// re-created `neon_superuser` ([`forget_verified`]) makes the database checked again.
+static VERIFIED: Mutex<BTreeSet<(String, u32, String)>> = Mutex::new(BTreeSet::new());
+
+fn verified() -> std::sync::MutexGuard<'static, BTreeSet<(String, u32, String)>> {
+    VERIFIED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Forgets what was verified for `connstr` (every connection string when None), so that the
+/// next apply checks every database again.
+pub fn forget_verified(connstr: Option<&str>) {
+    verified().retain(|(c, _, _)| connstr.is_some_and(|want| c != want));
+}
+
+/// What every task shares.
+pub struct Shared<'a> {
+    pub connstr: &'a str,
+    pub roles_to_delete: &'a [String],
+    pub counter: &'a Counter,
+}
+
+/// Runs `tasks` on at most `workers` threads; stops taking new work at the first error and
+/// returns it.
+pub fn run_all(tasks: &[DbTask], workers: usize, shared: &Shared<'_>) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let workers = workers.clamp(1, tasks.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(task) = tasks.get(i) else { break };
+                    if let Err(e) = run_one(task, shared) {
+                        stop.store(true, Ordering::SeqCst);
+                        first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn run_one(task: &DbTask, shared: &Shared<'_>) -> Result<()> {
+    let deleting: Vec<&String> = shared.roles_to_delete.iter().filter(|r| **r != task.owner).collect();
+    let key = |oid: u32| (shared.connstr.to_string(), oid, task.owner.clone());
+    let check_schema = task.manage_schema && !task.oid.is_some_and(|oid| verified().contains(&key(oid)));
+    if deleting.is_empty() && !check_schema {
+        return Ok(());
+    }
+    let mut client = maintenance_client(shared.connstr, Some(&task.name))?;
+    let mut exec = Exec { client: &mut client, db: &task.name, counter: shared.counter };
+    if !deleting.is_empty() {
+        delete_role_references(&mut exec, &deleting, &task.owner)?;
+    }
+    if check_schema {
+        change_schema_perms(&mut exec, &task.owner)?;
+        let oid = match task.oid {
+            Some(oid) => oid,
+            None => exec
+                .query(SCHEMA_PERMS, "SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()", &[])?
+                .first()
+                .map(|r| r.get(0))
+                .unwrap_or_default(),
+        };
+        verified().insert(key(oid));
+    }
+    Ok(())
+}
+
+/// A connection to one database that counts what it runs.
+pub struct Exec<'a> {
+    pub client: &'a mut Client,
+    pub db: &'a str,
+    pub counter: &'a Counter,
+}
+
+impl Exec<'_> {
+    pub fn run(&mut self, phase: &'static str, stmt: &Stmt) -> Result<()> {
+        log::debug!("{phase} in {:?}: {}", self.db, stmt.what);
+        self.client.batch_execute(&stmt.sql).map_err(|e| Error::sql(format!("{phase}: {}", stmt.what), self.db, e))?;
+        self.counter.add(phase, 1);
+        Ok(())
+    }
+
+    fn query(
+        &mut self,
+        phase: &'static str,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>> {
+        self.client.query(sql, params).map_err(|e| Error::sql(phase, self.db, e))
+    }
+
+    fn plain(&mut self, phase: &'static str, sql: &str) -> Result<()> {
+        self.client.batch_execute(sql).map_err(|e| Error::sql(phase, self.db, e))
+    }
+}
+
+const DELETE_REFS: &str = "delete_role_references";
+
+/// Privileges held by role `$1` on objects of this database, granted by someone else: who
+/// granted them, and the `REVOKE` target. `DROP OWNED` revokes only what the object owner
+/// granted, so these would keep `DROP ROLE` from succeeding.
+const FOREIGN_GRANTS: &str = "
+WITH r AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1)
+SELECT DISTINCT g.rolname::text, k.kind, k.nsp::text, k.obj::text FROM (
+    SELECT CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END AS kind, n.nspname AS nsp,
+           c.relname AS obj, a.grantor, a.grantee
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace,
+           pg_catalog.aclexplode(c.relacl) a
+    UNION ALL
+    SELECT 'TABLE', n.nspname, c.relname, a.grantor, a.grantee
+      FROM pg_catalog.pg_attribute att JOIN pg_catalog.pg_class c ON c.oid = att.attrelid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, pg_catalog.aclexplode(att.attacl) a
+    UNION ALL
+    SELECT 'SCHEMA', NULL, n.nspname, a.grantor, a.grantee
+      FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+    UNION ALL
+    SELECT 'DATABASE', NULL, d.datname, a.grantor, a.grantee
+      FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a
+     WHERE d.datname = pg_catalog.current_database()
+) k JOIN pg_catalog.pg_roles g ON g.oid = k.grantor
+WHERE k.grantee = (SELECT oid FROM r) AND k.grantor <> (SELECT oid FROM r)
+ORDER BY 1, 2, 3, 4";
+
+/// `REASSIGN OWNED` to the database owner, `REVOKE` of what other grantors gave (as those
+/// grantors, with `CASCADE` for what the role passed on), then `DROP OWNED`, in one
+/// transaction.
+fn delete_role_references(exec: &mut Exec<'_>, roles: &[&String], owner: &str) -> Result<()> {
+    exec.plain(DELETE_REFS, "BEGIN; LOCK TABLE pg_catalog.pg_shdepend IN SHARE ROW EXCLUSIVE MODE")?;
+    for role in roles {
+        let r = quote_ident(role);
+        exec.run(DELETE_REFS, &stmt(format!("REASSIGN OWNED BY {r} TO {}", quote_ident(owner))))?;
+        let grants = exec.query(DELETE_REFS, FOREIGN_GRANTS, &[&role.as_str()])?;
+        for g in grants {
+            let grantor: String = g.get(0);
+            // Only the four words the query itself produces reach the statement.
+            let kind = match g.get::<_, String>(1).as_str() {
+                "TABLE" => "TABLE",
+                "SEQUENCE" => "SEQUENCE",
+                "SCHEMA" => "SCHEMA",
+                "DATABASE" => "DATABASE",
+                other => unreachable!("FOREIGN_GRANTS yields no object kind {other:?}"),
+            };
+            let nsp: Option<String> = g.get(2);
+            let obj: String = g.get(3);
+            let target = match nsp {
+                Some(n) => format!("{}.{}", quote_ident(&n), quote_ident(&obj)),
+                None => quote_ident(&obj),
+            };
+            exec.run(DELETE_REFS, &stmt(format!("SET LOCAL ROLE {}", quote_ident(&grantor))))?;
+            exec.run(DELETE_REFS, &stmt(format!("REVOKE ALL ON {kind} {target} FROM {r} CASCADE")))?;
+            exec.plain(DELETE_REFS, "RESET ROLE")?;
+        }
+        exec.run(DELETE_REFS, &stmt(format!("DROP OWNED BY {r}")))?;
+    }
+    exec.plain(DELETE_REFS, "COMMIT")
+}
+
+const SCHEMA_PERMS: &str = "change_schema_perms";
+
+/// The state of schema `public` that [`change_schema_perms`] manages; no row when there is no
+/// `public` schema. The privilege counts are compared with everything `ALL` grants
+/// (`acldefault`), so the check holds on any Postgres version.
+const SCHEMA_STATE: &str = "
+WITH p AS (SELECT oid, nspowner FROM pg_catalog.pg_namespace WHERE nspname = 'public'),
+     su AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'neon_superuser'),
+     w AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'web_access'),
+     me AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+SELECT pg_catalog.pg_get_userbyid(p.nspowner)::text,
+       COALESCE(NOT pg_catalog.has_schema_privilege((SELECT oid FROM w), p.oid, 'CREATE'), false),
+       (SELECT count(DISTINCT a.privilege_type) FROM pg_catalog.pg_default_acl d, pg_catalog.aclexplode(d.defaclacl) a
+         WHERE d.defaclrole = (SELECT oid FROM me) AND d.defaclnamespace = p.oid AND d.defaclobjtype = 'r'
+           AND a.grantee = (SELECT oid FROM su) AND a.is_grantable)
+         >= (SELECT count(*) FROM pg_catalog.aclexplode(pg_catalog.acldefault('r', (SELECT oid FROM me)))),
+       (SELECT count(DISTINCT a.privilege_type) FROM pg_catalog.pg_default_acl d, pg_catalog.aclexplode(d.defaclacl) a
+         WHERE d.defaclrole = (SELECT oid FROM me) AND d.defaclnamespace = p.oid AND d.defaclobjtype = 'S'
+           AND a.grantee = (SELECT oid FROM su) AND a.is_grantable)
+         >= (SELECT count(*) FROM pg_catalog.aclexplode(pg_catalog.acldefault('s', (SELECT oid FROM me)))),
+       current_user::text
+FROM p";
+
+/// Schema `public`: owned by the database owner when the admin still owns it, `CREATE` for
+/// `web_access`, default privileges for `neon_superuser` (reference 4.8 8b); each statement
+/// only when its state is not there yet.
+fn change_schema_perms(exec: &mut Exec<'_>, owner: &str) -> Result<()> {
+    let rows = exec.query(SCHEMA_PERMS, SCHEMA_STATE, &[])?;
+    let Some(row) = rows.first() else { return Ok(()) };
+    let schema_owner: String = row.get(0);
+    let need_web_access: bool = row.get(1);
+    let tables_ok: bool = row.get(2);
+    let sequences_ok: bool = row.get(3);
+    let me: String = row.get(4);
+    let admin_owned = schema_owner == me || schema_owner == "cloud_admin" || schema_owner == "zenith_admin";
+    if admin_owned && schema_owner != owner {
+        exec.run(SCHEMA_PERMS, &stmt(format!("ALTER SCHEMA public OWNER TO {}", quote_ident(owner))))?;
+    }
+    if need_web_access {
+        exec.run(SCHEMA_PERMS, &stmt("GRANT CREATE ON SCHEMA public TO web_access".into()))?;
+    }
+    for (ok, what) in [(tables_ok, "TABLES"), (sequences_ok, "SEQUENCES")] {
+        if !ok {
+            let sql = format!(
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON {what} TO {NEON_SUPERUSER} WITH GRANT OPTION"
+            );
+            exec.run(SCHEMA_PERMS, &stmt(sql))?;
+        }
+    }
+    Ok(())
+}
+
+fn stmt(sql: String) -> Stmt {
+    Stmt { what: sql.clone(), sql }
+}
