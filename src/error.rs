@@ -79,7 +79,12 @@ impl fmt::Display for Error {
 pub(crate) fn db_error_text(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code()),
-        None => e.to_string(),
+        // The crate's own errors ("invalid configuration", "error connecting to server") keep
+        // the useful part in their source.
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 

@@ -2,11 +2,8 @@
 //! `pg_basebackup -Ft -X fetch` from a real Postgres, and a `postgres` wrapper stands in for
 //! `--sync-safekeepers`.
 
-#[path = "support/pageserver.rs"]
-mod pageserver;
-
+use crate::support::pageserver::{Faults, StandIn, Wrapper};
 use crate::support::{self, Compute, PGBIN_DIR, Setup, TENANT, TIMELINE, TestDir, http};
-use pageserver::{Faults, StandIn, Wrapper};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;

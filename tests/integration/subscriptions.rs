@@ -378,3 +378,86 @@ fn a_clean_cluster_without_subscriptions_skips_the_single_user_pass() {
     assert!(!log.contains("single-user pass"), "{log}");
     assert_eq!(marker(&mut s.client()), vec![(1, support::TIMELINE.to_string())]);
 }
+
+/// `pg_basebackup -Ft -X fetch` of a running server on `port` into `dir`; returns `base.tar`.
+fn tar_backup(port: u16, dir: &std::path::Path) -> std::path::PathBuf {
+    let st = std::process::Command::new(format!("{}/pg_basebackup", support::PGBIN_DIR))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", support::SUPERUSER, "-D"])
+        .arg(dir)
+        .args(["-Ft", "-X", "fetch", "-c", "fast", "--no-manifest", "--no-sync"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "pg_basebackup failed");
+    dir.join("base.tar")
+}
+
+#[test]
+fn pageserver_branch_of_a_running_subscriber_drops_once_per_timeline() {
+    use crate::support::pageserver::{StandIn, Wrapper};
+    let publisher = PlainPostgres::publisher("subps-pub");
+    publish(&publisher, "postgres", 6);
+    // The parent runs and streams while its basebackup is taken.
+    let mut parent = Setup::new("subps-parent");
+    parent.setting("max_logical_replication_workers", "8", "integer");
+    let mut pc = parent.spawn();
+    pc.wait_running();
+    let mut pdb = parent.client();
+    let create = format!("CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub", publisher.connstr("postgres"));
+    run(&mut pdb, &["CREATE TABLE t (id int PRIMARY KEY, v text)", &create]);
+    wait_until("the parent's initial sync", Duration::from_secs(30), || count(&mut pdb, "t") == 6);
+    let work = TestDir::new("subps-tars");
+    let tar = tar_backup(parent.pg_port, &work.join("parent"));
+
+    // The branch: its own timeline, served by the stand-in pageserver.
+    let tl = new_timeline();
+    let ps = StandIn::start(true);
+    ps.add_tar(support::TENANT, &tl, &tar);
+    let mut b = Setup::empty("subps-branch");
+    let wrapper = Wrapper::new(&b.dir.path, support::PGBIN_DIR, "0/169AD58");
+    b.setting("max_logical_replication_workers", "8", "integer");
+    b.spec["timeline_id"] = serde_json::json!(tl);
+    b.spec["pageserver_connstring"] = ps.connstr().into();
+    b.spec["safekeeper_connstrings"] = serde_json::json!(["127.0.0.1:1"]);
+    b.spec["storage_auth_token"] = "token".into();
+    b.spec["drop_subscriptions_before_start"] = serde_json::json!(true);
+    let spawn = |b: &Setup| {
+        let mut args = b.args();
+        let i = args.iter().position(|a| a == "-b").unwrap();
+        args[i + 1] = wrapper.bin.to_str().unwrap().into();
+        Compute::spawn(&args, b.http_port)
+    };
+    let streams_before = start_replication_count(&publisher);
+    let mut bc = spawn(&b);
+    bc.wait_running();
+    let mut db = b.client();
+    assert!(subscriptions(&mut db).is_empty());
+    assert_eq!(marker(&mut db), vec![(1, tl.clone())]);
+    assert_eq!(count(&mut db, "t"), 6);
+    assert_eq!(start_replication_count(&publisher), streams_before, "the branch streamed from the publisher");
+    // The parent keeps replicating.
+    insert(&publisher, "postgres", 7, 9);
+    wait_until("the parent to keep replicating", Duration::from_secs(30), || count(&mut pdb, "t") == 9);
+    assert_eq!(count(&mut db, "t"), 6);
+
+    // The branch subscribes on its own; storage now holds that state (a new basebackup of the
+    // branch), and a restart with the same spec starts from it: the subscription survives.
+    let mut own = publisher.client("postgres");
+    own.batch_execute(
+        "CREATE TABLE t2 (id int PRIMARY KEY); CREATE PUBLICATION pub2 FOR TABLE t2; INSERT INTO t2 VALUES (1)",
+    )
+    .unwrap();
+    let create = format!("CREATE SUBSCRIPTION mine CONNECTION '{}' PUBLICATION pub2", publisher.connstr("postgres"));
+    run(&mut db, &["CREATE TABLE t2 (id int PRIMARY KEY)", &create]);
+    wait_until("the branch's own subscription to sync", Duration::from_secs(30), || count(&mut db, "t2") == 1);
+    let tar2 = tar_backup(b.pg_port, &work.join("branch"));
+    ps.add_tar(support::TENANT, &tl, &tar2);
+    drop(db);
+    terminate(&b, &mut bc);
+    let mut bc = spawn(&b);
+    bc.wait_running();
+    let mut db = b.client();
+    assert_eq!(subscriptions(&mut db), vec!["mine".to_string()]);
+    own.batch_execute("INSERT INTO t2 VALUES (2)").unwrap();
+    wait_until("the branch's own subscription to replicate", Duration::from_secs(30), || count(&mut db, "t2") == 2);
+    drop(pc);
+}

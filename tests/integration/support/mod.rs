@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod pageserver;
 pub mod publisher;
 
 use std::path::{Path, PathBuf};
