@@ -36,7 +36,9 @@ fn main() {
 
     println!("drop_subscriptions_before_start overhead (median of {RUNS} starts, skip_pg_catalog_updates, local mode)");
     println!("{:>10} {:>14} {:>14} {:>12}", "databases", "flag on ms", "flag off ms", "overhead ms");
-    for n in [1usize, 5, 20] {
+    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![1, 5, 20] } else { sizes };
+    for n in sizes {
         let dbs: Vec<String> = (0..n).map(|d| format!("b{n}_{d}")).collect();
         for db in &dbs {
             publisher.sql("postgres", &format!("CREATE DATABASE {db}"));
@@ -100,7 +102,11 @@ fn main() {
     println!("RESULT single_user_pass_ms {:.1} ms", median(&single));
     println!("RESULT fast_restart_ms {:.1} ms", median(&restart));
     drop(publisher);
-    let _ = std::fs::remove_dir_all(&root);
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    } else {
+        println!("kept {}", root.display());
+    }
 }
 
 fn compute_ctl_binary() -> PathBuf {

@@ -268,7 +268,9 @@ fn drop_in_databases(connstr: &str, dbs: &[String]) -> Result<()> {
 }
 
 fn drop_in_database(connstr: &str, db: &str) -> Result<()> {
+    let started = std::time::Instant::now();
     let mut client = sql::connect(connstr, Some(db), sql::APP_SUBSCRIPTIONS)?;
+    let connected = started.elapsed();
     let e = |phase: &str| {
         let phase = phase.to_string();
         move |err| Error::sql(phase, db, err)
@@ -303,7 +305,12 @@ fn drop_in_database(connstr: &str, db: &str) -> Result<()> {
         .map_err(e(&format!("dropping subscription {name:?}")))?;
     }
     tx.commit().map_err(e("committing the subscription drop"))?;
-    log::info!("dropped {} inherited subscription(s) in database {db:?}: {names:?}", names.len());
+    log::info!(
+        "dropped {} inherited subscription(s) in database {db:?} in {} ms (connect {} ms): {names:?}",
+        names.len(),
+        started.elapsed().as_millis(),
+        connected.as_millis()
+    );
     Ok(())
 }
 
