@@ -15,6 +15,9 @@
 //!   between the two, and it has neither the 1 ms polling granularity nor 1000 connections a
 //!   second competing with the start for two cores.
 //!
+//! With the log series it also reads the CPU time compute_ctl itself had used (all threads,
+//! from /proc/PID/task/*/schedstat): its own cost, free of the noise of Postgres's start.
+//!
 //! Then one compute_ctl is left running idle for a window of seconds and its resident memory
 //! (VmRSS, Postgres excluded), CPU time and wake-ups are read from /proc.
 //!
@@ -49,10 +52,13 @@ fn main() {
 
     let series = ["floor", "pg_ctl", "compute_ctl (status)", "compute_ctl (log)"];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); series.len()];
+    let mut cpu = Vec::new();
     // One unrecorded round first: page cache and first-exec costs are not what we measure.
     for round in 0..=runs {
-        let t = [b.floor(), b.pg_ctl(), b.compute_ctl(true), b.compute_ctl(false)];
+        let (by_log, cpu_ms) = b.compute_ctl(false);
+        let t = [b.floor(), b.pg_ctl(), b.compute_ctl(true).0, by_log];
         if round > 0 {
+            cpu.push(cpu_ms);
             for (v, ms) in times.iter_mut().zip(t) {
                 v.push(ms);
             }
@@ -77,6 +83,9 @@ fn main() {
     println!("RESULT start/compute_ctl_status {status:.1} ms baseline=start/floor target=1.2");
     println!("RESULT start/compute_ctl_log {log:.1} ms baseline=start/floor target=1.2");
     println!("RESULT start/compute_ctl_vs_pg_ctl {:.2} x", status / pg_ctl);
+    let cpu = median(&mut cpu);
+    println!("compute_ctl's own CPU time (all threads, Postgres excluded) until running: median {cpu:.1} ms");
+    println!("RESULT start/compute_ctl_cpu {cpu:.1} ms");
 
     b.idle();
 }
@@ -145,9 +154,11 @@ impl Bench {
 
     /// Milliseconds from spawning compute_ctl to `running`: by polling `/status` every
     /// millisecond, or by its log line. Then stops it by pid (SIGTERM) and waits for its exit.
-    fn compute_ctl(&self, poll_status: bool) -> f64 {
+    /// Also returns the CPU time compute_ctl itself (all its threads, Postgres excluded) had
+    /// used when it was seen running.
+    fn compute_ctl(&self, poll_status: bool) -> (f64, f64) {
         let t0 = Instant::now();
-        let mut child = self.compute_ctl_command().stderr(Stdio::piped()).spawn().expect("spawn compute_ctl");
+        let mut child = Owned::new(self.compute_ctl_command().stderr(Stdio::piped()).spawn(), libc::SIGTERM);
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         // Reads stderr to its end (so compute_ctl never blocks on a full pipe) and reports the
@@ -179,6 +190,7 @@ impl Bench {
                 }
             }
         };
+        let cpu_ns = ProcSample::read(child.id()).cpu_ns;
         // The log line is written just before the status is published: under CPU contention
         // a request can still see the previous status for a moment.
         while status(self.http_port).as_deref() != Some("running") {
@@ -188,7 +200,7 @@ impl Bench {
         stop(&mut child, libc::SIGTERM);
         let log = reader.join().unwrap();
         self.assert_stopped(&log);
-        ms(elapsed)
+        (ms(elapsed), cpu_ns as f64 / 1e6)
     }
 
     /// The floor: `postgres -D` until `postmaster.pid` names it and says `ready`.
@@ -196,7 +208,7 @@ impl Bench {
         let t0 = Instant::now();
         let mut cmd = Command::new(format!("{PGBIN_DIR}/postgres"));
         cmd.arg("-D").arg(&self.pgdata).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let mut child = as_pg(&mut cmd, self.uid_gid).spawn().expect("spawn postgres");
+        let mut child = Owned::new(as_pg(&mut cmd, self.uid_gid).spawn(), libc::SIGINT);
         let pidfile = self.pgdata.join("postmaster.pid");
         let pid = child.id().to_string();
         let elapsed = loop {
@@ -226,8 +238,10 @@ impl Bench {
         assert!(st.success(), "pg_ctl start -w failed: {st}");
         let text = std::fs::read_to_string(self.pgdata.join("postmaster.pid")).unwrap();
         let pid: i32 = text.lines().next().unwrap().trim().parse().unwrap();
+        let adopted = Adopted(pid);
         kill(pid, libc::SIGINT);
         reap(pid);
+        std::mem::forget(adopted);
         self.assert_stopped(&[]);
         ms(elapsed)
     }
@@ -245,7 +259,7 @@ impl Bench {
     /// Idle cost of a running compute_ctl: VmRSS (Postgres excluded), CPU and wake-ups over
     /// a window, read from /proc for all of its threads.
     fn idle(&self) {
-        let mut child = self.compute_ctl_command().stderr(Stdio::null()).spawn().expect("spawn compute_ctl");
+        let mut child = Owned::new(self.compute_ctl_command().stderr(Stdio::null()).spawn(), libc::SIGTERM);
         let t0 = Instant::now();
         while status(self.http_port).as_deref() != Some("running") {
             check_alive(&mut child, t0);
@@ -336,6 +350,62 @@ fn status(port: u16) -> Option<String> {
     let body = text.split_once("\r\n\r\n")?.1;
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
     Some(v.get("status")?.as_str()?.to_string())
+}
+
+/// A child that is stopped by pid (and waited for) if a panic leaves it running, so a failed
+/// measurement never leaves a compute_ctl or a postmaster behind.
+struct Owned {
+    child: Child,
+    signal: i32,
+}
+
+impl Owned {
+    fn new(spawned: std::io::Result<Child>, signal: i32) -> Owned {
+        Owned { child: spawned.expect("spawn"), signal }
+    }
+}
+
+impl std::ops::Deref for Owned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Owned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let pid = self.child.id() as i32;
+            // SAFETY: kill(2) takes two integers and touches no memory of ours.
+            unsafe { libc::kill(pid, self.signal) };
+            let deadline = Instant::now() + TIMEOUT;
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The postmaster `pg_ctl` left running, stopped (fast) and reaped if a panic comes first.
+struct Adopted(i32);
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) and waitpid(2) take integers and a pointer to a local.
+        unsafe {
+            libc::kill(self.0, libc::SIGINT);
+            let mut st = 0;
+            libc::waitpid(self.0, &mut st, 0);
+        }
+    }
 }
 
 fn check_alive(child: &mut Child, t0: Instant) {
