@@ -215,12 +215,12 @@ fn table(rows: &[Row]) -> String {
 }
 
 fn num(v: f64) -> String {
-    if v == 0.0 || v.abs() >= 100.0 {
+    if v.fract() == 0.0 {
         format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.2}")
-    } else {
+    } else if v.abs() < 0.01 {
         format!("{v:.4}")
+    } else {
+        format!("{v:.2}")
     }
 }
 
