@@ -62,11 +62,21 @@ pub fn conf_value(text: &str) -> String {
     out
 }
 
-/// True when `value` can stand unquoted in `postgresql.conf` (numbers, units, booleans, enum
-/// words). Anything else is written quoted, which the server accepts for every type.
+/// True when `value` can stand unquoted in `postgresql.conf` as one value token of the
+/// server's config lexer: a word (`on`, `logical`) or a number with an optional unit or
+/// fraction (`-1`, `128MB`, `0.5`). Anything else is written quoted, which the server accepts
+/// for every type: other unquoted forms are traps (`pg_catalog.english` lexes as a qualified
+/// name, which the server refuses as a value; `1e5` and `1:2` are two tokens).
 pub fn is_bare_conf_token(value: &str) -> bool {
-    !value.is_empty()
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'+' | b':'))
+    let word = value.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let unsigned = value.strip_prefix(['+', '-']).unwrap_or(value);
+    let digits = unsigned.bytes().take_while(u8::is_ascii_digit).count();
+    let rest = &unsigned[digits..];
+    let number = digits > 0
+        && (rest.bytes().all(|b| b.is_ascii_alphabetic())
+            || rest.strip_prefix('.').is_some_and(|f| f.bytes().all(|b| b.is_ascii_digit())));
+    word || number
 }
 
 /// True for a valid `postgresql.conf` parameter name (`work_mem`, `neon.timeline_id`).
@@ -199,6 +209,17 @@ mod tests {
             let body = &body[1..body.len() - 1];
             let back = if l.starts_with('E') { body.replace("\\\\", "\\") } else { body.to_string() };
             assert_eq!(back.replace("''", "'"), name);
+        }
+    }
+
+    #[test]
+    fn bare_conf_values_are_one_token() {
+        for v in ["off", "logical", "128MB", "5min", "-1", "+1", "0.5", "1."] {
+            assert!(is_bare_conf_token(v), "{v}");
+        }
+        // Each of these, unquoted, makes PostgreSQL 15 refuse the whole file.
+        for v in ["pg_catalog.english", "1e5", "1:2", "-", "+", "1.2.3", "1.5MB", "a b", ""] {
+            assert!(!is_bare_conf_token(v), "{v}");
         }
     }
 

@@ -124,11 +124,15 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<(Request, usize), ParseError
     let head_end = match find(buf, b"\r\n\r\n") {
         Some(i) => i,
         None => {
-            let line_len = find(buf, b"\r\n").unwrap_or(buf.len());
+            // A line or head right at its limit may be followed by part of its terminator
+            // (`\r`, `\r\n`, `\r\n\r`); those bytes do not count, or a request would be
+            // refused when a read ends inside its terminator and accepted when it does not.
+            let partial = [&b"\r\n\r"[..], b"\r\n", b"\r"].iter().find(|t| buf.ends_with(t)).map_or(0, |t| t.len());
+            let line_len = find(buf, b"\r\n").unwrap_or(buf.len() - usize::from(buf.ends_with(b"\r")));
             if line_len > limits.max_request_line {
                 return Err(reject(414, "request line too long"));
             }
-            if buf.len() > limits.max_head_bytes {
+            if buf.len() - partial > limits.max_head_bytes {
                 return Err(reject(431, "request header fields too large"));
             }
             return Err(ParseError::Incomplete);
@@ -254,6 +258,22 @@ mod tests {
         assert_eq!(code(&format!("GET / HTTP/1.1\r\n{many}\r\n")), 431);
         let long = "a".repeat(40 * 1024);
         assert_eq!(code(&format!("GET / HTTP/1.1\r\nX: {long}")), 431);
+    }
+
+    #[test]
+    fn limits_hold_whatever_the_read_boundaries() {
+        let limits = Limits { max_request_line: 20, max_headers: 4, max_head_bytes: 40, ..Limits::default() };
+        // A request line of exactly 20 bytes and a head of exactly 40, fed byte by byte.
+        let line = "GET /aaaaaa HTTP/1.1";
+        let text = format!("{line}\r\nX: {}\r\n\r\n", "b".repeat(40 - line.len() - 5));
+        for cut in 0..text.len() {
+            assert_eq!(parse(&text.as_bytes()[..cut], &limits), Err(ParseError::Incomplete), "{cut}");
+        }
+        assert!(parse(text.as_bytes(), &limits).is_ok());
+        let longer = text.replacen("/a", "/aa", 1);
+        assert!(matches!(parse(&longer.as_bytes()[..22], &limits), Err(ParseError::Reject(414, _))));
+        let longer = text.replacen("X: ", "X: b", 1);
+        assert!(matches!(parse(longer.as_bytes(), &limits), Err(ParseError::Reject(431, _))));
     }
 
     #[test]

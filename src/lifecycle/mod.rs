@@ -24,8 +24,10 @@
 //! [`Shared`] snapshot for the HTTP server.
 //!
 //! # What does not compile
+//! Each `compile_fail` block names the error it must fail with; rustdoc checks the code on
+//! nightly (`cargo +nightly test --doc`), so a block cannot pass by failing for another reason.
 //! A state cannot be used after its transition (E0382, use of moved value):
-//! ```compile_fail
+//! ```compile_fail,E0382
 //! # use compute_ctl::lifecycle::*; use compute_ctl::spec::ParsedSpec;
 //! fn f(empty: Empty, spec: ParsedSpec) {
 //!     let init = empty.init(spec);
@@ -41,13 +43,13 @@
 //! }
 //! ```
 //! `Running` has no operation that prepares PGDATA or drops subscriptions (E0599, no method):
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! # use compute_ctl::lifecycle::*;
 //! fn f(running: &mut Running) {
 //!     running.drop_subscriptions_before_start();
 //! }
 //! ```
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! # use compute_ctl::lifecycle::*;
 //! fn f(running: &mut Running) {
 //!     running.prepare_pgdata();
@@ -62,7 +64,7 @@
 //! }
 //! ```
 //! A live reconfiguration cannot start Postgres from scratch either (E0599):
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! # use compute_ctl::lifecycle::*;
 //! fn f(c: Configuration<Live>) {
 //!     let _ = c.start();
@@ -76,7 +78,7 @@
 //! ```
 //! A state cannot be constructed outside this module (E0451, private field; and a `Boot`
 //! cannot be made at all):
-//! ```compile_fail
+//! ```compile_fail,E0451
 //! # use compute_ctl::lifecycle::*;
 //! fn f(ctx: Context) -> Terminated {
 //!     Terminated { ctx, exit: None }

@@ -140,6 +140,11 @@ impl ParsedSpec {
             }
         };
 
+        // A number past f32's range parses as infinity, which serializes as null: refuse it
+        // here rather than hand on a spec that does not survive its own round trip.
+        if !spec.format_version.is_finite() {
+            return Err(Error::invalid("format_version", "out of range for a 32-bit float"));
+        }
         if spec.reconfigure_concurrency == 0 {
             return Err(Error::invalid("reconfigure_concurrency", "must be at least 1"));
         }
@@ -304,6 +309,13 @@ mod tests {
         let json = MIN.replace("2414a61ffc94e428f14b5758fe308e13", "xyz");
         let err = ParsedSpec::parse(&json).unwrap_err().to_string();
         assert_eq!(err, "invalid spec: timeline_id: expected 32 hex digits, got \"xyz\"");
+    }
+
+    #[test]
+    fn format_version_must_be_finite() {
+        let err = ParsedSpec::parse(&MIN.replace("1.0", "1e39")).unwrap_err().to_string();
+        assert_eq!(err, "invalid spec: format_version: out of range for a 32-bit float");
+        ParsedSpec::parse(&MIN.replace("1.0", "3.4e38")).unwrap();
     }
 
     #[test]

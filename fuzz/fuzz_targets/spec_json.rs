@@ -1,0 +1,59 @@
+//! The spec parser and validator on arbitrary bytes.
+//!
+//! Properties:
+//! - parsing never panics, and `ParsedSpec::parse` agrees with deserialize + `validate`;
+//! - a rejected spec gets a message that says what is wrong (never empty);
+//! - a spec that validated keeps the invariants the rest of the program relies on without
+//!   re-checking (names fit in NAMEDATALEN and have no NUL, settings have valid names);
+//! - a valid spec, serialized again, parses and validates to the same value.
+#![no_main]
+
+use compute_ctl::escape::is_conf_name;
+use compute_ctl::spec::{ComputeSpec, ParsedSpec};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let parsed = ParsedSpec::parse(text);
+    let Ok(spec) = serde_json::from_str::<ComputeSpec>(text) else {
+        let err = parsed.expect_err("parse accepted what serde_json refused");
+        assert!(!err.to_string().is_empty());
+        return;
+    };
+    let validated = ParsedSpec::validate(spec.clone());
+    assert_eq!(parsed.as_ref().ok(), validated.as_ref().ok(), "parse and validate disagree");
+    let valid = match validated {
+        Ok(v) => v,
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            return;
+        }
+    };
+    assert_eq!(valid.spec(), &spec);
+    check_invariants(valid.spec());
+
+    let json = serde_json::to_string(&spec).expect("a valid spec serializes");
+    let again = ParsedSpec::parse(&json).unwrap_or_else(|e| panic!("re-serialized spec refused: {e}\n{json}"));
+    assert_eq!(again, valid, "re-serialized spec differs\n{json}");
+});
+
+fn name_ok(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 63 && !name.contains('\0')
+}
+
+fn check_invariants(spec: &ComputeSpec) {
+    for r in &spec.cluster.roles {
+        assert!(name_ok(&r.name), "role name {:?} passed validation", r.name);
+    }
+    for d in &spec.cluster.databases {
+        assert!(name_ok(&d.name) && name_ok(&d.owner), "database {:?}/{:?} passed validation", d.name, d.owner);
+    }
+    for s in spec.cluster.settings.iter().flatten() {
+        assert!(is_conf_name(&s.name), "setting name {:?} passed validation", s.name);
+        let v = s.value.as_deref().expect("a setting with a null value passed validation");
+        assert!(!v.contains('\0'), "setting {:?} with a NUL passed validation", s.name);
+    }
+    assert!(spec.reconfigure_concurrency >= 1);
+}
