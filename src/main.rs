@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         Command::Probe(port) => return compute_ctl::http::probe(port),
         Command::Run(args) => args,
     };
-    init_logging();
+    compute_ctl::logger::init(std::env::var("RUST_LOG").ok().as_deref());
     match compute_ctl::compute::run(*args) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
@@ -32,12 +32,4 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn init_logging() {
-    let level = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<log::LevelFilter>().ok())
-        .unwrap_or(log::LevelFilter::Info);
-    let _ = simple_logger::SimpleLogger::new().with_level(level).with_utc_timestamps().init();
 }

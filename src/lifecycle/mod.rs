@@ -140,12 +140,13 @@ pub struct ContextData {
 }
 
 impl ContextData {
+    /// Publishes first and logs after, so whoever reads the log line finds `/status` agreeing.
     fn publish(&self, status: Status, error: Option<String>) {
-        log::info!("compute status: {}", status.wire_name());
         self.shared.update(|s| {
             s.status = status;
             s.error = error;
         });
+        log::info!("compute status: {}", status.wire_name());
     }
 
     fn publish_spec(&self, spec: &ParsedSpec) {

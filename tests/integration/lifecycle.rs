@@ -175,3 +175,31 @@ fn hostile_string_settings_round_trip_or_are_refused() {
         assert!(support::postmaster_pid(&bad.pgdata).is_none());
     }
 }
+
+#[test]
+fn a_closed_stderr_does_not_make_compute_ctl_deaf_to_sigterm() {
+    let s = Setup::new("epipe");
+    let mut child = std::process::Command::new(support::BIN)
+        .args(s.args())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut c = support::Compute { child: None, http_port: s.http_port, log: s.dir.join("none.log") };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.status().is_none_or(|st| st["status"] != "running") {
+        assert!(Instant::now() < deadline, "not running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pm = support::postmaster_pid(&s.pgdata).unwrap();
+    // The reader of compute_ctl's stderr goes away (a restarted log shipper, say).
+    drop(child.stderr.take());
+    // Log lines are now written to a closed pipe; the signal must still be handled.
+    let _ = http::get(s.http_port, "/metrics.json");
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    c.child = Some(child);
+    let st = c.wait_exit(Duration::from_secs(20));
+    assert!(!st.success());
+    support::wait_pid_gone(pm, Duration::from_secs(20));
+}
