@@ -157,13 +157,7 @@ fn insights_lists_user_statements_from_pg_stat_statements() {
         db.query_one("SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'", &[]).unwrap().get(0);
     assert_eq!(n, 1);
     db.batch_execute("CREATE ROLE alice LOGIN").unwrap();
-    let mut alice = postgres::Config::new()
-        .host("127.0.0.1")
-        .port(s.pg_port)
-        .user("alice")
-        .dbname("postgres")
-        .connect(postgres::NoTls)
-        .unwrap();
+    let mut alice = support::pg_client_as(s.pg_port, "alice", "postgres");
     alice.batch_execute("SELECT 4242 AS insight_marker").unwrap();
     db.batch_execute("SELECT 1717 AS superuser_marker").unwrap();
     let r = http::get(s.http_port, "/insights");
@@ -407,13 +401,7 @@ fn last_active_follows_clients_not_compute_ctl() {
     busy.join().unwrap();
     assert_eq!(last_active(&c), None, "activity of compute_ctl or its superuser counted");
 
-    let mut alice = postgres::Config::new()
-        .host("127.0.0.1")
-        .port(s.pg_port)
-        .user("alice")
-        .dbname("postgres")
-        .connect(postgres::NoTls)
-        .unwrap();
+    let mut alice = support::pg_client_as(s.pg_port, "alice", "postgres");
     alice.batch_execute("SELECT 1").unwrap();
     let first = poll(Duration::from_secs(5), "last_active", || last_active(&c));
     // A later query moves it forward.

@@ -113,6 +113,20 @@ fn branch(from: &Setup, name: &str) -> Setup {
     s
 }
 
+/// The branch's own subscription `mine` to a new publication `pub2` (table `t2`, one row),
+/// synced; returns a client of the publisher to add rows with.
+fn subscribe_own(publisher: &PlainPostgres, db: &mut postgres::Client) -> postgres::Client {
+    let mut own = publisher.client("postgres");
+    own.batch_execute(
+        "CREATE TABLE t2 (id int PRIMARY KEY); CREATE PUBLICATION pub2 FOR TABLE t2; INSERT INTO t2 VALUES (1)",
+    )
+    .unwrap();
+    let create = format!("CREATE SUBSCRIPTION mine CONNECTION '{}' PUBLICATION pub2", publisher.connstr("postgres"));
+    run(db, &["CREATE TABLE t2 (id int PRIMARY KEY)", &create]);
+    wait_until("the branch's own subscription to sync", Duration::from_secs(30), || count(db, "t2") == 1);
+    own
+}
+
 fn subscriptions(db: &mut postgres::Client) -> Vec<String> {
     db.query("SELECT subname::text FROM pg_subscription ORDER BY 1", &[]).unwrap().iter().map(|r| r.get(0)).collect()
 }
@@ -160,14 +174,7 @@ fn branch_drops_inherited_subscriptions_once_per_timeline() {
     assert_eq!(count(&mut db, "t"), 10);
 
     // The branch's own subscription survives a restart with the same spec and replicates.
-    let mut own = publisher.client("postgres");
-    own.batch_execute(
-        "CREATE TABLE t2 (id int PRIMARY KEY); CREATE PUBLICATION pub2 FOR TABLE t2; INSERT INTO t2 VALUES (1)",
-    )
-    .unwrap();
-    let create = format!("CREATE SUBSCRIPTION mine CONNECTION '{}' PUBLICATION pub2", publisher.connstr("postgres"));
-    run(&mut db, &["CREATE TABLE t2 (id int PRIMARY KEY)", &create]);
-    wait_until("the branch's own subscription to sync", Duration::from_secs(30), || count(&mut db, "t2") == 1);
+    let mut own = subscribe_own(&publisher, &mut db);
     drop(db);
     terminate(&b, &mut bc);
     let mut bc = b.spawn();
@@ -441,14 +448,7 @@ fn pageserver_branch_of_a_running_subscriber_drops_once_per_timeline() {
 
     // The branch subscribes on its own; storage now holds that state (a new basebackup of the
     // branch), and a restart with the same spec starts from it: the subscription survives.
-    let mut own = publisher.client("postgres");
-    own.batch_execute(
-        "CREATE TABLE t2 (id int PRIMARY KEY); CREATE PUBLICATION pub2 FOR TABLE t2; INSERT INTO t2 VALUES (1)",
-    )
-    .unwrap();
-    let create = format!("CREATE SUBSCRIPTION mine CONNECTION '{}' PUBLICATION pub2", publisher.connstr("postgres"));
-    run(&mut db, &["CREATE TABLE t2 (id int PRIMARY KEY)", &create]);
-    wait_until("the branch's own subscription to sync", Duration::from_secs(30), || count(&mut db, "t2") == 1);
+    let mut own = subscribe_own(&publisher, &mut db);
     let tar2 = tar_backup(b.pg_port, &work.join("branch"));
     ps.add_tar(support::TENANT, &tl, &tar2);
     drop(db);

@@ -272,14 +272,18 @@ impl Setup {
 }
 
 pub fn pg_client(port: u16, db: &str) -> postgres::Client {
+    pg_client_as(port, SUPERUSER, db)
+}
+
+pub fn pg_client_as(port: u16, user: &str, db: &str) -> postgres::Client {
     postgres::Config::new()
         .host("127.0.0.1")
         .port(port)
-        .user(SUPERUSER)
+        .user(user)
         .dbname(db)
         .connect_timeout(Duration::from_secs(5))
         .connect(postgres::NoTls)
-        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}/{db}: {e}"))
+        .unwrap_or_else(|e| panic!("connect as {user} to 127.0.0.1:{port}/{db}: {e}"))
 }
 
 /// A compute_ctl child process; killed (SIGKILL, so Postgres gets its parent-death signal) on
