@@ -3,7 +3,7 @@
 # compute_ctl on PostgreSQL 15: a static compute_ctl supervising Postgres in one container.
 #
 #   docker build -t compute_ctl .
-#   docker run --init -p 3080:3080 -p 55432:55432 -v pgdata:/var/lib/postgresql/data compute_ctl
+#   docker run -p 3080:3080 -p 55432:55432 -v pgdata:/var/lib/postgresql/data compute_ctl
 #
 # Ports: 3080 external HTTP API (/status, /configure, /terminate, /metrics, ...);
 # 3081 internal HTTP API (extension server for Postgres itself: do not publish);
