@@ -10,6 +10,11 @@
 //! its peak RSS (VmHWM) is compute_ctl's alone; the stand-in serves from this process.
 //! Prints the median time of each side, their ratio (target: within 1.2x) and the peak RSS
 //! (target: under 32 MiB).
+//!
+//! The ingest is the library's (what compute_ctl runs), in a child of this program, so
+//! `$COMPUTE_CTL_BIN` does not apply. Results are printed as `RESULT` lines (see
+//! examples/bench.rs); a panic (nothing measured) exits non-zero. The unpacked trees are
+//! removed, also on a panic; the fixture is kept as the cache.
 
 #[path = "../tests/integration/support/pageserver.rs"]
 mod pageserver;
@@ -52,6 +57,7 @@ fn main() {
     ps.add_tar(TENANT, TIMELINE, &tar);
     let ours_dir = work.join("ours");
     let tar_dir = work.join("tar");
+    let _cleanup = RemoveDirs(vec![ours_dir.clone(), tar_dir.clone()]);
     let (mut ours, mut theirs, mut peak_kib) = (Vec::new(), Vec::new(), 0u64);
     for run in 0..runs {
         for d in [&ours_dir, &tar_dir] {
@@ -94,8 +100,20 @@ fn main() {
         mo.as_secs_f64() / mt.as_secs_f64()
     );
     println!("peak RSS of the ingest: {:.1} MiB (target < 32 MiB)", peak_kib as f64 / 1024.0);
-    for d in [&ours_dir, &tar_dir] {
-        let _ = std::fs::remove_dir_all(d);
+    println!("RESULT basebackup/tar_xf {:.0} ms", ms(mt));
+    println!("RESULT basebackup/ingest {:.0} ms baseline=basebackup/tar_xf target=1.2", ms(mo));
+    println!("RESULT basebackup/ingest_throughput {:.0} MiB_per_s", size as f64 / 1048576.0 / mo.as_secs_f64());
+    println!("RESULT basebackup/peak_rss {:.1} MiB target=32", peak_kib as f64 / 1024.0);
+}
+
+/// Removes the unpacked trees when the benchmark ends, also when a panic unwinds.
+struct RemoveDirs(Vec<PathBuf>);
+
+impl Drop for RemoveDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 

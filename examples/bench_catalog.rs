@@ -4,6 +4,13 @@
 //! Run as root or as a user that can run `initdb` (Postgres 15 in /usr/lib/postgresql/15/bin):
 //! `cargo run --release --example bench_catalog`. Targets: re-apply under 200 ms with zero
 //! statements, first apply within 2x of `psql -f`.
+//!
+//! It measures the catalog apply of the library in this process (the code `/configure` and
+//! the start run), not the binary, so `$COMPUTE_CTL_BIN` does not apply. The re-apply is timed
+//! twice: as a live `/configure` runs it (`catalog/noop_reapply`, the one with the target) and as
+//! a restarted compute_ctl runs it, connecting to every database once
+//! (`catalog/noop_reapply_after_restart`). Results are printed as `RESULT` lines (see
+//! examples/bench.rs); a panic (nothing measured) exits non-zero.
 
 use compute_ctl::postgres::apply::{self, Concurrency, catalog};
 use compute_ctl::spec::ParsedSpec;
@@ -147,9 +154,19 @@ fn psql_script(spec: &ParsedSpec) -> String {
     out
 }
 
+/// Removes the work directory, also when a panic unwinds (after the Postgres guards stop).
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn main() {
     let root = PathBuf::from(format!("/tmp/bench_catalog-{}", std::process::id()));
     std::fs::create_dir_all(&root).unwrap();
+    let _cleanup = RemoveDir(root.clone());
     chown(&root);
     let a = root.join("a");
     let out = as_pg(Command::new(format!("{BIN}/initdb")).arg("-D").arg(&a).args([
@@ -209,7 +226,6 @@ fn main() {
     apply::per_db::forget_verified(None);
     let third = apply::apply(&cs, spec.spec(), Concurrency::AtStart).unwrap();
     drop(pg);
-    let _ = std::fs::remove_dir_all(&root);
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let lines = psql_script(&spec).lines().filter(|l| !l.starts_with('\\')).count();
@@ -236,4 +252,12 @@ fn main() {
         ms(third.elapsed),
         third.total
     );
+    println!("RESULT catalog/psql_f {:.1} ms", ms(psql_time));
+    println!("RESULT catalog/first_apply {:.1} ms baseline=catalog/psql_f target=2", ms(first.elapsed));
+    println!("RESULT catalog/psql_f_statements {lines} count");
+    println!("RESULT catalog/first_apply_statements {} count", first.total);
+    println!("RESULT catalog/noop_reapply {:.1} ms target=200", ms(second.elapsed));
+    println!("RESULT catalog/noop_reapply_statements {} count target=0", second.total);
+    println!("RESULT catalog/noop_reapply_after_restart {:.1} ms", ms(third.elapsed));
+    println!("RESULT catalog/noop_reapply_after_restart_statements {} count", third.total);
 }
