@@ -59,8 +59,8 @@ fn main() {
             (0..RUNS).map(|r| start_branch(&exe, &root, &done, port, &format!("off{n}-{r}"), false).0).collect();
         let (m_on, m_off) = (median(on), median(off));
         println!("{n:>10} {m_on:>14.1} {m_off:>14.1} {:>12.1}", m_on - m_off);
-        let target = if n == 5 { " target=100" } else { "" };
-        println!("RESULT subscriptions/overhead_{n}db {:.1} ms{target}", m_on - m_off);
+        // The target: under 100 ms whatever the number of databases.
+        println!("RESULT subscriptions/overhead_{n}db {:.1} ms target=100", m_on - m_off);
         println!("RESULT subscriptions/flag_off_{n}db {m_off:.1} ms");
         println!("RESULT subscriptions/flag_on_{n}db {m_on:.1} ms baseline=subscriptions/flag_off_{n}db");
     }
