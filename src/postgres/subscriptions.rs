@@ -197,7 +197,7 @@ pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec) -> Result<()> {
     let phase = "listing databases with subscriptions";
     let rows = client
         .query(
-            "SELECT d.datname, d.datallowconn AND d.datconnlimit <> -2, count(*) \
+            "SELECT d.datname, d.datallowconn AND d.datconnlimit <> -2, array_agg(s.subname::text ORDER BY s.subname) \
              FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d ON d.oid = s.subdbid \
              GROUP BY 1, 2 ORDER BY 1",
             &[],
@@ -205,11 +205,11 @@ pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec) -> Result<()> {
         .map_err(|e| Error::sql(phase, &system_db, e))?;
     let mut dbs = Vec::new();
     for row in rows {
-        let (name, connectable, n): (String, bool, i64) = (row.get(0), row.get(1), row.get(2));
+        let (name, connectable, subs): (String, bool, Vec<String>) = (row.get(0), row.get(1), row.get(2));
         if connectable {
-            dbs.push(name);
+            dbs.push((name, subs));
         } else {
-            log::warn!("database {name:?} does not allow connections: its {n} subscription(s) stay disabled");
+            log::warn!("database {name:?} does not allow connections: its subscriptions {subs:?} stay disabled");
         }
     }
     drop_in_databases(connstr, &dbs)?;
@@ -244,7 +244,7 @@ fn write_cache(ctx: &Context, timeline: &str) {
 }
 
 /// Drops the subscriptions of each database, several databases at once.
-fn drop_in_databases(connstr: &str, dbs: &[String]) -> Result<()> {
+fn drop_in_databases(connstr: &str, dbs: &[(String, Vec<String>)]) -> Result<()> {
     const MAX_PARALLEL: usize = 8;
     let queue = Mutex::new(dbs.iter());
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
@@ -252,8 +252,8 @@ fn drop_in_databases(connstr: &str, dbs: &[String]) -> Result<()> {
         for _ in 0..dbs.len().min(MAX_PARALLEL) {
             scope.spawn(|| {
                 loop {
-                    let Some(db) = queue.lock().unwrap_or_else(|p| p.into_inner()).next() else { return };
-                    if let Err(e) = drop_in_database(connstr, db) {
+                    let Some((db, names)) = queue.lock().unwrap_or_else(|p| p.into_inner()).next() else { return };
+                    if let Err(e) = drop_in_database(connstr, db, names) {
                         first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                         return;
                     }
@@ -267,44 +267,30 @@ fn drop_in_databases(connstr: &str, dbs: &[String]) -> Result<()> {
     }
 }
 
-fn drop_in_database(connstr: &str, db: &str) -> Result<()> {
+/// Drops `names` in `db` with one round trip while `pg_subscription` is locked: the
+/// transaction, the lock and every statement go in one simple-query message, so databases
+/// that take turns on the lock hold it for as short a time as possible.
+fn drop_in_database(connstr: &str, db: &str, names: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
     let mut client = sql::connect(connstr, Some(db), sql::APP_SUBSCRIPTIONS)?;
     let connected = started.elapsed();
-    let e = |phase: &str| {
-        let phase = phase.to_string();
-        move |err| Error::sql(phase, db, err)
-    };
-    let mut tx = client.transaction().map_err(e("beginning the subscription drop"))?;
     // Per-database settings must not get in the way of the maintenance work.
-    tx.batch_execute(
-        "SET LOCAL ROLE NONE; SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; \
+    let mut script = String::from(
+        "BEGIN; SET LOCAL ROLE NONE; SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; \
          SET LOCAL transaction_read_only = off; \
-         LOCK TABLE pg_catalog.pg_subscription IN ACCESS EXCLUSIVE MODE",
-    )
-    .map_err(e("locking pg_subscription"))?;
-    let names: Vec<String> = tx
-        .query(
-            "SELECT subname FROM pg_catalog.pg_subscription \
-             WHERE subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) ORDER BY 1",
-            &[],
-        )
-        .map_err(e("listing subscriptions"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for name in &names {
+         LOCK TABLE pg_catalog.pg_subscription IN ACCESS EXCLUSIVE MODE; ",
+    );
+    let nowhere = quote_literal(NOWHERE);
+    for name in names {
         let q = quote_ident(name);
-        let nowhere = quote_literal(NOWHERE);
-        tx.batch_execute(&format!(
-            "ALTER SUBSCRIPTION {q} DISABLE; \
-             ALTER SUBSCRIPTION {q} CONNECTION {nowhere}; \
-             ALTER SUBSCRIPTION {q} SET (slot_name = NONE); \
-             DROP SUBSCRIPTION {q}"
-        ))
-        .map_err(e(&format!("dropping subscription {name:?}")))?;
+        script.push_str(&format!(
+            "ALTER SUBSCRIPTION {q} DISABLE; ALTER SUBSCRIPTION {q} CONNECTION {nowhere}; \
+             ALTER SUBSCRIPTION {q} SET (slot_name = NONE); DROP SUBSCRIPTION {q}; "
+        ));
     }
-    tx.commit().map_err(e("committing the subscription drop"))?;
+    script.push_str("COMMIT");
+    // On an error the server skips the rest; dropping the connection rolls the transaction back.
+    client.batch_execute(&script).map_err(|err| Error::sql(format!("dropping subscriptions {names:?}"), db, err))?;
     log::info!(
         "dropped {} inherited subscription(s) in database {db:?} in {} ms (connect {} ms): {names:?}",
         names.len(),
@@ -331,6 +317,38 @@ pub fn release_guard(ctx: &Context, spec: &ParsedSpec, guard: Guard, pm: &Postma
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(extra: &str) -> ParsedSpec {
+        ParsedSpec::parse(&format!(
+            r#"{{"format_version":1.0,"drop_subscriptions_before_start":true,{extra}
+            "tenant_id":"b0554b632bd4d547a63b86c3630317e8","timeline_id":"2414a61ffc94e428f14b5758fe308e13"}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn neon_guard_is_chosen_only_when_neon_is_preloaded() {
+        let with_setting = spec(
+            r#""cluster":{"roles":[],"databases":[],"settings":[
+            {"name":"shared_preload_libraries","value":"pg_stat_statements, neon","vartype":"string"}]},"#,
+        );
+        assert!(preloads_neon(&with_setting));
+        let with_conf =
+            spec(r#""cluster":{"roles":[],"databases":[],"postgresql_conf":"shared_preload_libraries='neon'\n"},"#);
+        assert!(preloads_neon(&with_conf));
+        let vanilla = spec(
+            r#""cluster":{"roles":[],"databases":[],"settings":[
+            {"name":"shared_preload_libraries","value":"neon_utils","vartype":"string"}]},"#,
+        );
+        assert!(!preloads_neon(&vanilla));
+        // The guard line is written while the flag is set, and released to false.
+        assert!(
+            conf::render(&with_setting, 3081, true).contains("\nneon.disable_logical_replication_subscribers=true\n")
+        );
+        assert!(
+            conf::render(&with_setting, 3081, false).contains("\nneon.disable_logical_replication_subscribers=false\n")
+        );
+    }
 
     #[test]
     fn unreadable_or_unclean_clusters_never_skip_the_pass() {
