@@ -223,48 +223,24 @@ impl Plain {
         p
     }
 
-    fn sql(&self, db: &str, sql: &str) {
+    /// Runs `sql` through psql in `db` (stopping at the first error); returns its output.
+    fn psql(&self, db: &str, sql: &str) -> String {
+        let port = self.port.to_string();
         let out = Command::new(format!("{BIN_DIR}/psql"))
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "cloud_admin",
-                "-p",
-                &self.port.to_string(),
-                "-d",
-                db,
-                "-c",
-                sql,
-            ])
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "cloud_admin", "-p", &port])
+            .args(["-d", db, "-c", sql])
             .output()
             .unwrap();
         assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn sql(&self, db: &str, sql: &str) {
+        self.psql(db, sql);
     }
 
     fn query(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(format!("{BIN_DIR}/psql"))
-            .args([
-                "-X",
-                "-At",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "cloud_admin",
-                "-p",
-                &self.port.to_string(),
-                "-d",
-                db,
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        self.psql(db, sql)
     }
 
     fn stop(&mut self) {
