@@ -296,6 +296,33 @@ mod tests {
     const MIN: &str = r#"{"format_version":1.0,"cluster":{"roles":[],"databases":[]},
         "tenant_id":"b0554b632bd4d547a63b86c3630317e8","timeline_id":"2414a61ffc94e428f14b5758fe308e13"}"#;
 
+    /// A spec written by Neon's own tooling (shared/data), kept byte for byte in tests/data.
+    #[test]
+    fn neon_legacy_spec_parses_with_ids_from_settings() {
+        let p = ParsedSpec::parse(include_str!("../../tests/data/neon_cluster_spec_legacy.json")).unwrap();
+        assert_eq!(p.tenant_id().to_string(), "b0554b632bd4d547a63b86c3630317e8");
+        assert_eq!(p.timeline_id().to_string(), "2414a61ffc94e428f14b5758fe308e13");
+        assert_eq!(p.mode(), ComputeMode::Primary);
+        match p.storage() {
+            StorageMode::Pageserver { connstrings, safekeepers } => {
+                assert_eq!(connstrings, &["host=127.0.0.1 port=6400".to_string()]);
+                assert_eq!(safekeepers, &["127.0.0.1:6502", "127.0.0.1:6503", "127.0.0.1:6501"]);
+            }
+            other => panic!("expected pageserver mode, got {other:?}"),
+        }
+        let s = p.spec();
+        assert_eq!(s.cluster.roles.len(), 6);
+        assert_eq!(s.cluster.databases[0].name, "DB2");
+        assert_eq!(s.delta_operations.as_ref().map(Vec::len), Some(4));
+        assert!(s.remote_extensions.is_some() && s.pgbouncer_settings.is_some());
+        assert!(s.features.is_empty());
+        assert_eq!(s.reconfigure_concurrency, 1);
+        let conf = crate::postgres::conf::render(&p, 3081, false);
+        assert!(
+            conf.contains("\ntest.escaping = 'here''s a backslash \\\\ and a quote '' and a double-quote \" hooray'\n")
+        );
+    }
+
     #[test]
     fn minimal_local_spec() {
         let p = ParsedSpec::parse(MIN).unwrap();
