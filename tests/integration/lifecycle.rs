@@ -203,3 +203,39 @@ fn a_closed_stderr_does_not_make_compute_ctl_deaf_to_sigterm() {
     assert!(!st.success());
     support::wait_pid_gone(pm, Duration::from_secs(20));
 }
+
+#[test]
+fn a_second_sigterm_escalates_a_stuck_fast_shutdown_to_immediate() {
+    let mut s = Setup::new("escalate");
+    // A fast shutdown waits for the archiver, and this archive command never returns: the
+    // first SIGTERM starts a shutdown that cannot finish.
+    s.setting("archive_mode", "on", "enum");
+    // Unique to this test, so the process scan below finds only our archiver's command.
+    let command = format!("sleep 600.{}", s.pg_port);
+    s.setting("archive_command", &command, "string");
+    let mut c = s.spawn();
+    c.wait_running();
+    let pm = support::postmaster_pid(&s.pgdata).unwrap();
+    s.client().batch_execute("CREATE TABLE w (x int); INSERT INTO w VALUES (1); SELECT pg_switch_wal()").unwrap();
+    let archiving = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c == format!("{}\0", command.replace(' ', "\0")).as_bytes())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !archiving() {
+        assert!(Instant::now() < deadline, "the archiver never ran its command");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.signal("TERM");
+    c.wait_status("termination_pending", Duration::from_secs(10));
+    assert!(support::pid_alive(pm), "the fast shutdown was expected to hang on the archiver");
+    assert!(c.try_wait().is_none());
+    c.signal("TERM");
+    let st = c.wait_exit(Duration::from_secs(20));
+    assert!(!st.success());
+    support::wait_pid_gone(pm, Duration::from_secs(10));
+    assert!(c.log_text().contains("second signal: immediate shutdown"), "{}", c.log_text());
+    assert_eq!(support::cluster_state(&s.pgdata), "in production", "an immediate shutdown skips the checkpoint");
+}
