@@ -128,17 +128,35 @@ fn route(app: &App, server: Server, req: &Request) -> Response {
     let label = known.map_or("other", |(p, _)| *p);
     let mut resp = dispatch(app, server, req, known);
     crate::metrics::count_http_request(server.label(), label, resp.status);
-    // Neon copies `x-request-id` onto the response; the parser has already refused control
-    // characters in header values, so echoing it cannot split the response head.
-    if let Some(id) = req.header("x-request-id") {
-        resp = resp.with_header("x-request-id", id.to_string());
-    }
+    // As Neon: a request without `x-request-id` gets a UUIDv4, and the id is copied onto the
+    // response. The parser has already refused control characters in header values, so echoing
+    // a client's id cannot split the response head.
+    let id = req.header("x-request-id").map_or_else(uuid_v4, str::to_string);
     if label == "/metrics" || label == "/status" {
-        log::debug!("{} {} -> {}", req.method, req.path, resp.status);
+        log::debug!("{} {} -> {} (request {id})", req.method, req.path, resp.status);
     } else {
-        log::info!("{} {} -> {}", req.method, req.path, resp.status);
+        log::info!("{} {} -> {} (request {id})", req.method, req.path, resp.status);
     }
+    resp = resp.with_header("x-request-id", id);
     resp
+}
+
+/// A random (version 4) UUID from the kernel's generator; a request id needs no more.
+fn uuid_v4() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
+        // No /dev/urandom (a bare chroot): std's per-process random hash keys, mixed with time.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        let x = u128::from(h.finish()) << 64 | u128::from(h.finish().rotate_left(17));
+        b = x.to_be_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&str])>) -> Response {

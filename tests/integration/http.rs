@@ -147,6 +147,12 @@ fn keep_alive_and_pipelined_requests() {
     assert_eq!(http::read_response(&mut conn.stream).unwrap().status, 404);
     let r = http::request(s.http_port, "GET", "/status", &[("X-Request-Id", "req-42")], b"").unwrap();
     assert_eq!(r.header("x-request-id"), Some("req-42"));
+    // Without one, the server makes a UUIDv4, a new one per request.
+    let a = http::get(s.http_port, "/status");
+    let b = http::get(s.http_port, "/status");
+    let (ida, idb) = (a.header("x-request-id").unwrap(), b.header("x-request-id").unwrap());
+    assert_ne!(ida, idb);
+    assert!(ida.len() == 36 && ida.as_bytes()[14] == b'4' && ida.split('-').count() == 5, "{ida}");
     // HTTP/1.0 closes by default.
     let r = http::raw(s.http_port, b"GET /status HTTP/1.0\r\n\r\n").unwrap();
     assert_eq!(r.header("connection"), Some("close"));
