@@ -88,7 +88,7 @@ pub fn run(args: Args) -> Result<i32> {
 fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i32> {
     let tx = app.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let shared = app.shared.clone();
-    let bindir = pgdata::bindir(&args.pgbin)?;
+    let bindir = app.bindir.clone();
     let run_as = pgdata::postgres_identity(&args.pg_user)?;
     // The spec is read and validated before anything on disk is touched.
     let initial = match &args.spec {
