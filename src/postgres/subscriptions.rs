@@ -240,6 +240,9 @@ fn write_cache(ctx: &Context, timeline: &str) {
     let path = ctx.args.pgdata.join(DONE_CACHE);
     if let Err(e) = conf::write_atomically(&path, timeline.as_bytes()) {
         log::warn!("cannot cache the subscription marker (the next start will check again): {e}");
+    } else if let Some(u) = ctx.run_as {
+        // Everything in PGDATA belongs to the Postgres user (tools like pg_basebackup read it).
+        let _ = std::os::unix::fs::chown(&path, Some(u.uid), Some(u.gid));
     }
 }
 
