@@ -88,6 +88,8 @@ impl Boot {
                 storage::prepare_from_pageserver(&self.ctx, &self.spec)?;
             }
         }
+        // Written here in both modes: pageserver mode wrote it before the sync too, but a
+        // basebackup may carry the source's own postgresql.conf, which must not win.
         let text = conf::render(&self.spec, args.internal_http_port, self.spec.spec().drop_subscriptions_before_start);
         conf::write_postgres_conf(pgdata, &text)?;
         conf::line_in_file(&pgdata.join("pg_hba.conf"), conf::PG_HBA_ALL_MD5)?;
