@@ -145,7 +145,7 @@ impl Boot {
             return Ok(());
         }
         let started = Instant::now();
-        subscriptions::drop_inherited(&self.ctx, &self.spec)?;
+        subscriptions::drop_inherited(&self.ctx, &self.spec, &self.guard)?;
         let ms = elapsed_ms(started);
         self.ctx.shared.update(|s| s.metrics.drop_subscriptions_ms += ms);
         Ok(())
