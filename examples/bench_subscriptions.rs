@@ -318,7 +318,7 @@ fn start_branch(exe: &Path, root: &Path, from: &Path, port: u16, name: &str, fla
             {"name": "max_logical_replication_workers", "value": "30", "vartype": "integer"},
             {"name": "max_worker_processes", "value": "40", "vartype": "integer"},
             {"name": "max_replication_slots", "value": "50", "vartype": "integer"},
-            {"name": "fsync", "value": "off", "vartype": "bool"}
+            {"name": "fsync", "value": fsync(), "vartype": "bool"}
         ]}
     });
     let t = Instant::now();
@@ -406,6 +406,12 @@ impl Poller {
         conn.read_exact(&mut body).ok()?;
         String::from_utf8(body).ok()
     }
+}
+
+/// The branches' `fsync`: off unless `BENCH_FSYNC=on` (then WAL flushes and the single-user
+/// pass's checkpoint reach the disk, as in production).
+fn fsync() -> String {
+    std::env::var("BENCH_FSYNC").unwrap_or_else(|_| "off".into())
 }
 
 fn get(port: u16, path: &str) -> Option<String> {

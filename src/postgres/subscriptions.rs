@@ -428,10 +428,12 @@ fn drop_in_database(connstr: &str, db: &str, names: &[String]) -> Result<postgre
     let started = std::time::Instant::now();
     let mut client = sql::connect(connstr, Some(db), sql::APP_SUBSCRIPTIONS)?;
     let connected = started.elapsed();
-    // Per-database settings must not get in the way of the maintenance work.
+    // Per-database settings must not get in the way of the maintenance work. The commit does
+    // not wait for its WAL flush: the marker's commit, synchronous and later in the WAL,
+    // flushes it too, and a crash before that leaves no marker, so the next start redoes it.
     let mut script = String::from(
         "BEGIN; SET LOCAL ROLE NONE; SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; \
-         SET LOCAL transaction_read_only = off; \
+         SET LOCAL transaction_read_only = off; SET LOCAL synchronous_commit = off; \
          LOCK TABLE pg_catalog.pg_subscription IN ACCESS EXCLUSIVE MODE; ",
     );
     let nowhere = quote_literal(NOWHERE);
