@@ -6,10 +6,12 @@
 //!    (`neon` preloaded) the setting `neon.disable_logical_replication_subscribers=true` keeps
 //!    apply workers off. Vanilla Postgres has no such setting, so one single-user pass in the
 //!    system database (no background workers run in single-user mode) disables every
-//!    subscription — unless the marker says this timeline was already done. With the
-//!    subscriptions disabled the launcher starts no apply worker when the server comes up.
+//!    subscription — unless the marker says this timeline was already done — and reports what
+//!    it found. With the subscriptions disabled the launcher starts no apply worker when the
+//!    server comes up.
 //! 2. **Drop** ([`drop_inherited`]): unless the marker says done, in every database that has
-//!    subscriptions, in parallel, one transaction that takes
+//!    subscriptions (known from the pass, or listed), as many at once as there are cores, one
+//!    transaction that takes
 //!    `LOCK TABLE pg_catalog.pg_subscription IN ACCESS EXCLUSIVE MODE` (the catalog is shared,
 //!    so concurrent cleanups serialize instead of deadlocking), then per subscription `DISABLE`,
 //!    `CONNECTION` to a socket that cannot exist, `SET (slot_name = NONE)`, `DROP`. Detaching
