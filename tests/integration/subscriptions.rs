@@ -244,6 +244,17 @@ fn five_databases_under_write_load_drop_in_parallel() {
     assert_eq!(slots(&publisher), slots_before);
     let metrics = http::get(b.http_port, "/metrics.json").json();
     assert!(metrics["drop_subscriptions_ms"].as_u64().is_some(), "{metrics}");
+    // The drop's connections (kept open until the marker) do not linger once running.
+    let mut admin = b.client();
+    wait_until("the drop's connections to close", Duration::from_secs(10), || {
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'compute_ctl:drop_subscriptions'",
+                &[],
+            )
+            .unwrap();
+        row.get::<_, i64>(0) == 0
+    });
 }
 
 #[test]
