@@ -26,17 +26,20 @@ pub struct Boot {
     spec: ParsedSpec,
     postmaster: Option<Postmaster>,
     guard: subscriptions::Guard,
+    /// Connections the subscriptions drop leaves for the catalog apply.
+    warm: Option<sql::Warm>,
 }
 
 pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
     let started = Instant::now();
-    let mut boot = Boot { ctx, spec, postmaster: None, guard: subscriptions::Guard::None };
+    let mut boot = Boot { ctx, spec, postmaster: None, guard: subscriptions::Guard::None, warm: None };
     match boot.run(started) {
         Ok(()) => {
             let postmaster = boot.postmaster.take().expect("run() leaves a started postmaster on success");
             Ok(Running::enter(boot.ctx, boot.spec, postmaster))
         }
         Err(e) => {
+            boot.warm = None;
             if let Some(pm) = boot.postmaster.take() {
                 log::info!("start failed: stopping postgres (pid {})", pm.pid());
                 pm.shutdown(Duration::from_secs(10));
@@ -145,7 +148,7 @@ impl Boot {
             return Ok(());
         }
         let started = Instant::now();
-        subscriptions::drop_inherited(&self.ctx, &self.spec, &self.guard)?;
+        self.warm = Some(subscriptions::drop_inherited(&self.ctx, &self.spec, &self.guard)?);
         let ms = elapsed_ms(started);
         self.ctx.shared.update(|s| s.metrics.drop_subscriptions_ms += ms);
         Ok(())
@@ -154,11 +157,13 @@ impl Boot {
     /// Applies roles, databases and the rest of the catalog (Primary only, unless
     /// `skip_pg_catalog_updates`).
     pub fn apply_catalog(&mut self) -> Result<()> {
+        // Whatever the apply does not take is closed when this goes.
+        let warm = self.warm.take();
         let spec = self.spec.spec();
         if spec.skip_pg_catalog_updates || spec.mode != ComputeMode::Primary {
             return Ok(());
         }
-        apply::apply_spec(&self.ctx.args.connstr, &self.spec, apply::Concurrency::AtStart)
+        apply::apply_spec(&self.ctx.args.connstr, &self.spec, apply::Concurrency::AtStart, warm.as_ref())
     }
 
     /// Lets subscriptions created from now on replicate.
@@ -200,7 +205,7 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
     pm.reload();
     let s = spec.spec();
     if !s.skip_pg_catalog_updates && s.mode == ComputeMode::Primary {
-        apply::apply_spec(&ctx.args.connstr, spec, apply::Concurrency::Reconfigure(s.reconfigure_concurrency))?;
+        apply::apply_spec(&ctx.args.connstr, spec, apply::Concurrency::Reconfigure(s.reconfigure_concurrency), None)?;
         pm.reload();
     }
     log::info!(

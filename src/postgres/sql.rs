@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use postgres::{Client, Config, NoTls};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Application names, as Neon sets them, so `pg_stat_activity` tells who is who.
@@ -40,4 +41,46 @@ pub fn connstr_user(connstr: &str) -> Result<String> {
 pub fn connstr_dbname(connstr: &str) -> Result<String> {
     let c = config(connstr)?;
     Ok(c.get_dbname().or(c.get_user()).unwrap_or("postgres").to_string())
+}
+
+/// Connections one step of a start leaves open for a later step, by database: the drop of
+/// inherited subscriptions hands its per-database connections to the catalog apply, which
+/// then needs no backend start of its own there (the first one in a database after a server
+/// start is the costly one: it rebuilds the relation cache file). At most `limit` are kept,
+/// so others still find connection slots; whatever nobody took is closed by a thread when
+/// this is dropped, so the backends' exits stay off the start's critical path.
+pub struct Warm {
+    clients: Mutex<Vec<(String, Client)>>,
+    limit: usize,
+}
+
+impl Warm {
+    pub fn new(limit: usize) -> Warm {
+        Warm { clients: Mutex::new(Vec::new()), limit }
+    }
+
+    /// Keeps `client`, connected to `db`, unless `limit` are kept already (then it closes).
+    pub fn put(&self, db: &str, client: Client) {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if clients.len() < self.limit {
+            clients.push((db.to_string(), client));
+        }
+    }
+
+    /// A kept connection to `db`, if any.
+    pub fn take(&self, db: &str) -> Option<Client> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let at = clients.iter().position(|(d, _)| d == db)?;
+        Some(clients.swap_remove(at).1)
+    }
+}
+
+impl Drop for Warm {
+    fn drop(&mut self) {
+        let clients = std::mem::take(self.clients.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if !clients.is_empty() {
+            // If no thread can be started, the clients close here, which is only slower.
+            let _ = std::thread::Builder::new().name("close-connections".into()).spawn(move || drop(clients));
+        }
+    }
 }

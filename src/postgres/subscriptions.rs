@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::escape::{quote_ident, quote_literal};
 use crate::lifecycle::Context;
 use crate::postgres::process::Postmaster;
-use crate::postgres::{conf, sql};
+use crate::postgres::{apply, conf, sql};
 use crate::spec::{Id, ParsedSpec};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -270,9 +270,10 @@ const MARKER_ROW: &str = "INSERT INTO neon.drop_subscriptions_done VALUES (1, cu
 /// Step 2 and 3, once Postgres is ready: drop the inherited subscriptions unless the marker
 /// says this timeline is done, then record it. After a single-user pass the work is known
 /// already: the drops start at once, while another connection readies the marker table.
-pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec, guard: &Guard) -> Result<()> {
+pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec, guard: &Guard) -> Result<sql::Warm> {
+    let warm = sql::Warm::new(KEEP_OPEN);
     if !wanted(spec) {
-        return Ok(());
+        return Ok(warm);
     }
     let connstr = &ctx.args.connstr;
     let system_db = sql::connstr_dbname(connstr)?;
@@ -280,32 +281,33 @@ pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec, guard: &Guard) -> Result
     let record = |client: &mut postgres::Client, sql: &str| {
         client.batch_execute(sql).map_err(|e| Error::sql("recording neon.drop_subscriptions_done", &system_db, e))
     };
-    let finished = Finished(Mutex::new(Vec::new()));
+    let connect_system = || apply::maintenance_client_named(connstr, None, sql::APP_SUBSCRIPTIONS);
     let mut client = match guard {
-        Guard::None => return Ok(()),
+        Guard::None => return Ok(warm),
         Guard::SingleUser(Inherited::Done) => {
             write_cache(ctx, &timeline);
-            return Ok(());
+            return Ok(warm);
         }
         Guard::SingleUser(Inherited::Todo(dbs)) => {
             let (marker, dropped) = std::thread::scope(|scope| {
                 let marker = scope.spawn(|| {
-                    let mut client = sql::connect(connstr, None, sql::APP_SUBSCRIPTIONS)?;
+                    let mut client = connect_system()?;
                     record(&mut client, MARKER_TABLE)?;
                     Ok::<_, Error>(client)
                 });
-                let dropped = drop_in_databases(connstr, &connectable(dbs), &finished);
+                let dropped = drop_in_databases(connstr, &connectable(dbs), &warm);
                 (marker.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), dropped)
             });
             dropped?;
             marker?
         }
         Guard::NeonSetting | Guard::Cached | Guard::NothingToGuard => {
-            let mut client = sql::connect(connstr, None, sql::APP_SUBSCRIPTIONS)?;
+            let mut client = connect_system()?;
             if marker_done(&mut client, &system_db, &timeline)? {
                 log::info!("subscriptions were already dropped for timeline {timeline}");
                 write_cache(ctx, &timeline);
-                return Ok(());
+                warm.put(&system_db, client);
+                return Ok(warm);
             }
             let phase = "listing databases with subscriptions";
             let rows = client
@@ -321,7 +323,7 @@ pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec, guard: &Guard) -> Result
                 .iter()
                 .map(|row| Database { name: row.get(0), connectable: row.get(1), subscriptions: row.get(2) })
                 .collect();
-            drop_in_databases(connstr, &connectable(&dbs), &finished)?;
+            drop_in_databases(connstr, &connectable(&dbs), &warm)?;
             record(&mut client, MARKER_TABLE)?;
             client
         }
@@ -329,7 +331,8 @@ pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec, guard: &Guard) -> Result
     record(&mut client, MARKER_ROW)?;
     log::info!("recorded subscriptions dropped for timeline {timeline}");
     write_cache(ctx, &timeline);
-    Ok(())
+    warm.put(&system_db, client);
+    Ok(warm)
 }
 
 /// The databases the drop can visit; the others' subscriptions stay disabled (said in the log).
@@ -364,36 +367,13 @@ fn write_cache(ctx: &Context, timeline: &str) {
 }
 
 /// Drops the subscriptions of each database, several databases at once.
-/// How many finished connections the drop keeps open until it is over. A backend's exit
-/// (unmapping its memory) costs CPU that would otherwise compete with the next databases'
-/// backend starts; closed together after the marker, they exit off the start's critical path
-/// (measured, 20 databases on 2 cores: 79 ms closing each at once, 68 ms keeping them). The
-/// bound leaves connection slots to everyone else.
+/// How many of the drop's connections stay open for the catalog apply (see [`sql::Warm`]).
+/// Closing them at once also made each backend's exit compete with the next databases'
+/// backend starts (measured, 20 databases on 2 cores: 79 ms closing each at once, 68 ms
+/// keeping them).
 const KEEP_OPEN: usize = 32;
 
-/// Connections held open until the drop is over; closing them is left to a thread.
-struct Finished(Mutex<Vec<postgres::Client>>);
-
-impl Finished {
-    fn keep(&self, client: postgres::Client) {
-        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() < KEEP_OPEN {
-            kept.push(client);
-        }
-    }
-}
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        let kept = std::mem::take(self.0.get_mut().unwrap_or_else(|p| p.into_inner()));
-        if !kept.is_empty() {
-            // If no thread can be started, the clients close here, which is only slower.
-            let _ = std::thread::Builder::new().name("close-connections".into()).spawn(move || drop(kept));
-        }
-    }
-}
-
-fn drop_in_databases(connstr: &str, dbs: &[&Database], finished: &Finished) -> Result<()> {
+fn drop_in_databases(connstr: &str, dbs: &[&Database], warm: &sql::Warm) -> Result<()> {
     // Each database costs a backend start, mostly kernel work (fork, page faults, exit) and
     // the relation cache that the first backend in a database rebuilds after every server
     // start: more connections at once than cores only queue (measured, 20 databases on 2
@@ -407,7 +387,7 @@ fn drop_in_databases(connstr: &str, dbs: &[&Database], finished: &Finished) -> R
                 loop {
                     let Some(db) = queue.lock().unwrap_or_else(|p| p.into_inner()).next() else { return };
                     match drop_in_database(connstr, &db.name, &db.subscriptions) {
-                        Ok(client) => finished.keep(client),
+                        Ok(client) => warm.put(&db.name, client),
                         Err(e) => {
                             first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                             return;
@@ -428,14 +408,15 @@ fn drop_in_databases(connstr: &str, dbs: &[&Database], finished: &Finished) -> R
 /// that take turns on the lock hold it for as short a time as possible.
 fn drop_in_database(connstr: &str, db: &str, names: &[String]) -> Result<postgres::Client> {
     let started = std::time::Instant::now();
-    let mut client = sql::connect(connstr, Some(db), sql::APP_SUBSCRIPTIONS)?;
+    // A maintenance connection: the role, read-only and timeout settings a database may carry
+    // are overridden at connect, as for the catalog apply that may take it over afterwards.
+    let mut client = apply::maintenance_client_named(connstr, Some(db), sql::APP_SUBSCRIPTIONS)?;
     let connected = started.elapsed();
-    // Per-database settings must not get in the way of the maintenance work. The commit does
-    // not wait for its WAL flush: the marker's commit, synchronous and later in the WAL,
-    // flushes it too, and a crash before that leaves no marker, so the next start redoes it.
+    // The commit does not wait for its WAL flush: the marker's commit, synchronous and later
+    // in the WAL, flushes it too, and a crash before that leaves no marker, so the next start
+    // redoes it.
     let mut script = String::from(
-        "BEGIN; SET LOCAL ROLE NONE; SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; \
-         SET LOCAL transaction_read_only = off; SET LOCAL synchronous_commit = off; \
+        "BEGIN; SET LOCAL synchronous_commit = off; \
          LOCK TABLE pg_catalog.pg_subscription IN ACCESS EXCLUSIVE MODE; ",
     );
     let nowhere = quote_literal(NOWHERE);
@@ -446,7 +427,8 @@ fn drop_in_database(connstr: &str, db: &str, names: &[String]) -> Result<postgre
              ALTER SUBSCRIPTION {q} SET (slot_name = NONE); DROP SUBSCRIPTION {q}; "
         ));
     }
-    script.push_str("COMMIT");
+    // Renamed in the same round trip for the catalog apply that may take the connection over.
+    script.push_str(&format!("COMMIT; SET application_name = {}", quote_literal(sql::APP_APPLY)));
     // On an error the server skips the rest; dropping the connection rolls the transaction back.
     client.batch_execute(&script).map_err(|err| Error::sql(format!("dropping subscriptions {names:?}"), db, err))?;
     log::info!(

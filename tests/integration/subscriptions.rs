@@ -228,7 +228,11 @@ fn five_databases_under_write_load_drop_in_parallel() {
             })
         })
         .collect();
-    let b = branch(&parent, "sub5-branch");
+    let mut b = branch(&parent, "sub5-branch");
+    // The catalog apply manages these databases too: it takes over the drop's connections.
+    b.spec["cluster"]["databases"] =
+        dbs.iter().map(|d| serde_json::json!({"name": d, "owner": "cloud_admin"})).collect();
+    b.setting("log_connections", "on", "bool");
     let mut bc = b.spawn();
     bc.wait_running();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -244,12 +248,24 @@ fn five_databases_under_write_load_drop_in_parallel() {
     assert_eq!(slots(&publisher), slots_before);
     let metrics = http::get(b.http_port, "/metrics.json").json();
     assert!(metrics["drop_subscriptions_ms"].as_u64().is_some(), "{metrics}");
-    // The drop's connections (kept open until the marker) do not linger once running.
+    // One backend per database served both the drop and the apply.
+    let log = bc.log_text();
+    for db in dbs {
+        let opened = log
+            .lines()
+            .filter(|l| l.contains(&format!("connection authorized: user=cloud_admin database={db} ")))
+            .filter(|l| l.contains("compute_ctl:drop_subscriptions") || l.contains("compute_ctl:apply_config"))
+            .count();
+        assert_eq!(opened, 1, "drop and apply connections to {db}:\n{log}");
+    }
+    assert!(log.contains("catalog applied"), "{log}");
+    // The drop's connections (kept open for the catalog apply) do not linger once running.
     let mut admin = b.client();
     wait_until("the drop's connections to close", Duration::from_secs(10), || {
         let row = admin
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'compute_ctl:drop_subscriptions'",
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name IN ('compute_ctl:drop_subscriptions', 'compute_ctl:apply_config')",
                 &[],
             )
             .unwrap();

@@ -25,6 +25,7 @@ pub mod settings;
 
 use crate::error::{Error, Result};
 use crate::escape::{quote_ident, quote_literal};
+use crate::postgres::sql::Warm;
 use crate::postgres::{conf, sql};
 use crate::spec::{ComputeSpec, Database, ParsedSpec, Role};
 use catalog::{DbDelta, Snapshot, Stmt};
@@ -78,12 +79,17 @@ pub struct Report {
 }
 
 /// Applies the spec's catalog.
-pub fn apply_spec(connstr: &str, spec: &ParsedSpec, concurrency: Concurrency) -> Result<()> {
-    apply(connstr, spec.spec(), concurrency).map(|_| ())
+pub fn apply_spec(connstr: &str, spec: &ParsedSpec, concurrency: Concurrency, warm: Option<&Warm>) -> Result<()> {
+    apply_with(connstr, spec.spec(), concurrency, warm).map(|_| ())
 }
 
 /// Applies the spec's catalog and says how many statements each phase ran.
 pub fn apply(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency) -> Result<Report> {
+    apply_with(connstr, spec, concurrency, None)
+}
+
+/// [`apply`], first using connections an earlier step left open (see [`Warm`]).
+pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, warm: Option<&Warm>) -> Result<Report> {
     let started = Instant::now();
     let workers = match concurrency {
         Concurrency::AtStart => start_concurrency(spec),
@@ -91,7 +97,10 @@ pub fn apply(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency) -> Res
     };
     let system_db = sql::connstr_dbname(connstr)?;
     let counter = Counter::default();
-    let mut client = maintenance_client(connstr, None)?;
+    let mut client = match warm.and_then(|w| w.take(&system_db)) {
+        Some(client) => client,
+        None => maintenance_client(connstr, None)?,
+    };
     let mut snap = Snapshot::load(&mut client).map_err(|e| Error::sql("read catalog", &system_db, e))?;
     let state = SystemState::load(&mut client).map_err(|e| Error::sql("read catalog", &system_db, e))?;
     let jwks_roles: HashSet<String> = spec
@@ -127,7 +136,7 @@ pub fn apply(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency) -> Res
 
     let roles_to_delete = catalog::roles_to_delete(spec, &snap);
     let tasks = db_tasks(spec, &snap, &system_db, &state.current_user);
-    let shared = per_db::Shared { connstr, roles_to_delete: &roles_to_delete, counter: &counter };
+    let shared = per_db::Shared { connstr, roles_to_delete: &roles_to_delete, counter: &counter, warm };
     per_db::run_all(&tasks, workers, &shared)?;
 
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
@@ -196,11 +205,16 @@ pub fn start_concurrency(spec: &ComputeSpec) -> usize {
 /// A maintenance connection (see the module docs) to `db`, or to the database of the
 /// connection string.
 pub fn maintenance_client(connstr: &str, db: Option<&str>) -> Result<Client> {
+    maintenance_client_named(connstr, db, sql::APP_APPLY)
+}
+
+/// [`maintenance_client`] under another application name.
+pub fn maintenance_client_named(connstr: &str, db: Option<&str>, app: &str) -> Result<Client> {
     let mut config = sql::config(connstr)?;
     if let Some(db) = db {
         config.dbname(db);
     }
-    config.application_name(sql::APP_APPLY);
+    config.application_name(app);
     let options = match config.get_options() {
         Some(o) if !o.trim().is_empty() => format!("{o} {MAINTENANCE_OPTIONS}"),
         _ => MAINTENANCE_OPTIONS.to_string(),

@@ -50,6 +50,8 @@ pub struct Shared<'a> {
     pub connstr: &'a str,
     pub roles_to_delete: &'a [String],
     pub counter: &'a Counter,
+    /// Connections left open by an earlier step of the start, taken before opening new ones.
+    pub warm: Option<&'a crate::postgres::sql::Warm>,
 }
 
 /// Runs `tasks` on at most `workers` threads; stops taking new work at the first error and
@@ -86,7 +88,10 @@ fn run_one(task: &DbTask, shared: &Shared<'_>) -> Result<()> {
     if deleting.is_empty() && !check_schema {
         return Ok(());
     }
-    let mut client = maintenance_client(shared.connstr, Some(&task.name))?;
+    let mut client = match shared.warm.and_then(|w| w.take(&task.name)) {
+        Some(client) => client,
+        None => maintenance_client(shared.connstr, Some(&task.name))?,
+    };
     let mut exec = Exec { client: &mut client, db: &task.name, counter: shared.counter };
     if !deleting.is_empty() {
         delete_role_references(&mut exec, &deleting, &task.owner)?;
