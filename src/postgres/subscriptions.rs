@@ -17,6 +17,7 @@
 //!    `CONNECTION` to a socket that cannot exist, `SET (slot_name = NONE)`, `DROP`. Detaching
 //!    the slot keeps `DROP` from dropping the parent's slot; pointing the connection nowhere
 //!    keeps it from dropping the table-sync slots of tables whose copy was still running.
+//!    The connections are then handed to the catalog apply ([`sql::Warm`]).
 //! 3. **Marker**: `neon.drop_subscriptions_done` (row 1) gets this timeline's id.
 //! 4. **Release** ([`release_guard`]): with Neon's setting, rewrite it to false and reload; the
 //!    single-user guard needs nothing (only inherited subscriptions were disabled, and they are

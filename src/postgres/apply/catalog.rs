@@ -2,7 +2,7 @@
 //! cluster-wide phases: pure functions from (spec, snapshot) to statements, so that the
 //! same spec applied twice plans nothing.
 //!
-//! Every statement is built here from [`escape`] helpers; names are never spliced raw, and no
+//! Every statement is built here from [`crate::escape`] helpers; names are never spliced raw, and no
 //! `DO` block is used, so a name can never meet a dollar quote.
 
 use crate::escape::{quote_ident, quote_ident_list, quote_literal, sql_option};
