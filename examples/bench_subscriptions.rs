@@ -3,14 +3,17 @@
 //! For branches whose parent subscribes in 1, 5 and 20 databases (one subscription each, to a
 //! real publisher on loopback), it times compute_ctl from process start to `/status` saying
 //! `running` with the flag on (the drop happens), and the same branch after the drop was
-//! recorded with the flag off, alternating, median of 15 each, and prints the overhead. It also times the
-//! alternatives the guard was chosen against: a no-op single-user pass and a fast restart.
+//! recorded with the flag off, alternating, median of 15 each, and prints the overhead. It
+//! also times the alternatives the guard was chosen against: a no-op single-user pass and a
+//! fast restart.
 //!
-//! Run: `cargo run --release --example bench_subscriptions` (as root or as a user that can
-//! run Postgres; PostgreSQL 15 in /usr/lib/postgresql/15/bin). Output lines starting with
-//! `RESULT` are collected by `examples/bench.rs`: `subscriptions/overhead_<n>db` (target
-//! 100 ms at 5 databases), the flag-on median against the flag-off one, and the alternatives.
-//! The binary under test is `$COMPUTE_CTL_BIN`, else target/<profile>/compute_ctl.
+//! Run: `cargo run --release --example bench_subscriptions [sizes...]` (as root or as a user
+//! that can run Postgres; PostgreSQL 15 in /usr/lib/postgresql/15/bin). Output lines starting
+//! with `RESULT` are collected by `examples/bench.rs`: `subscriptions/overhead_<n>db` (target
+//! 100 ms), the flag-on median against the flag-off one, and the alternatives. The binary
+//! under test is `$COMPUTE_CTL_BIN`, else target/<profile>/compute_ctl. `BENCH_APPLY=1`: the
+//! spec lists the databases and the catalog apply runs in both starts (keys get `_apply`);
+//! `BENCH_FSYNC=on`: the branches run with fsync; `BENCH_KEEP=1`: the directories and logs stay.
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
