@@ -67,9 +67,10 @@ impl Warm {
         }
     }
 
-    /// A kept connection to `db`, if any.
+    /// A kept connection to `db` that is still open, if any.
     pub fn take(&self, db: &str) -> Option<Client> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.retain(|(_, c)| !c.is_closed());
         let at = clients.iter().position(|(d, _)| d == db)?;
         Some(clients.swap_remove(at).1)
     }
