@@ -307,7 +307,9 @@ pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec, guard: &Guard) -> Result
             if marker_done(&mut client, &system_db, &timeline)? {
                 log::info!("subscriptions were already dropped for timeline {timeline}");
                 write_cache(ctx, &timeline);
-                warm.put(&system_db, client);
+                if client.batch_execute(&rename_for_apply()).is_ok() {
+                    warm.put(&system_db, client);
+                }
                 return Ok(warm);
             }
             let phase = "listing databases with subscriptions";
@@ -329,11 +331,16 @@ pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec, guard: &Guard) -> Result
             client
         }
     };
-    record(&mut client, MARKER_ROW)?;
+    record(&mut client, &format!("{MARKER_ROW}; {}", rename_for_apply()))?;
     log::info!("recorded subscriptions dropped for timeline {timeline}");
     write_cache(ctx, &timeline);
     warm.put(&system_db, client);
     Ok(warm)
+}
+
+/// Gives a connection the catalog apply may take over the apply's name in `pg_stat_activity`.
+fn rename_for_apply() -> String {
+    format!("SET application_name = {}", quote_literal(sql::APP_APPLY))
 }
 
 /// The databases the drop can visit; the others' subscriptions stay disabled (said in the log).
@@ -429,7 +436,7 @@ fn drop_in_database(connstr: &str, db: &str, names: &[String]) -> Result<postgre
         ));
     }
     // Renamed in the same round trip for the catalog apply that may take the connection over.
-    script.push_str(&format!("COMMIT; SET application_name = {}", quote_literal(sql::APP_APPLY)));
+    script.push_str(&format!("COMMIT; {}", rename_for_apply()));
     // On an error the server skips the rest; dropping the connection rolls the transaction back.
     client.batch_execute(&script).map_err(|err| Error::sql(format!("dropping subscriptions {names:?}"), db, err))?;
     log::info!(
