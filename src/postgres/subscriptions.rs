@@ -161,6 +161,14 @@ pub fn no_subscription_can_exist(pgdata: &std::path::Path) -> bool {
     std::fs::metadata(pgdata.join(format!("global/{filenode}"))).is_ok_and(|m| m.len() == 0)
 }
 
+/// The databases that have subscriptions, as one JSON value
+/// `[[name, takes connections, [subscription, ...]], ...]` (read by [`parse_databases`]): the
+/// same query in the single-user pass and on a live server.
+const DATABASES_WITH_SUBSCRIPTIONS: &str = "SELECT coalesce(json_agg(json_build_array(d.datname, \
+    d.datallowconn AND d.datconnlimit <> -2, (SELECT json_agg(s.subname ORDER BY s.subname) \
+    FROM pg_catalog.pg_subscription s WHERE s.subdbid = d.oid)) ORDER BY d.datname), '[]'::json) \
+    FROM pg_catalog.pg_database d WHERE EXISTS (SELECT FROM pg_catalog.pg_subscription s WHERE s.subdbid = d.oid)";
+
 /// Column name of the pass's result row, found in `postgres --single`'s output.
 const PASS_RESULT: &str = "compute_ctl_pass";
 
@@ -178,12 +186,8 @@ fn single_user_disable(ctx: &Context, timeline: Id) -> Result<Inherited> {
          EXECUTE 'SELECT EXISTS (SELECT 1 FROM neon.drop_subscriptions_done WHERE timeline_id = $1)' INTO done USING {tl}; \
          END IF; \
          IF NOT done THEN UPDATE pg_catalog.pg_subscription SET subenabled = false WHERE subenabled; END IF; \
-         SELECT json_build_object('done', done, 'databases', CASE WHEN done THEN '[]'::json ELSE coalesce(( \
-         SELECT json_agg(json_build_array(d.datname, d.datallowconn AND d.datconnlimit <> -2, \
-         (SELECT json_agg(s.subname ORDER BY s.subname) FROM pg_catalog.pg_subscription s WHERE s.subdbid = d.oid)) \
-         ORDER BY d.datname) FROM pg_catalog.pg_database d \
-         WHERE EXISTS (SELECT FROM pg_catalog.pg_subscription s WHERE s.subdbid = d.oid)), '[]'::json) END)::text \
-         INTO found; \
+         SELECT json_build_object('done', done, 'databases', \
+         CASE WHEN done THEN '[]'::json ELSE ({DATABASES_WITH_SUBSCRIPTIONS}) END)::text INTO found; \
          PERFORM set_config('compute_ctl.pass', found, false); \
          END"
     );
@@ -248,17 +252,22 @@ fn parse_pass_output(stdout: &str) -> std::result::Result<Inherited, String> {
     if v["done"].as_bool().ok_or_else(|| bad("no done".into()))? {
         return Ok(Inherited::Done);
     }
-    let list = v["databases"].as_array().ok_or_else(|| bad("no databases".into()))?;
+    parse_databases(&v["databases"]).map(Inherited::Todo).map_err(bad)
+}
+
+/// Reads the value of [`DATABASES_WITH_SUBSCRIPTIONS`].
+fn parse_databases(list: &serde_json::Value) -> std::result::Result<Vec<Database>, String> {
+    let list = list.as_array().ok_or("no databases")?;
     let mut dbs = Vec::with_capacity(list.len());
     for d in list {
         let (Some(name), Some(connectable), Some(subs)) = (d[0].as_str(), d[1].as_bool(), d[2].as_array()) else {
-            return Err(bad(format!("bad entry {d}")));
+            return Err(format!("bad entry {d}"));
         };
         let subscriptions = subs.iter().map(|s| s.as_str().map(str::to_string)).collect::<Option<Vec<_>>>();
-        let subscriptions = subscriptions.ok_or_else(|| bad(format!("bad names in {d}")))?;
+        let subscriptions = subscriptions.ok_or_else(|| format!("bad names in {d}"))?;
         dbs.push(Database { name: name.to_string(), connectable, subscriptions });
     }
-    Ok(Inherited::Todo(dbs))
+    Ok(dbs)
 }
 
 /// Creates the marker table if missing; safe before the drops (only its row 1 counts).
@@ -313,19 +322,14 @@ pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec, guard: &Guard) -> Result
                 return Ok(warm);
             }
             let phase = "listing databases with subscriptions";
-            let rows = client
-                .query(
-                    "SELECT d.datname, d.datallowconn AND d.datconnlimit <> -2, \
-                     array_agg(s.subname::text ORDER BY s.subname) \
-                     FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d ON d.oid = s.subdbid \
-                     GROUP BY 1, 2 ORDER BY 1",
-                    &[],
-                )
-                .map_err(|e| Error::sql(phase, &system_db, e))?;
-            let dbs: Vec<Database> = rows
-                .iter()
-                .map(|row| Database { name: row.get(0), connectable: row.get(1), subscriptions: row.get(2) })
-                .collect();
+            let text: String = client
+                .query_one(&format!("SELECT ({DATABASES_WITH_SUBSCRIPTIONS})::text"), &[])
+                .map_err(|e| Error::sql(phase, &system_db, e))?
+                .get(0);
+            let dbs = serde_json::from_str(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|v| parse_databases(&v))
+                .map_err(|detail| Error::Process { what: phase.into(), detail })?;
             drop_in_databases(connstr, &connectable(&dbs), &warm)?;
             record(&mut client, MARKER_TABLE)?;
             client

@@ -97,10 +97,7 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
     };
     let system_db = sql::connstr_dbname(connstr)?;
     let counter = Counter::default();
-    let mut client = match warm.and_then(|w| w.take(&system_db)) {
-        Some(client) => client,
-        None => maintenance_client(connstr, None)?,
-    };
+    let mut client = maintenance_client_from(warm, connstr, &system_db)?;
     let mut snap = Snapshot::load(&mut client).map_err(|e| Error::sql("read catalog", &system_db, e))?;
     let state = SystemState::load(&mut client).map_err(|e| Error::sql("read catalog", &system_db, e))?;
     let jwks_roles: HashSet<String> = spec
@@ -206,6 +203,15 @@ pub fn start_concurrency(spec: &ComputeSpec) -> usize {
 /// connection string.
 pub fn maintenance_client(connstr: &str, db: Option<&str>) -> Result<Client> {
     maintenance_client_named(connstr, db, sql::APP_APPLY)
+}
+
+/// A connection to `db` left open by an earlier step of the start, else a new
+/// [`maintenance_client`].
+pub fn maintenance_client_from(warm: Option<&Warm>, connstr: &str, db: &str) -> Result<Client> {
+    match warm.and_then(|w| w.take(db)) {
+        Some(client) => Ok(client),
+        None => maintenance_client(connstr, Some(db)),
+    }
 }
 
 /// [`maintenance_client`] under another application name.

@@ -8,7 +8,7 @@
 //! transactions queue one after another instead of deadlocking across databases.
 
 use super::catalog::{NEON_SUPERUSER, Stmt};
-use super::{Counter, maintenance_client};
+use super::{Counter, maintenance_client_from};
 use crate::error::{Error, Result};
 use crate::escape::quote_ident;
 use postgres::Client;
@@ -88,10 +88,7 @@ fn run_one(task: &DbTask, shared: &Shared<'_>) -> Result<()> {
     if deleting.is_empty() && !check_schema {
         return Ok(());
     }
-    let mut client = match shared.warm.and_then(|w| w.take(&task.name)) {
-        Some(client) => client,
-        None => maintenance_client(shared.connstr, Some(&task.name))?,
-    };
+    let mut client = maintenance_client_from(shared.warm, shared.connstr, &task.name)?;
     let mut exec = Exec { client: &mut client, db: &task.name, counter: shared.counter };
     if !deleting.is_empty() {
         delete_role_references(&mut exec, &deleting, &task.owner)?;
