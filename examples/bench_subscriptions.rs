@@ -328,7 +328,7 @@ fn make_parent(root: &Path, template: &Path, publisher: &Plain, dbs: &[String], 
 /// so this is the unavoidable part of the per-database cost.
 fn visit_floor(root: &Path, done: &Path, port: u16, dbs: &[String], name: &str) -> f64 {
     let mut plain = Plain::start(root, name, done, port, &[]);
-    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    let parallel = compute_ctl::postgres::subscriptions::drop_parallelism();
     let queue = std::sync::Mutex::new(dbs.iter());
     let t = Instant::now();
     let clients: Vec<postgres::Client> = std::thread::scope(|s| {

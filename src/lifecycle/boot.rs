@@ -143,8 +143,7 @@ impl Boot {
     /// Drops the subscriptions inherited from the parent, once per timeline, when the spec
     /// asks for it (even with `skip_pg_catalog_updates`: it is a safety step).
     pub fn drop_subscriptions_before_start(&mut self) -> Result<()> {
-        let spec = self.spec.spec();
-        if !spec.drop_subscriptions_before_start || spec.mode != ComputeMode::Primary {
+        if !subscriptions::wanted(&self.spec) {
             return Ok(());
         }
         let started = Instant::now();

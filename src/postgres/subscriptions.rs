@@ -93,7 +93,9 @@ pub fn preloads_neon(spec: &ParsedSpec) -> bool {
         .any(|v| v.split(',').any(|l| l.trim().trim_matches('\'') == "neon"))
 }
 
-fn wanted(spec: &ParsedSpec) -> bool {
+/// Whether this start drops inherited subscriptions: the flag is on and the compute is a
+/// primary.
+pub fn wanted(spec: &ParsedSpec) -> bool {
     spec.spec().drop_subscriptions_before_start && spec.mode() == crate::spec::ComputeMode::Primary
 }
 
@@ -285,9 +287,6 @@ const MARKER_ROW: &str = "INSERT INTO neon.drop_subscriptions_done VALUES (1, cu
 /// already: the drops start at once, while another connection readies the marker table.
 pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec, guard: &Guard) -> Result<sql::Warm> {
     let warm = sql::Warm::new(KEEP_OPEN);
-    if !wanted(spec) {
-        return Ok(warm);
-    }
     let connstr = &ctx.args.connstr;
     let system_db = sql::connstr_dbname(connstr)?;
     let timeline = spec.timeline_id().to_string();
@@ -381,19 +380,23 @@ fn write_cache(ctx: &Context, timeline: &str) {
     }
 }
 
-/// Drops the subscriptions of each database, several databases at once.
 /// How many of the drop's connections stay open for the catalog apply (see [`sql::Warm`]).
 /// Closing them at once also made each backend's exit compete with the next databases'
 /// backend starts (measured, 20 databases on 2 cores: 79 ms closing each at once, 68 ms
 /// keeping them).
 const KEEP_OPEN: usize = 32;
 
+/// How many databases the drop visits at once. Each costs a backend start, mostly kernel work
+/// (fork, page faults, exit) and the relation cache that the first backend in a database
+/// rebuilds after every server start: more connections at once than cores only queue
+/// (measured, 20 databases on 2 cores: 2 at a time 56 ms, 8 at a time 67 ms).
+pub fn drop_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
+}
+
+/// Drops the subscriptions of each database, [`drop_parallelism`] databases at once.
 fn drop_in_databases(connstr: &str, dbs: &[&Database], warm: &sql::Warm) -> Result<()> {
-    // Each database costs a backend start, mostly kernel work (fork, page faults, exit) and
-    // the relation cache that the first backend in a database rebuilds after every server
-    // start: more connections at once than cores only queue (measured, 20 databases on 2
-    // cores: 2 at a time 56 ms, 8 at a time 67 ms).
-    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    let parallel = drop_parallelism();
     let queue = Mutex::new(dbs.iter());
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
