@@ -32,6 +32,8 @@ pub enum Error {
     ControlPlane(String),
     /// Start-up was interrupted by a termination request.
     Interrupted,
+    /// A request named a database that does not exist.
+    NoSuchDatabase(String),
 }
 
 impl Error {
@@ -70,6 +72,8 @@ impl fmt::Display for Error {
             Error::Basebackup(msg) => write!(f, "basebackup: {msg}"),
             Error::ControlPlane(msg) => write!(f, "control plane: {msg}"),
             Error::Interrupted => write!(f, "interrupted by a termination request"),
+            // Neon's exact words, which clients match; the name is in the request.
+            Error::NoSuchDatabase(_) => write!(f, "database does not exist"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The Postgres child: spawning it as the unprivileged user, forwarding its log, waiting until
 //! it is ready, signalling it by pid safely, and making sure it never outlives compute_ctl.
 
+use super::{Node, Stopped};
 use crate::error::{Error, Result};
 use crate::sys;
 use std::collections::VecDeque;
@@ -123,19 +124,20 @@ fn signal_pid(pid: u32, exit: &ExitState, signal: i32) {
 }
 
 impl Postmaster {
-    /// Spawns `pgbin -D pgdata` (plus `extra_args`) and returns at once; see [`wait_ready`].
+    /// Spawns `postgres -D PGDATA` and returns at once; see [`wait_ready`]. It consumes the
+    /// [`Stopped`] proof: nothing that needs Postgres down can follow.
     ///
     /// `on_exit` runs on the reaper thread when Postgres exits, whoever stopped it.
     ///
     /// [`wait_ready`]: Postmaster::wait_ready
     pub fn spawn(
-        pgbin: &Path,
-        pgdata: &Path,
-        run_as: Option<RunAs>,
+        _proof: Stopped,
+        node: &Node,
         env: &[(&str, &str)],
         on_exit: Box<dyn FnOnce(ExitStatus) + Send>,
     ) -> Result<Postmaster> {
-        let mut cmd = Command::new(pgbin);
+        let (pgbin, pgdata, run_as) = (node.postgres_bin(), &node.pgdata, node.run_as);
+        let mut cmd = Command::new(&pgbin);
         cmd.arg("-D").arg(pgdata).stdin(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
