@@ -51,7 +51,7 @@ pub fn run(args: Args) -> Result<i32> {
 }
 
 fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result<i32> {
-    let tx = app.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let tx = crate::locks::lock(&app.events).clone();
     // The spec is read and validated before anything on disk is touched.
     let initial = match &args.spec {
         SpecSource::Inline(json) => Some(ParsedSpec::parse(json)?),
@@ -67,11 +67,8 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
     spawn_signal_thread(&app.node.interrupted, &postmaster, tx.clone())?;
     if std::process::id() == 1 {
         let postmaster = postmaster.clone();
-        let is_ours = move |pid: u32| {
-            postmaster.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|pm| pm.pid() == pid)
-        };
-        crate::sys::spawn_orphan_reaper(is_ours)
-            .map_err(|e| Error::Process { what: "cannot start the orphan reaper".into(), detail: e.to_string() })?;
+        let is_ours = move |pid: u32| crate::locks::lock(&postmaster).as_ref().is_some_and(|pm| pm.pid() == pid);
+        crate::sys::spawn_orphan_reaper(is_ours).map_err(|e| Error::system("cannot start the orphan reaper", e))?;
         log::info!("running as PID 1: reaping orphaned processes");
     }
 
@@ -81,8 +78,11 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
         (args.external_http_port, routes::Server::External, "external"),
     ] {
         let addr = SocketAddr::new(args.http_bind, port);
-        server::spawn(addr, name, routes::handler(app.clone(), which))
-            .map_err(|e| Error::Usage(format!("cannot bind the {name} HTTP server to {addr}: {e}")))?;
+        server::spawn(addr, name, routes::handler(app.clone(), which)).map_err(|source| Error::Bind {
+            server: name,
+            addr,
+            source,
+        })?;
     }
     drop(tx);
 
@@ -91,10 +91,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
         shared: app.shared.clone(),
         postmaster,
         on_postgres_exit: Arc::new(move |_| {
-            let _ = exit_tx
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .send(Message { event: Event::PostgresExited, reply: None });
+            let _ = crate::locks::lock(&exit_tx).send(Message { event: Event::PostgresExited, reply: None });
         }),
     });
     let initial = match (initial, &args.spec) {
@@ -150,7 +147,7 @@ fn spawn_signal_thread(
 ) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT])
-        .map_err(|e| Error::Process { what: "cannot install signal handlers".into(), detail: e.to_string() })?;
+        .map_err(|e| Error::system("cannot install signal handlers", e))?;
     let interrupted = interrupted.clone();
     let postmaster = postmaster.clone();
     let count = AtomicUsize::new(0);
@@ -161,7 +158,7 @@ fn spawn_signal_thread(
                 log::info!("received termination signal {sig}");
                 interrupted.store(true, Ordering::SeqCst);
                 if count.fetch_add(1, Ordering::SeqCst) > 0
-                    && let Some(pm) = postmaster.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+                    && let Some(pm) = crate::locks::lock(&postmaster).as_ref()
                 {
                     log::warn!("second signal: immediate shutdown of postgres (pid {})", pm.pid());
                     pm.stop(StopMode::Immediate);
@@ -169,6 +166,6 @@ fn spawn_signal_thread(
                 let _ = tx.send(Message { event: Event::Signal(sig), reply: None });
             }
         })
-        .map_err(|e| Error::Process { what: "cannot start the signal thread".into(), detail: e.to_string() })?;
+        .map_err(|e| Error::system("cannot start the signal thread", e))?;
     Ok(())
 }

@@ -19,6 +19,7 @@ pub mod error;
 pub mod escape;
 pub mod http;
 pub mod lifecycle;
+mod locks;
 pub mod logger;
 pub mod metrics;
 pub mod monitor;

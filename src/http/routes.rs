@@ -69,7 +69,7 @@ impl App {
     fn ask(&self, event: Event) -> Result<Reply, Response> {
         let gone = || Response::error(503, "compute_ctl is shutting down");
         let (reply, answer) = mpsc::channel();
-        let tx = self.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let tx = crate::locks::lock(&self.events).clone();
         tx.send(Message { event, reply: Some(reply) }).map_err(|_| gone())?;
         answer.recv().map_err(|_| gone())
     }
@@ -91,7 +91,8 @@ fn failure(context: &str, e: &Error) -> Response {
         Error::NoSuchDatabase(_) => 404,
         _ => 500,
     };
-    Response::error(code, if context.is_empty() { e.to_string() } else { format!("{context}: {e}") })
+    let msg = e.report();
+    Response::error(code, if context.is_empty() { msg.to_string() } else { format!("{context}: {msg}") })
 }
 
 /// Which server a request came in on.
@@ -267,7 +268,7 @@ fn configure(app: &App, req: &Request) -> Response {
     };
     let spec = match ParsedSpec::validate(body.spec) {
         Ok(s) => s,
-        Err(e) => return Response::error(400, e.to_string()),
+        Err(e) => return Response::error(400, e.report().to_string()),
     };
     match app.ask(Event::Configure(spec)) {
         Ok(Reply::Done | Reply::Terminated { .. }) => status(app),
@@ -345,10 +346,7 @@ struct ExtensionRequest {
 /// `POST /extensions` (running only): installs or updates an extension to a version in one
 /// database. 201 `{"extension", "version"}`.
 fn extensions(app: &App, req: &Request) -> Response {
-    if let Err(r) = app.admit() {
-        return r;
-    }
-    let body: ExtensionRequest = match json_body(req) {
+    let body: ExtensionRequest = match app.admit().and_then(|()| json_body(req)) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -388,10 +386,7 @@ struct GrantRequest {
 /// `POST /grants` (running only): `GRANT <privileges> ON SCHEMA "<schema>" TO "<role>"` in a
 /// database. 201 with the request echoed.
 fn grants(app: &App, req: &Request) -> Response {
-    if let Err(r) = app.admit() {
-        return r;
-    }
-    let body: GrantRequest = match json_body(req) {
+    let body: GrantRequest = match app.admit().and_then(|()| json_body(req)) {
         Ok(b) => b,
         Err(r) => return r,
     };

@@ -154,6 +154,8 @@ mod boot;
 mod states;
 mod status;
 mod step;
+#[cfg(test)]
+mod tests;
 
 pub use boot::{Boot, Ready};
 pub use states::{
@@ -214,6 +216,6 @@ impl Context {
     }
 
     fn set_handle(&self, handle: Option<PostmasterHandle>) {
-        *self.postmaster.lock().unwrap_or_else(|p| p.into_inner()) = handle;
+        *crate::locks::lock(&self.postmaster) = handle;
     }
 }

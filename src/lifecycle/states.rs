@@ -66,7 +66,7 @@ pub struct Running {
 /// runs) or for the end.
 pub struct Failed {
     ctx: Context,
-    error: String,
+    error: Error,
     running: Option<Box<(Postmaster, ParsedSpec)>>,
 }
 
@@ -208,10 +208,10 @@ impl Running {
 
 impl Failed {
     pub(super) fn enter(ctx: Context, error: Error, running: Option<(Postmaster, ParsedSpec)>) -> Failed {
-        let error = error.to_string();
-        log::error!("compute failed: {error}");
+        let text = error.report().to_string();
+        log::error!("compute failed: {text}");
         ctx.set_postgres_up(running.is_some());
-        ctx.publish(Status::Failed, Some(error.clone()));
+        ctx.publish(Status::Failed, Some(text));
         Failed { ctx, error, running: running.map(Box::new) }
     }
 
@@ -219,13 +219,18 @@ impl Failed {
         Status::Failed
     }
 
-    pub fn error(&self) -> &str {
+    pub fn error(&self) -> &Error {
         &self.error
     }
 
     /// True when Postgres still runs (a reconfiguration failed, not the start).
     pub fn postgres_running(&self) -> bool {
         self.running.as_ref().is_some_and(|r| r.0.exit_status().is_none())
+    }
+
+    /// The pid of the Postgres that still runs after a failed reconfiguration.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        self.running.as_ref().map(|r| r.0.pid())
     }
 
     /// True when this failure had Postgres running (a reconfiguration failed), even if it
@@ -333,7 +338,7 @@ pub(super) fn synced_after_exit(ctx: &Context, spec: &ParsedSpec) -> bool {
     match storage::sync_after_exit(&ctx.node, spec) {
         Ok(()) => true,
         Err(e) => {
-            log::error!("sync of safekeepers after postgres exited failed: {e}");
+            log::error!("sync of safekeepers after postgres exited failed: {}", e.report());
             false
         }
     }

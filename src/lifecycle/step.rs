@@ -145,7 +145,7 @@ fn started(result: Result<Running, Failed>) -> (State, Reply) {
     match result {
         Ok(r) => (State::Running(r), Reply::Done),
         Err(f) => {
-            let reply = Reply::Failed(f.error().to_string());
+            let reply = Reply::Failed(f.error().report().to_string());
             (State::Failed(f), reply)
         }
     }

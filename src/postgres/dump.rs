@@ -34,7 +34,7 @@ pub fn schema(node: &Node, database: &str) -> Result<Option<Dump>> {
     cmd.env("PGDATABASE", database).env("PGAPPNAME", "compute_ctl:database_schema").env("LC_MESSAGES", "C");
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let failed = |detail: String| Error::Process { what: "failed to execute pg_dump".into(), detail };
-    let mut child = cmd.spawn().map_err(|e| failed(e.to_string()))?;
+    let mut child = cmd.spawn().map_err(|e| Error::system("failed to execute pg_dump", e))?;
     let mut stdout = child.stdout.take().expect("stdout was piped above");
     let mut stderr = child.stderr.take().expect("stderr was piped above");
     // stderr is drained on its own thread so a chatty pg_dump can never block on it.
@@ -49,7 +49,7 @@ pub fn schema(node: &Node, database: &str) -> Result<Option<Dump>> {
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(Error::Process { what: "unexpected I/O error".into(), detail: e.to_string() });
+            return Err(Error::system("unexpected I/O error reading pg_dump's output", e));
         }
     };
     if n == 0 {

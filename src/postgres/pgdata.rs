@@ -110,7 +110,7 @@ pub fn initdb(_proof: &Stopped, node: &Node) -> Result<()> {
     if let Some(u) = run_as {
         cmd.uid(u.uid).gid(u.gid);
     }
-    let out = cmd.output().map_err(|e| Error::Process { what: "cannot run initdb".into(), detail: e.to_string() });
+    let out = cmd.output().map_err(|e| Error::system("cannot run initdb", e));
     let result = match out {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => Err(Error::Process {

@@ -41,7 +41,10 @@ pub struct Timings {
 /// run (`Stopped`).
 pub fn prepare_from_pageserver(_proof: &Stopped, node: &Node, spec: &ParsedSpec) -> Result<Timings> {
     let StorageMode::Pageserver { connstrings, .. } = spec.storage() else {
-        return Err(Error::Basebackup("the spec has no pageserver_connstring".into()));
+        return Err(Error::Basebackup {
+            what: "basebackup: the spec has no pageserver_connstring".into(),
+            source: None,
+        });
     };
     let pgdata = &node.pgdata;
     let staging = staging_dir(pgdata);
@@ -74,7 +77,7 @@ fn fill(node: &Node, spec: &ParsedSpec, connstr: &str, staging: &Path, conf_text
             )
             .map_err(|e| match e {
                 Error::Interrupted => e,
-                e => Error::Process { what: "failed to sync safekeepers".into(), detail: e.to_string() },
+                e => Error::step("failed to sync safekeepers", e),
             })?;
             timings.sync_safekeepers_ms = started.elapsed().as_millis() as u64;
             Some(lsn)
@@ -124,8 +127,9 @@ fn fetch_with_retries(node: &Node, req: &Request<'_>, staging: &Path, conf_text:
             Ok(f) => return Ok(f),
             Err(e) if attempt <= retries => {
                 log::warn!(
-                    "basebackup try {attempt} of {} failed: {e}; retrying in {} ms",
+                    "basebackup try {attempt} of {} failed: {}; retrying in {} ms",
                     retries + 1,
+                    e.report(),
                     pause.as_millis()
                 );
                 sleep_unless_interrupted(pause, &node.interrupted)?;
@@ -134,11 +138,9 @@ fn fetch_with_retries(node: &Node, req: &Request<'_>, staging: &Path, conf_text:
                 fresh_dir(node, staging, conf_text)?;
             }
             Err(e) => {
-                return Err(Error::Basebackup(format!(
-                    "failed to get basebackup@{lsn} from pageserver {} after {attempt} tries: {}",
-                    req.server(),
-                    e.to_string().trim_start_matches("basebackup: ")
-                )));
+                let what =
+                    format!("failed to get basebackup@{lsn} from pageserver {} after {attempt} tries", req.server());
+                return Err(Error::basebackup(what, e));
             }
         }
     }

@@ -27,9 +27,9 @@
 //! job (the pass disables what is left, the drop drops it); after the marker nothing is done.
 
 use super::process::Postmaster;
-use super::{Node, Stopped, apply, conf, sql};
+use super::{Node, Stopped, conf, sql};
 use crate::error::{Error, Result};
-use crate::escape::{quote_ident, quote_literal};
+use crate::escape::quote_literal;
 use crate::spec::{Id, ParsedSpec};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -86,11 +86,6 @@ pub struct Database {
     pub subscriptions: Vec<String>,
 }
 
-/// The connection string given to inherited subscriptions before they are dropped: a Unix
-/// socket directory that cannot exist, so `DROP SUBSCRIPTION` fails to reach the publisher at
-/// once and leaves every slot there alone.
-const NOWHERE: &str = "host=/nonexistent/compute_ctl/detached port=1 dbname=none connect_timeout=1";
-
 /// File in PGDATA that caches "done for timeline X", written after the marker commits, so a
 /// restart on local storage skips the single-user pass.
 const DONE_CACHE: &str = "compute_ctl_subscriptions_done";
@@ -101,10 +96,7 @@ pub fn preloads_neon(spec: &ParsedSpec) -> bool {
     let from_settings = s.setting("shared_preload_libraries");
     let from_conf =
         s.cluster.postgresql_conf.as_deref().and_then(|t| conf::find_in_conf_text(t, "shared_preload_libraries"));
-    [from_settings, from_conf]
-        .into_iter()
-        .flatten()
-        .any(|v| v.split(',').any(|l| l.trim().trim_matches('\'') == "neon"))
+    [from_settings, from_conf].into_iter().flatten().any(|v| conf::preloads(v, "neon"))
 }
 
 /// Whether this start drops inherited subscriptions: the flag is on and the compute is a
@@ -229,19 +221,14 @@ fn single_user_disable(node: &Node, timeline: Id) -> Result<Inherited> {
     if let Some(u) = node.run_as {
         cmd.uid(u.uid).gid(u.gid);
     }
-    let mut child = cmd.spawn().map_err(|e| Error::Process {
-        what: "cannot run postgres --single to guard subscriptions".into(),
-        detail: e.to_string(),
-    })?;
+    let mut child = cmd.spawn().map_err(|e| Error::system("cannot run postgres --single to guard subscriptions", e))?;
     child
         .stdin
         .take()
         .expect("stdin was piped")
         .write_all(script.as_bytes())
-        .map_err(|e| Error::Process { what: "cannot write to postgres --single".into(), detail: e.to_string() })?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::Process { what: "postgres --single (subscription guard)".into(), detail: e.to_string() })?;
+        .map_err(|e| Error::system("cannot write to postgres --single", e))?;
+    let out = child.wait_with_output().map_err(|e| Error::system("postgres --single (subscription guard)", e))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -308,7 +295,7 @@ pub fn drop_inherited(node: &Node, spec: &ParsedSpec, guard: &Guard) -> Result<s
     let record = |client: &mut postgres::Client, sql: &str| {
         client.batch_execute(sql).map_err(|e| Error::sql("recording neon.drop_subscriptions_done", &system_db, e))
     };
-    let connect_system = || apply::maintenance_client_named(connstr, None, sql::APP_SUBSCRIPTIONS);
+    let connect_system = || sql::connect_maintenance(connstr, None, sql::APP_SUBSCRIPTIONS);
     let mut client = match &guard.0 {
         Kind::None => return Ok(warm),
         Kind::SingleUser(Inherited::Done) => {
@@ -388,7 +375,7 @@ fn marker_done(client: &mut postgres::Client, db: &str, timeline: &str) -> Resul
 fn write_cache(node: &Node, timeline: &str) {
     let path = node.pgdata.join(DONE_CACHE);
     if let Err(e) = conf::write_atomically(&path, timeline.as_bytes()) {
-        log::warn!("cannot cache the subscription marker (the next start will check again): {e}");
+        log::warn!("cannot cache the subscription marker (the next start will check again): {}", e.report());
     } else if let Some(u) = node.run_as {
         // Everything in PGDATA belongs to the Postgres user (tools like pg_basebackup read it).
         let _ = std::os::unix::fs::chown(&path, Some(u.uid), Some(u.gid));
@@ -418,11 +405,11 @@ fn drop_in_databases(connstr: &str, dbs: &[&Database], warm: &sql::Warm) -> Resu
         for _ in 0..dbs.len().min(parallel) {
             scope.spawn(|| {
                 loop {
-                    let Some(db) = queue.lock().unwrap_or_else(|p| p.into_inner()).next() else { return };
+                    let Some(db) = crate::locks::lock(&queue).next() else { return };
                     match drop_in_database(connstr, &db.name, &db.subscriptions) {
                         Ok(client) => warm.put(&db.name, client),
                         Err(e) => {
-                            first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                            crate::locks::lock(&first_error).get_or_insert(e);
                             return;
                         }
                     }
@@ -430,7 +417,7 @@ fn drop_in_databases(connstr: &str, dbs: &[&Database], warm: &sql::Warm) -> Resu
             });
         }
     });
-    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    match crate::locks::into_inner(first_error) {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -443,7 +430,7 @@ fn drop_in_database(connstr: &str, db: &str, names: &[String]) -> Result<postgre
     let started = std::time::Instant::now();
     // A maintenance connection: the role, read-only and timeout settings a database may carry
     // are overridden at connect, as for the catalog apply that may take it over afterwards.
-    let mut client = apply::maintenance_client_named(connstr, Some(db), sql::APP_SUBSCRIPTIONS)?;
+    let mut client = sql::connect_maintenance(connstr, Some(db), sql::APP_SUBSCRIPTIONS)?;
     let connected = started.elapsed();
     // The commit does not wait for its WAL flush: the marker's commit, synchronous and later
     // in the WAL, flushes it too, and a crash before that leaves no marker, so the next start
@@ -452,13 +439,11 @@ fn drop_in_database(connstr: &str, db: &str, names: &[String]) -> Result<postgre
         "BEGIN; SET LOCAL synchronous_commit = off; \
          LOCK TABLE pg_catalog.pg_subscription IN ACCESS EXCLUSIVE MODE; ",
     );
-    let nowhere = quote_literal(NOWHERE);
     for name in names {
-        let q = quote_ident(name);
-        script.push_str(&format!(
-            "ALTER SUBSCRIPTION {q} DISABLE; ALTER SUBSCRIPTION {q} CONNECTION {nowhere}; \
-             ALTER SUBSCRIPTION {q} SET (slot_name = NONE); DROP SUBSCRIPTION {q}; "
-        ));
+        for sql in sql::detach_and_drop(name) {
+            script.push_str(&sql);
+            script.push_str("; ");
+        }
     }
     // Renamed in the same round trip for the catalog apply that may take the connection over.
     script.push_str(&format!("COMMIT; {}", rename_for_apply()));
