@@ -115,7 +115,7 @@ impl std::error::Error for Error {
 }
 
 /// An error and its causes, `what: why: root cause`. A Postgres error shows the server's own
-/// message (see [`db_error_text`]) and ends the chain.
+/// message (severity, text, SQLSTATE) and ends the chain.
 pub struct Report<'a>(&'a (dyn std::error::Error + 'static));
 
 impl fmt::Display for Report<'_> {

@@ -25,7 +25,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A compute on its way to `Running`, Postgres not started yet. Only the pre-`Running` states
 /// can make one, and it alone holds the [`Stopped`] proof that preparing PGDATA and guarding
-/// subscriptions need; [`Boot::start_postgres`] hands the proof to the postmaster.
+/// subscriptions need; starting Postgres hands the proof to the postmaster.
 pub struct Boot {
     ctx: Context,
     spec: ParsedSpec,

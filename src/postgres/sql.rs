@@ -23,8 +23,8 @@ pub fn connect(connstr: &str, dbname: Option<&str>, app: &str) -> Result<Client>
     open(connstr, dbname, app, None)
 }
 
-/// A maintenance connection (see [`MAINTENANCE_OPTIONS`]), for the catalog apply and the
-/// subscriptions drop.
+/// A maintenance connection (start-up options that override per-database and per-role
+/// settings), for the catalog apply and the subscriptions drop.
 pub fn connect_maintenance(connstr: &str, dbname: Option<&str>, app: &str) -> Result<Client> {
     open(connstr, dbname, app, Some(MAINTENANCE_OPTIONS))
 }
@@ -79,7 +79,7 @@ pub fn connstr_dbname(connstr: &str) -> Result<String> {
 const NOWHERE: &str = "host=/nonexistent/compute_ctl/detached port=1 dbname=none connect_timeout=1";
 
 /// The statements that drop subscription `name` and leave the publisher alone: disable it,
-/// point its connection [`NOWHERE`], detach its slot (so `DROP` does not drop the slot), drop.
+/// point its connection nowhere, detach its slot (so `DROP` does not drop the slot), drop.
 /// Used by the drop of inherited subscriptions and by the deletion of a database.
 pub fn detach_and_drop(name: &str) -> [String; 4] {
     let q = quote_ident(name);
