@@ -100,6 +100,7 @@ struct Bench {
     spec: PathBuf,
     pg_port: u16,
     http_port: u16,
+    _ports: [std::fs::File; 2],
 }
 
 impl Bench {
@@ -123,8 +124,8 @@ impl Bench {
         }
         let out = initdb.output().expect("run initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        let pg_port = free_port(1);
-        let http_port = std::iter::repeat_with(|| free_port(2)).find(|&p| p != pg_port && p + 1 != pg_port).unwrap();
+        let (pg_port, pg_lock) = claim_port_pair();
+        let (http_port, http_lock) = claim_port_pair();
         let spec = serde_json::json!({
             "format_version": 1.0,
             "tenant_id": "b0554b632bd4d547a63b86c3630317e8",
@@ -138,7 +139,7 @@ impl Bench {
         });
         let spec_path = root.join("spec.json");
         std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-        Bench { root, pgdata, spec: spec_path, pg_port, http_port }
+        Bench { root, pgdata, spec: spec_path, pg_port, http_port, _ports: [pg_lock, http_lock] }
     }
 
     /// One start to the `running` log line, its CPU read then; then SIGTERM, and a check that
@@ -262,17 +263,28 @@ fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// `n` consecutive free ports in 20000-31999, below the kernel's ephemeral range.
-fn free_port(n: u16) -> u16 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    let seed = std::process::id() as u64 ^ now.subsec_nanos() as u64;
-    let mut p = 20000 + (seed.wrapping_mul(2654435761) % 12000) as u16;
-    loop {
-        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            return p;
+/// A free port pair (PORT, PORT+1) below the kernel's ephemeral range, claimed as the
+/// integration tests claim theirs: an even PORT in 10000-32766 whose lock file
+/// `/tmp/compute_ctl-test-ports/PORT` we hold (flock, until the returned file is dropped or we
+/// exit), with nothing listening on either port.
+fn claim_port_pair() -> (u16, std::fs::File) {
+    let dir = Path::new("/tmp/compute_ctl-test-ports");
+    std::fs::create_dir_all(dir).unwrap();
+    let span = (32767 - 10000) / 2;
+    let start = std::process::id() as usize * 97;
+    for n in 0..span {
+        let port = (10000 + 2 * ((start + n) % span)) as u16;
+        let open =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(port.to_string()));
+        let Ok(lock) = open else { continue };
+        if lock.try_lock().is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
+        {
+            return (port, lock);
         }
-        p = if p + n >= 32000 { 20000 } else { p + n };
     }
+    panic!("no free port pair in 10000-32767");
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
