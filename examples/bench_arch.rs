@@ -35,6 +35,13 @@ fn main() {
         println!("skipped: qemu-aarch64-static is not installed (apt-get install qemu-user-static)");
         return;
     }
+    if let Ok(out) = Command::new("rustup").args(["target", "list", "--installed"]).output() {
+        let installed = String::from_utf8_lossy(&out.stdout);
+        if let Some((_, t)) = TARGETS.iter().find(|(_, t)| !installed.lines().any(|l| l == *t)) {
+            println!("skipped: the {t} target is not installed (rustup target add {t})");
+            return;
+        }
+    }
     let bins: Vec<PathBuf> = TARGETS.iter().map(|(_, t)| build(t)).collect();
     let b = Bench::prepare();
     println!("{runs} starts per architecture on PGDATA {}", b.pgdata.display());
