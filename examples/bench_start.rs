@@ -30,12 +30,15 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{PGBIN_DIR, as_postgres, chmod, compute_ctl_binary, free_port, median, ms, postgres_ids};
+use support::{
+    PGBIN_DIR, as_postgres, chmod, compute_ctl_binary, free_port, median, ms, postgres_ids, watch_for_running,
+    write_start_spec,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const IDLE_SETTLE: Duration = Duration::from_secs(2);
@@ -123,19 +126,7 @@ impl Bench {
 
         let pg_port = free_port();
         let http_port = std::iter::repeat_with(free_port).find(|&p| p != pg_port && p + 1 != pg_port).unwrap();
-        let spec = serde_json::json!({
-            "format_version": 1.0,
-            "tenant_id": "b0554b632bd4d547a63b86c3630317e8",
-            "timeline_id": "2414a61ffc94e428f14b5758fe308e13",
-            "skip_pg_catalog_updates": true,
-            "cluster": { "roles": [], "databases": [], "settings": [
-                {"name": "port", "value": pg_port.to_string(), "vartype": "integer"},
-                {"name": "listen_addresses", "value": "127.0.0.1", "vartype": "string"},
-                {"name": "unix_socket_directories", "value": root.join("sock").to_str().unwrap(), "vartype": "string"}
-            ]}
-        });
-        let spec_path = root.join("spec.json");
-        std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+        let spec_path = write_start_spec(&root, pg_port);
         let b = Bench { root, pgdata, spec: spec_path, bin, pg_port, http_port };
         // The first start writes compute_ctl's configuration into PGDATA; every series then
         // starts the very same cluster.
@@ -161,19 +152,7 @@ impl Bench {
         let t0 = Instant::now();
         let mut child = Owned::new(self.compute_ctl_command().stderr(Stdio::piped()).spawn(), libc::SIGTERM);
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads stderr to its end (so compute_ctl never blocks on a full pipe) and reports the
-        // moment the running line arrives.
-        let reader = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("compute status: running") {
-                    let _ = tx.send(t0.elapsed());
-                }
-                lines.push(line);
-            }
-            lines
-        });
+        let (rx, reader) = watch_for_running(stderr, t0);
         let elapsed = if poll_status {
             loop {
                 if status(self.http_port).as_deref() == Some("running") {

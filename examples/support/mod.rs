@@ -62,6 +62,71 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A free port pair (PORT, PORT+1) below the kernel's ephemeral range, claimed as the
+/// integration tests claim theirs: an even PORT in 10000-32766 whose lock file
+/// `/tmp/compute_ctl-test-ports/PORT` we hold (flock, until the returned file is dropped or we
+/// exit), with nothing listening on either port.
+pub fn claim_port_pair() -> (u16, std::fs::File) {
+    let dir = Path::new("/tmp/compute_ctl-test-ports");
+    std::fs::create_dir_all(dir).unwrap();
+    let span = (32767 - 10000) / 2;
+    let start = std::process::id() as usize * 97;
+    for n in 0..span {
+        let port = (10000 + 2 * ((start + n) % span)) as u16;
+        let open =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(port.to_string()));
+        let Ok(lock) = open else { continue };
+        if lock.try_lock().is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
+        {
+            return (port, lock);
+        }
+    }
+    panic!("no free port pair in 10000-32767");
+}
+
+/// Writes `root/spec.json`, the start benchmarks' spec: no catalog work
+/// (`skip_pg_catalog_updates`), Postgres on 127.0.0.1:`pg_port` with its socket in `root/sock`.
+pub fn write_start_spec(root: &Path, pg_port: u16) -> PathBuf {
+    let spec = serde_json::json!({
+        "format_version": 1.0,
+        "tenant_id": "b0554b632bd4d547a63b86c3630317e8",
+        "timeline_id": "2414a61ffc94e428f14b5758fe308e13",
+        "skip_pg_catalog_updates": true,
+        "cluster": { "roles": [], "databases": [], "settings": [
+            {"name": "port", "value": pg_port.to_string(), "vartype": "integer"},
+            {"name": "listen_addresses", "value": "127.0.0.1", "vartype": "string"},
+            {"name": "unix_socket_directories", "value": root.join("sock").to_str().unwrap(), "vartype": "string"}
+        ]}
+    });
+    let path = root.join("spec.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    path
+}
+
+/// Reads compute_ctl's stderr to its end on a thread (so it never blocks on a full pipe) and
+/// sends the time since `t0` when the `compute status: running` line arrives; the thread
+/// returns every line, for a panic message.
+pub fn watch_for_running(
+    stderr: std::process::ChildStderr,
+    t0: std::time::Instant,
+) -> (std::sync::mpsc::Receiver<Duration>, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("compute status: running") {
+                let _ = tx.send(t0.elapsed());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    (rx, reader)
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
