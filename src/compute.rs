@@ -10,7 +10,7 @@
 use crate::args::{Args, SpecSource};
 use crate::error::{Error, Result};
 use crate::http::{routes, server};
-use crate::lifecycle::{self, Event, Message, Parts, Shared, State};
+use crate::lifecycle::{self, Event, Exit, Linger, Message, Parts, Shared, State};
 use crate::postgres::process::StopMode;
 use crate::postgres::{Node, pgdata};
 use crate::spec::ParsedSpec;
@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// How long the process stays after `/terminate?mode=immediate` (Neon: 300 ms).
+const BRIEF_LINGER: Duration = Duration::from_millis(300);
 
 /// Runs compute_ctl to the end and returns the process exit code.
 pub fn run(args: Args) -> Result<i32> {
@@ -114,11 +117,15 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
         }
         let message = match state.exit() {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(exit) if !exit.lingers => return Ok(exit.code),
+            Some(Exit { code, linger: Linger::No }) => return Ok(code),
             Some(exit) => {
+                let delay = match exit.linger {
+                    Linger::Brief => BRIEF_LINGER,
+                    _ => args.exit_delay,
+                };
                 let deadline = *linger_deadline.get_or_insert_with(|| {
-                    log::info!("{}; answering /status for {:?} before exiting", state.status(), args.exit_delay);
-                    Instant::now() + args.exit_delay
+                    log::info!("{}; answering /status for {delay:?} before exiting", state.status());
+                    Instant::now() + delay
                 });
                 match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                     Err(RecvTimeoutError::Timeout) => return Ok(exit.code),

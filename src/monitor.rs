@@ -59,7 +59,7 @@ fn run(shared: &Shared, connstr: &str) {
     loop {
         let snap = shared.get();
         match snap.status {
-            Status::TerminationPending | Status::Terminated => return,
+            Status::TerminationPendingFast | Status::TerminationPendingImmediate | Status::Terminated => return,
             _ if !snap.postgres_up => conn = None,
             _ => {
                 if conn.is_none() {

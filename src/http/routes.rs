@@ -8,8 +8,7 @@
 use super::request::Request;
 use super::response::{Body, Response};
 use crate::error::Error;
-use crate::lifecycle::{Event, Message, Reply, Shared, Status};
-use crate::postgres::process::StopMode;
+use crate::lifecycle::{Event, Message, Reply, Shared, Status, Termination};
 use crate::postgres::{Node, apply, dump, queries};
 use crate::spec::{ConfigurationRequest, ParsedSpec};
 use serde::{Deserialize, Serialize};
@@ -77,7 +76,7 @@ impl App {
     /// The owner's leave for a route that works on Postgres: 412 unless `running`.
     fn admit(&self) -> Result<(), Response> {
         match self.ask(Event::Query)? {
-            Reply::Done | Reply::Terminated { .. } => Ok(()),
+            Reply::Done | Reply::Terminated { .. } | Reply::AlreadyTerminated { .. } => Ok(()),
             Reply::WrongState(s) => Err(precondition(s)),
             Reply::Failed(msg) => Err(Response::error(500, msg)),
         }
@@ -271,7 +270,7 @@ fn configure(app: &App, req: &Request) -> Response {
         Err(e) => return Response::error(400, e.report().to_string()),
     };
     match app.ask(Event::Configure(spec)) {
-        Ok(Reply::Done | Reply::Terminated { .. }) => status(app),
+        Ok(Reply::Done | Reply::Terminated { .. } | Reply::AlreadyTerminated { .. }) => status(app),
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::Failed(msg)) => Response::error(500, format!("compute configuration failed: {msg}")),
         Err(resp) => resp,
@@ -280,14 +279,20 @@ fn configure(app: &App, req: &Request) -> Response {
 
 fn terminate(app: &App, req: &Request) -> Response {
     let mode = match req.query_param("mode").as_deref() {
-        None | Some("fast") => StopMode::Fast,
-        Some("immediate") => StopMode::Immediate,
-        Some(other) => return Response::error(400, format!("unknown mode {other:?}; expected fast or immediate")),
+        None | Some("fast") => Termination::Fast,
+        Some("immediate") => Termination::Immediate,
+        Some("immediate_postgres") => Termination::PostgresImmediate,
+        Some(other) => {
+            return Response::error(
+                400,
+                format!("unknown mode {other:?}; expected fast, immediate or immediate_postgres"),
+            );
+        }
     };
     match app.ask(Event::Terminate(mode)) {
         Ok(Reply::Terminated { lsn }) => Response::json(200, &serde_json::json!({ "lsn": lsn })),
+        Ok(Reply::AlreadyTerminated { lsn }) => Response::json(201, &serde_json::json!({ "lsn": lsn })),
         Ok(Reply::Done) => Response::json(200, &serde_json::json!({ "lsn": null })),
-        Ok(Reply::WrongState(Status::Terminated)) => Response::empty(201),
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::Failed(msg)) => Response::error(500, msg),
         Err(resp) => resp,

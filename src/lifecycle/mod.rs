@@ -10,9 +10,9 @@
 //!     │              Configure              begin               apply
 //!     │   Running ─────────────▶ ConfigurationPending<Live> ──▶ Configuration<Live> ──▶ Running | Failed
 //!     │   Failed (Postgres up) ──▶ ConfigurationPending<Live>
-//!     │   Terminate, Signal                    wait
-//!     └─────────────▶ TerminationPending ─────────────▶ Terminated
-//!         Running, Failed ──▶ TerminationPending           (Terminate, Signal, PostgresExited)
+//!     │   Terminate, Signal                       wait
+//!     └─────────────▶ TerminationPending<Fast | Immediate> ─────▶ Terminated
+//!         Running, Failed ──▶ TerminationPending<…>   (Terminate, Signal, PostgresExited)
 //! ```
 //!
 //! Inside a start ([`Boot`], then [`Ready`]): `Boot` holds the [`Stopped`] proof the
@@ -159,11 +159,11 @@ mod tests;
 
 pub use boot::{Boot, Ready};
 pub use states::{
-    Cold, Configuration, ConfigurationPending, Empty, Failed, Init, Live, Phase, Running, Terminated,
-    TerminationPending,
+    Cold, Configuration, ConfigurationPending, Empty, Failed, Fast, Immediate, Init, Linger, Live, Phase, Running,
+    Terminated, TerminationPending, Urgency,
 };
 pub use status::{Metrics, Shared, Snapshot, Status, StatusBody};
-pub use step::{Event, Exit, Message, Reply, State, step};
+pub use step::{Event, Exit, Message, Reply, State, Termination, step};
 
 use crate::postgres::Node;
 use crate::postgres::process::PostmasterHandle;

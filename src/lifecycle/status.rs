@@ -8,7 +8,8 @@ use serde::Serialize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-/// One variant per lifecycle state, serialized exactly as Neon's `ComputeStatus`.
+/// One variant per lifecycle state (or phase of one), serialized exactly as today's Neon's
+/// `ComputeStatus` (reference 2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -18,8 +19,11 @@ pub enum Status {
     Running,
     Configuration,
     Failed,
-    TerminationPending,
+    TerminationPendingFast,
+    TerminationPendingImmediate,
     Terminated,
+    RefreshConfigurationPending,
+    RefreshConfiguration,
 }
 
 impl Status {
@@ -32,8 +36,11 @@ impl Status {
             Status::Running => "running",
             Status::Configuration => "configuration",
             Status::Failed => "failed",
-            Status::TerminationPending => "termination-pending",
+            Status::TerminationPendingFast => "termination-pending-fast",
+            Status::TerminationPendingImmediate => "termination-pending-immediate",
             Status::Terminated => "terminated",
+            Status::RefreshConfigurationPending => "refresh-configuration-pending",
+            Status::RefreshConfiguration => "refresh-configuration",
         }
     }
 
@@ -46,20 +53,26 @@ impl Status {
             Status::Running => "running",
             Status::Configuration => "configuration",
             Status::Failed => "failed",
-            Status::TerminationPending => "termination_pending",
+            Status::TerminationPendingFast => "termination_pending_fast",
+            Status::TerminationPendingImmediate => "termination_pending_immediate",
             Status::Terminated => "terminated",
+            Status::RefreshConfigurationPending => "refresh_configuration_pending",
+            Status::RefreshConfiguration => "refresh_configuration",
         }
     }
 
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 11] = [
         Status::Empty,
         Status::ConfigurationPending,
         Status::Init,
         Status::Running,
         Status::Configuration,
         Status::Failed,
-        Status::TerminationPending,
+        Status::TerminationPendingFast,
+        Status::TerminationPendingImmediate,
         Status::Terminated,
+        Status::RefreshConfigurationPending,
+        Status::RefreshConfiguration,
     ];
 }
 

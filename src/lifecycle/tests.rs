@@ -5,7 +5,6 @@
 //! at its first query.
 
 use super::*;
-use crate::postgres::process::StopMode;
 use crate::postgres::{Node, process};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -85,7 +84,7 @@ impl Fake {
 
     fn terminated(&mut self) -> State {
         let empty = self.empty();
-        let (s, r) = self.step(empty, Event::Terminate(StopMode::Fast));
+        let (s, r) = self.step(empty, Event::Terminate(Termination::Fast));
         assert_eq!((s.status(), r), (Status::Terminated, Reply::Terminated { lsn: None }));
         s
     }
@@ -133,7 +132,7 @@ fn exit_by_itself(state: &State) {
 fn ends_with_postgres_exit_code(f: &Fake, s: State) {
     exit_by_itself(&s);
     let (s, _) = f.step(s, Event::PostgresExited);
-    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 7, lingers: false })));
+    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 7, linger: Linger::No })));
 }
 
 /// Each of `events` is refused with `WrongState` and changes nothing.
@@ -176,11 +175,11 @@ fn empty_refuses_queries_ignores_exits_and_ends_on_terminate_or_signal() {
     assert_eq!((s.status(), r), (Status::Empty, Reply::Done));
     let (s, r) = f.step(s, Event::Signal(15));
     assert_eq!((s.status(), r), (Status::Terminated, Reply::Terminated { lsn: None }));
-    assert_eq!(s.exit(), Some(Exit { code: 1, lingers: false }));
+    assert_eq!(s.exit(), Some(Exit { code: 1, linger: Linger::No }));
 
     let mut f = Fake::new("empty-terminate", INITDB_OK);
     let s = f.terminated();
-    assert_eq!(s.exit(), Some(Exit { code: 0, lingers: true }));
+    assert_eq!(s.exit(), Some(Exit { code: 0, linger: Linger::ExitDelay }));
 }
 
 #[test]
@@ -191,17 +190,17 @@ fn a_failed_start_is_final_and_refuses_everything() {
     let Reply::Failed(msg) = r else { panic!("{r:?}") };
     assert!(msg.contains("stand-in refuses"), "{msg}");
     assert_eq!(f.shared.get().error.as_deref(), Some(msg.as_str()), "the error is published");
-    assert_eq!((s.status(), s.exit()), (Status::Failed, Some(Exit { code: 1, lingers: true })));
+    assert_eq!((s.status(), s.exit()), (Status::Failed, Some(Exit { code: 1, linger: Linger::ExitDelay })));
     let s = refuses(
         &f,
         s,
-        vec![Event::Init(spec()), Event::Configure(spec()), Event::Terminate(StopMode::Fast), Event::Query],
+        vec![Event::Init(spec()), Event::Configure(spec()), Event::Terminate(Termination::Fast), Event::Query],
     );
     // The exit of the Postgres a failed start stopped arrives after it: nothing changes.
     let (s, r) = f.step(s, Event::PostgresExited);
     assert_eq!((s.status(), r), (Status::Failed, Reply::Done));
     let (s, _) = f.step(s, Event::Signal(15));
-    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 1, lingers: false })));
+    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 1, linger: Linger::No })));
 }
 
 #[test]
@@ -225,16 +224,23 @@ fn running_ends_on_terminate_signal_and_exit() {
     let mut f = Fake::new("running-terminate", INITDB_OK);
     let s = f.running();
     let pid = postmaster_pid(&s);
-    let (s, r) = f.step(s, Event::Terminate(StopMode::Fast));
+    let (s, r) = f.step(s, Event::Terminate(Termination::Fast));
     // No pg_controldata beside the stand-in: no LSN.
     assert_eq!((s.status(), r), (Status::Terminated, Reply::Terminated { lsn: None }));
-    assert_eq!(s.exit(), Some(Exit { code: 0, lingers: true }));
+    assert_eq!(s.exit(), Some(Exit { code: 0, linger: Linger::ExitDelay }));
     assert!(gone(pid) && !f.shared.get().postgres_up);
+
+    // Neon's `immediate` stops Postgres the same way, and lingers only briefly.
+    let mut f = Fake::new("running-immediate", INITDB_OK);
+    let s = f.running();
+    let (s, r) = f.step(s, Event::Terminate(Termination::Immediate));
+    assert_eq!((s.status(), r), (Status::Terminated, Reply::Terminated { lsn: None }));
+    assert_eq!(s.exit(), Some(Exit { code: 0, linger: Linger::Brief }));
 
     let mut f = Fake::new("running-signal", INITDB_OK);
     let s = f.running();
     let (s, _) = f.step(s, Event::Signal(15));
-    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 1, lingers: false })));
+    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 1, linger: Linger::No })));
 
     let mut f = Fake::new("running-exit", INITDB_OK);
     let s = f.running();
@@ -248,12 +254,12 @@ fn failed_with_postgres_up_takes_a_new_spec_refuses_the_rest_and_ends_on_signal_
     let pid = postmaster_pid(&s);
     let (s, r) = f.step(s, Event::Configure(spec()));
     assert!(matches!(r, Reply::Failed(_)), "a corrected spec is tried (and fails here too): {r:?}");
-    let s = refuses(&f, s, vec![Event::Init(spec()), Event::Terminate(StopMode::Fast), Event::Query]);
+    let s = refuses(&f, s, vec![Event::Init(spec()), Event::Terminate(Termination::Fast), Event::Query]);
     // A stale exit event while Postgres still runs changes nothing.
     let (s, r) = f.step(s, Event::PostgresExited);
     assert_eq!((s.status(), r, postmaster_pid(&s)), (Status::Failed, Reply::Done, pid));
     let (s, _) = f.step(s, Event::Signal(15));
-    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 1, lingers: false })));
+    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 1, linger: Linger::No })));
     assert!(gone(pid));
 
     let mut f = Fake::new("failed-live-exit", INITDB_OK);
@@ -265,13 +271,15 @@ fn failed_with_postgres_up_takes_a_new_spec_refuses_the_rest_and_ends_on_signal_
 fn terminated_refuses_everything_and_a_signal_ends_the_lingering() {
     let mut f = Fake::new("terminated", INITDB_OK);
     let s = f.terminated();
-    let s = refuses(
-        &f,
-        s,
-        vec![Event::Init(spec()), Event::Configure(spec()), Event::Terminate(StopMode::Fast), Event::Query],
-    );
+    let s = refuses(&f, s, vec![Event::Init(spec()), Event::Configure(spec()), Event::Query]);
+    // A repeated /terminate gets the first answer's LSN again (answered 201).
+    let (s, r) = f.step(s, Event::Terminate(Termination::Immediate));
+    assert_eq!(r, Reply::AlreadyTerminated { lsn: None });
     let (s, r) = f.step(s, Event::PostgresExited);
-    assert_eq!((s.exit(), r), (Some(Exit { code: 0, lingers: true }), Reply::Done));
+    assert_eq!((s.exit(), r), (Some(Exit { code: 0, linger: Linger::ExitDelay }), Reply::Done));
     let (s, r) = f.step(s, Event::Signal(15));
-    assert_eq!((s.status(), s.exit(), r), (Status::Terminated, Some(Exit { code: 0, lingers: false }), Reply::Done));
+    assert_eq!(
+        (s.status(), s.exit(), r),
+        (Status::Terminated, Some(Exit { code: 0, linger: Linger::No }), Reply::Done)
+    );
 }

@@ -7,5 +7,6 @@ mod catalog;
 mod harness;
 mod http;
 mod lifecycle;
+mod routes2026;
 mod storage;
 mod subscriptions;
