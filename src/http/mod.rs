@@ -1,5 +1,6 @@
 //! A hand-rolled HTTP/1.1 server on `std::net`: a pure request parser, the accept loop, routes.
 
+mod neon2026;
 pub mod request;
 pub mod response;
 pub mod routes;

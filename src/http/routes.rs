@@ -5,6 +5,7 @@
 //! `{"error": …}` body like every other error; `/terminate` also works from `empty` and answers
 //! `{"lsn": …}`; `/insights` is a JSON object, not a JSON string holding JSON text.
 
+use super::neon2026;
 use super::request::Request;
 use super::response::{Body, Response};
 use crate::error::Error;
@@ -65,7 +66,7 @@ impl std::fmt::Debug for Token {
 
 impl App {
     /// Sends `event` to the owner and waits for its answer; 503 once the owner has gone.
-    fn ask(&self, event: Event) -> Result<Reply, Response> {
+    pub(super) fn ask(&self, event: Event) -> Result<Reply, Response> {
         let gone = || Response::error(503, "compute_ctl is shutting down");
         let (reply, answer) = mpsc::channel();
         let tx = crate::locks::lock(&self.events).clone();
@@ -74,9 +75,9 @@ impl App {
     }
 
     /// The owner's leave for a route that works on Postgres: 412 unless `running`.
-    fn admit(&self) -> Result<(), Response> {
+    pub(super) fn admit(&self) -> Result<(), Response> {
         match self.ask(Event::Query)? {
-            Reply::Done | Reply::Terminated { .. } | Reply::AlreadyTerminated { .. } => Ok(()),
+            Reply::Done | Reply::Terminated { .. } | Reply::AlreadyTerminated { .. } | Reply::Promoted(_) => Ok(()),
             Reply::WrongState(s) => Err(precondition(s)),
             Reply::Failed(msg) => Err(Response::error(500, msg)),
         }
@@ -85,7 +86,7 @@ impl App {
 
 /// The one place that turns an error of the layers below into a response: 404 for a database
 /// that does not exist, 500 for the rest; `context` (if any) goes before the message.
-fn failure(context: &str, e: &Error) -> Response {
+pub(super) fn failure(context: &str, e: &Error) -> Response {
     let code = match e {
         Error::NoSuchDatabase(_) => 404,
         _ => 500,
@@ -136,8 +137,18 @@ const EXTERNAL: &[(&str, &[&str])] = &[
     ("/check_writability", &["POST"]),
     ("/configure", &["POST"]),
     ("/terminate", &["POST"]),
+    ("/promote", &["POST"]),
+    ("/lfc/prewarm", &["GET", "HEAD", "POST", "DELETE"]),
+    ("/lfc/offload", &["GET", "HEAD", "POST"]),
+    ("/autoscaling_metrics", &["GET", "HEAD"]),
 ];
-const INTERNAL: &[(&str, &[&str])] = &[("/extensions", &["POST"]), ("/grants", &["POST"])];
+const INTERNAL: &[(&str, &[&str])] = &[
+    ("/extensions", &["POST"]),
+    ("/grants", &["POST"]),
+    ("/refresh_configuration", &["POST"]),
+    // `/extension_server/{filename}`: matched by prefix.
+    ("/extension_server/", &["POST"]),
+];
 
 fn route(app: &App, server: Server, req: &Request) -> Response {
     app.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -146,7 +157,7 @@ fn route(app: &App, server: Server, req: &Request) -> Response {
         Server::External => EXTERNAL,
         Server::Internal => INTERNAL,
     };
-    let known = table.iter().find(|(p, _)| *p == req.path);
+    let known = table.iter().find(|(p, _)| *p == req.path || (p.ends_with('/') && req.path.starts_with(p)));
     let label = known.map_or("other", |(p, _)| *p);
     let mut resp = dispatch(app, server, req, known);
     crate::metrics::count_http_request(server.label(), label, resp.status);
@@ -213,6 +224,7 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
         (Server::External, "/terminate") => terminate(app, req),
         (Server::Internal, "/extensions") => extensions(app, req),
         (Server::Internal, "/grants") => grants(app, req),
+        (Server::External, "/promote") => neon2026::promote(app, req),
         _ => Response::error(404, format!("no route for {}", req.path)),
     }
 }
@@ -235,7 +247,7 @@ fn dbs_and_roles(app: &App) -> Response {
     }
 }
 
-fn precondition(status: Status) -> Response {
+pub(super) fn precondition(status: Status) -> Response {
     Response::error(412, format!("invalid compute status: {status}"))
 }
 
@@ -270,7 +282,9 @@ fn configure(app: &App, req: &Request) -> Response {
         Err(e) => return Response::error(400, e.report().to_string()),
     };
     match app.ask(Event::Configure(spec)) {
-        Ok(Reply::Done | Reply::Terminated { .. } | Reply::AlreadyTerminated { .. }) => status(app),
+        Ok(Reply::Done | Reply::Terminated { .. } | Reply::AlreadyTerminated { .. } | Reply::Promoted(_)) => {
+            status(app)
+        }
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::Failed(msg)) => Response::error(500, format!("compute configuration failed: {msg}")),
         Err(resp) => resp,
@@ -292,7 +306,7 @@ fn terminate(app: &App, req: &Request) -> Response {
     match app.ask(Event::Terminate(mode)) {
         Ok(Reply::Terminated { lsn }) => Response::json(200, &serde_json::json!({ "lsn": lsn })),
         Ok(Reply::AlreadyTerminated { lsn }) => Response::json(201, &serde_json::json!({ "lsn": lsn })),
-        Ok(Reply::Done) => Response::json(200, &serde_json::json!({ "lsn": null })),
+        Ok(Reply::Done | Reply::Promoted(_)) => Response::json(200, &serde_json::json!({ "lsn": null })),
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::Failed(msg)) => Response::error(500, msg),
         Err(resp) => resp,

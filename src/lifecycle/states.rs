@@ -4,6 +4,7 @@
 use super::{Context, Status, boot};
 use crate::error::Error;
 use crate::postgres::process::{Postmaster, StopMode};
+use crate::postgres::promote::{self, Timings};
 use crate::postgres::{pgdata, storage};
 use crate::spec::{ComputeMode, Lsn, ParsedSpec, StorageMode};
 use std::process::ExitStatus;
@@ -236,6 +237,38 @@ impl Running {
     pub(super) fn terminate<U: Urgency>(self, mode: StopMode, reason: Reason) -> TerminationPending<U> {
         self.postmaster.stop(mode);
         TerminationPending::enter(self.ctx, Some((self.postmaster, self.spec)), reason)
+    }
+
+    /// `POST /promote`: promotes the standby, then applies the new spec as a live
+    /// reconfiguration. The status stays `running` (as Neon). A failure before Postgres was
+    /// promoted leaves the compute as it was, so the request can be retried; a failure of the
+    /// reconfiguration after it leaves `Failed` with Postgres up (a `/configure` recovers).
+    pub(super) fn promote(
+        self,
+        new: ParsedSpec,
+        wal_flush_lsn: Lsn,
+    ) -> (Result<Running, Failed>, Result<Timings, String>) {
+        let mut timings = match promote::promote(&self.ctx.node, &self.spec, &new, wal_flush_lsn) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = e.report().to_string();
+                log::error!("promotion failed: {msg}");
+                return (Ok(self), Err(msg));
+            }
+        };
+        log::info!("postgres promoted; applying the primary's spec");
+        let started = std::time::Instant::now();
+        self.ctx.publish_spec(&new);
+        match boot::reconfigure(&self.ctx, &new, &self.postmaster) {
+            Ok(()) => {
+                timings.reconfigure_time_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+                (Ok(Running { spec: new, ..self }), Ok(timings))
+            }
+            Err(e) => {
+                let msg = format!("promoted, but the new spec could not be applied: {}", e.report());
+                (Err(Failed::enter(self.ctx, e, Some((self.postmaster, new)))), Err(msg))
+            }
+        }
     }
 
     /// Postgres exited by itself.

@@ -3,7 +3,8 @@
 use super::states::{Empty, Failed, Fast, Immediate, Linger, Reason, Running, Terminated, TerminationPending, Urgency};
 use super::{Context, Parts, Status};
 use crate::postgres::process::StopMode;
-use crate::spec::ParsedSpec;
+use crate::postgres::promote::Timings;
+use crate::spec::{Lsn, ParsedSpec};
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
@@ -16,6 +17,8 @@ pub enum Event {
     Configure(ParsedSpec),
     /// `POST /terminate`.
     Terminate(Termination),
+    /// `POST /promote`: the new primary's spec and the LSN the standby must replay first.
+    Promote { spec: ParsedSpec, wal_flush_lsn: Lsn },
     /// A route that works on Postgres asks whether it may (only while running).
     Query,
     /// SIGTERM, SIGINT or SIGQUIT.
@@ -46,6 +49,8 @@ pub enum Reply {
     Terminated { lsn: Option<String> },
     /// `/terminate` again once terminated: the same LSN (answered 201).
     AlreadyTerminated { lsn: Option<String> },
+    /// `/promote` completed, with its timings.
+    Promoted(Timings),
     /// Not possible in this state.
     WrongState(Status),
     /// The transition ran and failed, with the error.
@@ -118,7 +123,7 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
             log::info!("received signal {sig} while waiting for a spec: exiting");
             terminated(s.terminate::<Fast>(Reason::Signal))
         }
-        (s @ State::Empty(_), E::Query) => wrong(s),
+        (s @ State::Empty(_), E::Query | E::Promote { .. }) => wrong(s),
         (s @ State::Empty(_), E::PostgresExited) => (s, Reply::Done),
 
         (State::Running(r), E::Configure(spec)) => started(r.reconfigure(spec).begin().apply()),
@@ -136,6 +141,10 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
             terminated(r.terminate::<Fast>(StopMode::Fast, Reason::Signal))
         }
         (State::Running(r), E::PostgresExited) => terminated(r.postgres_exited()),
+        (State::Running(r), E::Promote { spec, wal_flush_lsn }) => match r.promote(spec, wal_flush_lsn) {
+            (next, Ok(timings)) => (started(next).0, Reply::Promoted(timings)),
+            (next, Err(msg)) => (started(next).0, Reply::Failed(msg)),
+        },
         (s @ State::Running(_), E::Query) => (s, Reply::Done),
         (s @ State::Running(_), E::Init(_)) => wrong(s),
 
@@ -154,7 +163,7 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
         (State::Failed(f), E::PostgresExited) => {
             terminated(f.terminate::<Fast>(StopMode::Fast, Reason::PostgresExited))
         }
-        (s @ State::Failed(_), E::Init(_) | E::Terminate(_) | E::Query) => wrong(s),
+        (s @ State::Failed(_), E::Init(_) | E::Terminate(_) | E::Query | E::Promote { .. }) => wrong(s),
 
         (State::Terminated(t), E::Signal(_)) => (State::Terminated(t.stop_lingering()), Reply::Done),
         (s @ State::Terminated(_), E::PostgresExited) => (s, Reply::Done),
@@ -162,7 +171,7 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
             let lsn = t.lsn().map(str::to_string);
             (State::Terminated(t), Reply::AlreadyTerminated { lsn })
         }
-        (s @ State::Terminated(_), E::Init(_) | E::Configure(_) | E::Query) => wrong(s),
+        (s @ State::Terminated(_), E::Init(_) | E::Configure(_) | E::Query | E::Promote { .. }) => wrong(s),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod conf;
 pub mod dump;
 pub mod pgdata;
 pub mod process;
+pub mod promote;
 pub mod queries;
 pub mod safekeepers;
 pub mod sql;

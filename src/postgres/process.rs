@@ -170,7 +170,8 @@ impl Postmaster {
         *crate::locks::lock(&self.exit.status)
     }
 
-    /// Waits until `postmaster.pid` names this process and says `ready`, polling every
+    /// Waits until `postmaster.pid` names this process and says `ready` (or `standby`: a hot
+    /// standby that accepts read-only connections), polling every
     /// millisecond (the file is tiny; a watcher would cost more than it saves).
     pub fn wait_ready(&self, timeout: Duration, interrupted: &AtomicBool) -> Result<()> {
         let deadline = Instant::now() + timeout;
@@ -185,7 +186,7 @@ impl Postmaster {
             if let Ok(text) = std::fs::read_to_string(&pidfile) {
                 let mut lines = text.lines();
                 let ours = lines.next().map(str::trim) == Some(pid_line.as_str());
-                if ours && text.lines().last().map(str::trim) == Some("ready") {
+                if ours && matches!(text.lines().last().map(str::trim), Some("ready" | "standby")) {
                     return Ok(());
                 }
             }

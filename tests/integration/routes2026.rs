@@ -75,3 +75,99 @@ fn terminate_immediate_reports_its_status_and_exits_without_the_exit_delay() {
     terminate_watching(&s, &c, "immediate", "termination_pending_immediate");
     assert_eq!(c.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }
+
+/// A streaming standby of the compute `primary` runs: `pg_basebackup -R` (standby.signal and
+/// primary_conninfo) into a new PGDATA, with a Replica spec of its own.
+fn standby_of(primary: &Setup, name: &str) -> Setup {
+    let dir = support::TestDir::new(name);
+    let pgdata = dir.join("pgdata");
+    std::fs::create_dir(&pgdata).unwrap();
+    support::give_to_pg(&pgdata);
+    support::set_mode(&pgdata, 0o700);
+    let out = support::as_pg_user(std::process::Command::new(format!("{}/pg_basebackup", support::PGBIN_DIR)).args([
+        "-D",
+        pgdata.to_str().unwrap(),
+        "-R",
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &primary.pg_port.to_string(),
+        "-U",
+        support::SUPERUSER,
+    ]))
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+    let mut s = Setup::with_pgdata(dir, pgdata);
+    s.spec["mode"] = "Replica".into();
+    s
+}
+
+fn promote_body(spec: &serde_json::Value, lsn: &str) -> serde_json::Value {
+    let mut primary = spec.clone();
+    primary["mode"] = "Primary".into();
+    serde_json::json!({ "spec": primary, "wal_flush_lsn": lsn })
+}
+
+/// A real streaming standby becomes the primary: the first try fails (it cannot replay an LSN
+/// the primary never wrote) and changes nothing; after the primary's `/terminate`, a second
+/// try with its LSN promotes: the rows written before are there, writes succeed, the status
+/// stayed `running`.
+#[test]
+fn promote_turns_a_streaming_standby_into_a_writable_primary_and_can_be_retried() {
+    let p = Setup::new("promote-primary");
+    let mut pc = p.spawn();
+    pc.wait_running();
+    p.client().batch_execute("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 100)").unwrap();
+    let s = standby_of(&p, "promote-standby");
+    let mut sc = s.spawn();
+    sc.wait_running();
+    let read_only: String = s.client().query_one("SHOW transaction_read_only", &[]).unwrap().get(0);
+    assert_eq!(read_only, "on", "the standby is in recovery");
+    p.client().batch_execute("INSERT INTO t SELECT generate_series(101, 200)").unwrap();
+
+    // Ahead of anything the primary wrote: fails after the catch-up bound, nothing changes.
+    let r = http::post_json(s.http_port, "/promote", &promote_body(&s.spec, "FFFFFFFF/0"));
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["status"], "failed");
+    assert!(r.json()["error"].as_str().unwrap().contains("did not replay up to FFFFFFFF/0"), "{}", r.text());
+    let in_recovery: bool = s.client().query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get(0);
+    assert!(in_recovery);
+
+    let r = http::request(p.http_port, "POST", "/terminate", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lsn = r.json()["lsn"].as_str().unwrap().to_string();
+    pc.wait_exit(Duration::from_secs(20));
+
+    let r = http::post_json(s.http_port, "/promote", &promote_body(&s.spec, &lsn));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["status"], "completed");
+    for k in ["lsn_wait_time_ms", "pg_promote_time_ms", "reconfigure_time_ms"] {
+        assert!(body[k].is_u64(), "{k} in {body}");
+    }
+    let mut c = s.client();
+    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).unwrap().get(0);
+    assert_eq!(n, 200, "rows written before the promotion");
+    c.batch_execute("INSERT INTO t VALUES (201)").unwrap();
+    assert_eq!(sc.status().unwrap()["status"], "running");
+    let conf = std::fs::read_to_string(s.pgdata.join("postgresql.conf")).unwrap();
+    assert!(!conf.contains("hot_standby=on"), "the primary's spec was applied:\n{conf}");
+    assert!(sc.log_text().contains("synchronous_standby_names = walproposer are skipped"), "{}", sc.log_text());
+}
+
+/// Without a spec there is nothing to promote: 412 (Neon panics and poisons its state lock),
+/// and the compute still answers.
+#[test]
+fn promote_without_a_spec_is_412() {
+    let s = Setup::new("promote-empty");
+    let mut c = Compute::spawn(&s.base_args(), s.http_port);
+    c.wait_status("empty", Duration::from_secs(20));
+    let r = http::post_json(s.http_port, "/promote", &promote_body(&s.spec, "0/0"));
+    assert_eq!((r.status, error_of(&r).as_str()), (412, "invalid compute status: empty"));
+    assert_eq!(c.status().unwrap()["status"], "empty");
+}
