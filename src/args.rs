@@ -32,6 +32,8 @@ pub struct Args {
     pub pg_user: String,
     pub http_auth_token_file: Option<PathBuf>,
     pub exit_delay: Duration,
+    /// `-r/--remote-ext-base-url`, normalized to end in exactly one `/`.
+    pub remote_ext_base_url: Option<String>,
 }
 
 /// What the command line asks for.
@@ -73,7 +75,9 @@ Options:
   -h, --help                    print this help
   -V, --version                 print the version
 
-Neon flags that are accepted and ignored: -r/--remote-ext-config, --cgroup, --filecache-connstr,
+  -r, --remote-ext-base-url URL base URL of the extension storage (POST /extension_server)
+
+Neon flags that are accepted and ignored: --remote-ext-config, --cgroup, --filecache-connstr,
 --vm-monitor-addr, --set-disk-quota-for-fs (with a value) and --resize-swap-on-bind.
 ";
 
@@ -97,6 +101,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let mut pg_user = None;
     let mut token_file = None;
     let mut exit_delay = None;
+    let mut remote_ext = None;
 
     let mut i = 0;
     while i < argv.len() {
@@ -153,8 +158,8 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
                     .ok_or_else(|| usage(format!("{flag}: expected seconds, got {v:?}")))?;
                 exit_delay = Some(Duration::from_secs_f64(secs));
             }
-            "-r"
-            | "--remote-ext-config"
+            "-r" | "--remote-ext-base-url" => remote_ext = Some(ext_base_url(flag, &value(flag)?)?),
+            "--remote-ext-config"
             | "--cgroup"
             | "--filecache-connstr"
             | "--vm-monitor-addr"
@@ -204,7 +209,21 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         pg_user: pg_user.unwrap_or_else(|| "postgres".into()),
         http_auth_token_file: token_file,
         exit_delay: exit_delay.unwrap_or(Duration::from_secs(30)),
+        remote_ext_base_url: remote_ext,
     })))
+}
+
+/// `--remote-ext-base-url`: an http(s) URL without a query, returned ending in one `/`.
+fn ext_base_url(flag: &str, v: &str) -> Result<String> {
+    let rest = v.strip_prefix("http://").or_else(|| v.strip_prefix("https://"));
+    let host = rest.map(|r| r.split('/').next().unwrap_or(""));
+    if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
+        return Err(usage(format!("{flag}: {v:?} is not an http:// or https:// URL")));
+    }
+    if v.contains('?') {
+        return Err(usage(format!("{flag}: {v:?} must not have query parameters")));
+    }
+    Ok(format!("{}/", v.trim_end_matches('/')))
 }
 
 fn port_value(flag: &str, v: &str) -> Result<u16> {

@@ -41,6 +41,7 @@ pub fn run(args: Args) -> Result<i32> {
         live_config_allowed: !matches!(args.spec, SpecSource::Inline(_)),
         node,
         auth_token,
+        remote_ext_base_url: args.remote_ext_base_url.clone(),
         in_flight: AtomicUsize::new(0),
     });
     let result = supervise(args, app.clone(), rx);

@@ -29,6 +29,7 @@ pub mod logger;
 pub mod metrics;
 pub mod monitor;
 pub mod postgres;
+pub mod remote_ext;
 pub mod spec;
 mod sys;
 pub mod time;

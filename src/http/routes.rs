@@ -28,6 +28,8 @@ pub struct App {
     pub node: Node,
     /// `--http-auth-token-file`'s token; every route but `GET /metrics` then needs it.
     pub auth_token: Option<Token>,
+    /// `--remote-ext-base-url`, ending in `/`.
+    pub remote_ext_base_url: Option<String>,
     /// Requests being handled; the owner waits for them before the process exits so that
     /// the last answers (to `/terminate`, say) are written.
     pub in_flight: AtomicUsize,
@@ -225,6 +227,7 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
         (Server::Internal, "/extensions") => extensions(app, req),
         (Server::Internal, "/grants") => grants(app, req),
         (Server::External, "/promote") => neon2026::promote(app, req),
+        (Server::Internal, "/extension_server/") => neon2026::extension_server(app, req),
         _ => Response::error(404, format!("no route for {}", req.path)),
     }
 }

@@ -208,6 +208,7 @@ impl Context {
         self.shared.update(|s| {
             s.tenant = Some(spec.tenant_id());
             s.timeline = Some(spec.timeline_id());
+            s.remote_extensions = spec.spec().remote_extensions.clone().map(Arc::new);
         });
     }
 

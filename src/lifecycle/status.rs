@@ -2,7 +2,7 @@
 //! read (the HTTP server, the activity monitor). Only the owner of the lifecycle writes the
 //! status; no lock is held across work.
 
-use crate::spec::Id;
+use crate::spec::{Id, RemoteExtSpec};
 use crate::time;
 use serde::Serialize;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -114,6 +114,8 @@ pub struct Snapshot {
     pub metrics: Metrics,
     /// Postgres is up and reachable through `--connstr` (running, or a failed reconfigure).
     pub postgres_up: bool,
+    /// The current spec's `remote_extensions`, for `/extension_server`.
+    pub remote_extensions: Option<Arc<RemoteExtSpec>>,
 }
 
 /// Neon's `ComputeStatusResponse`.
@@ -155,6 +157,7 @@ impl Shared {
             last_active: None,
             metrics: Metrics::default(),
             postgres_up: false,
+            remote_extensions: None,
         })))
     }
 

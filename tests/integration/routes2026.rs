@@ -171,3 +171,154 @@ fn promote_without_a_spec_is_412() {
     assert_eq!((r.status, error_of(&r).as_str()), (412, "invalid compute status: empty"));
     assert_eq!(c.status().unwrap()["status"], "empty");
 }
+
+/// A file server standing in for the extension storage: answers a GET for a known path with
+/// its bytes, anything else with 404, and records the paths asked for.
+struct FileServer {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FileServer {
+    fn start(files: Vec<(String, Vec<u8>)>) -> FileServer {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
+                        break;
+                    }
+                }
+                log.lock().unwrap().push(path.clone());
+                let (status, body) = match files.iter().find(|(p, _)| *p == path) {
+                    Some((_, b)) => ("200 OK", b.clone()),
+                    None => ("404 Not Found", Vec::new()),
+                };
+                let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(&body);
+            }
+        });
+        FileServer { port, seen }
+    }
+}
+
+/// Removes what a test installed into the system's Postgres directories.
+struct Installed(Vec<std::path::PathBuf>);
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A `.tar.zst` of a SQL-only extension `name` (control file and script), made with the
+/// `zstd` command-line tool.
+fn extension_archive(dir: &std::path::Path, name: &str) -> Vec<u8> {
+    let ext = dir.join("src/share/extension");
+    std::fs::create_dir_all(&ext).unwrap();
+    std::fs::write(
+        ext.join(format!("{name}.control")),
+        "comment = 'test'\ndefault_version = '1.0'\nrelocatable = true\ntrusted = true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ext.join(format!("{name}--1.0.sql")),
+        format!("CREATE FUNCTION {name}_answer() RETURNS int LANGUAGE sql AS 'SELECT 42';\n"),
+    )
+    .unwrap();
+    let tar = dir.join(format!("{name}.tar"));
+    let st = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(dir.join("src"))
+        .arg("share")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = std::process::Command::new("zstd").args(["-q", "-c"]).arg(&tar).output().expect("the zstd tool");
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// `/extension_server/{filename}`: the archive is fetched from `--remote-ext-base-url` at
+/// today's Neon's path, its files land in Postgres's extension directory and CREATE EXTENSION
+/// works; a truncated archive is refused with nothing installed; an unlisted name is 404.
+#[test]
+fn extension_server_installs_an_archive_and_refuses_a_truncated_one() {
+    let n = std::process::id();
+    let (good, cut) = (format!("cctest_ext_{n}"), format!("cctest_cut_{n}"));
+    let mut s = Setup::new("ext-server");
+    let archive = extension_archive(&s.dir.path, &good);
+    let truncated = extension_archive(&s.dir.path, &cut)[..archive.len() / 2].to_vec();
+    let out =
+        std::process::Command::new(format!("{}/pg_config", support::PGBIN_DIR)).arg("--sharedir").output().unwrap();
+    let share = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("extension");
+    let _cleanup = Installed(
+        [&good, &cut]
+            .iter()
+            .flat_map(|e| [share.join(format!("{e}.control")), share.join(format!("{e}--1.0.sql"))])
+            .collect(),
+    );
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let path = |e: &str| format!("/base/latest/{arch}/v15/extensions/{e}.tar.zst");
+    let server = FileServer::start(vec![(path(&good), archive), (path(&cut), truncated)]);
+    let data = serde_json::json!({"control_data": {}, "archive_path": ""});
+    s.spec["remote_extensions"] = serde_json::json!({
+        "public_extensions": [good, cut],
+        "custom_extensions": null,
+        "library_index": {},
+        "extension_data": { &good: data, &cut: data },
+    });
+    let mut args = s.args();
+    args.extend(["--remote-ext-base-url".into(), format!("http://127.0.0.1:{}/base/", server.port)]);
+    let mut c = Compute::spawn(&args, s.http_port);
+    c.wait_running();
+    let internal = s.http_port + 1;
+
+    let r = http::request(internal, "POST", &format!("/extension_server/{good}"), &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(server.seen.lock().unwrap().as_slice(), [path(&good)]);
+    assert!(share.join(format!("{good}.control")).exists());
+    let mut client = s.client();
+    client.batch_execute(&format!("CREATE EXTENSION {good}")).unwrap();
+    let v: i32 = client.query_one(&format!("SELECT {good}_answer()"), &[]).unwrap().get(0);
+    assert_eq!(v, 42);
+    // Installed once: a second request is answered without a download.
+    let r = http::request(internal, "POST", &format!("/extension_server/{good}"), &[], b"").unwrap();
+    assert_eq!((r.status, server.seen.lock().unwrap().len()), (200, 1));
+
+    let r = http::request(internal, "POST", &format!("/extension_server/{cut}"), &[], b"").unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(error_of(&r).contains("nothing was installed"), "{}", r.text());
+    assert!(!share.join(format!("{cut}.control")).exists() && !share.join(format!("{cut}--1.0.sql")).exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&share)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".compute_ctl-staging"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let r = http::request(internal, "POST", "/extension_server/postgis", &[], b"").unwrap();
+    assert_eq!((r.status, error_of(&r).as_str()), (404, "extension postgis is not found"));
+    let r = http::request(internal, "POST", "/extension_server/..%2Fx", &[], b"").unwrap();
+    assert_eq!(r.status, 400);
+}
