@@ -94,6 +94,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
         node: app.node.clone(),
         shared: app.shared.clone(),
         postmaster,
+        refresh: refresh_source(&args),
         on_postgres_exit: Arc::new(move |_| {
             let _ = crate::locks::lock(&exit_tx).send(Message { event: Event::PostgresExited, reply: None });
         }),
@@ -142,6 +143,26 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
         if let Some(reply) = reply {
             let _ = reply.send(answer);
         }
+    }
+}
+
+/// Where `/refresh_configuration` fetches the spec again: the control plane (`-p`) or the
+/// spec file (`-S`).
+fn refresh_source(args: &Args) -> Option<lifecycle::Refresh> {
+    match &args.spec {
+        SpecSource::ControlPlane(uri) => {
+            let (uri, id) = (uri.clone(), args.compute_id.clone());
+            Some(Arc::new(move || crate::control_plane::fetch_spec(&uri, &id).map_err(|e| e.report().to_string())))
+        }
+        SpecSource::File(path) => {
+            let path = path.clone();
+            Some(Arc::new(move || {
+                let json =
+                    std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                ParsedSpec::parse(&json).map(Some).map_err(|e| e.report().to_string())
+            }))
+        }
+        SpecSource::Inline(_) | SpecSource::Wait => None,
     }
 }
 

@@ -168,3 +168,19 @@ pub(super) fn extension_server(app: &App, req: &Request) -> Response {
         Err(e) => Response::error(500, format!("cannot install {archive}: {e}")),
     }
 }
+
+/// `POST /refresh_configuration` (internal): fetches the spec again and applies it. Answered
+/// once that is done (Neon answers at once and works in the background): 200 with an empty
+/// body, or 500 with the cause; in a state that cannot refresh, 500 `Cannot refresh compute
+/// configuration in state <status>`, as Neon.
+pub(super) fn refresh_configuration(app: &App) -> Response {
+    match app.ask(Event::RefreshConfiguration) {
+        Ok(Reply::Done) => Response::empty(200),
+        Ok(Reply::WrongState(s)) => {
+            Response::error(500, format!("Cannot refresh compute configuration in state {}", s.wire_name()))
+        }
+        Ok(Reply::Failed(msg)) => Response::error(500, msg),
+        Ok(other) => Response::error(500, format!("unexpected answer {other:?}")),
+        Err(resp) => resp,
+    }
+}

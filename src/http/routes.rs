@@ -227,6 +227,7 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
         (Server::Internal, "/extensions") => extensions(app, req),
         (Server::Internal, "/grants") => grants(app, req),
         (Server::External, "/promote") => neon2026::promote(app, req),
+        (Server::Internal, "/refresh_configuration") => neon2026::refresh_configuration(app),
         (Server::Internal, "/extension_server/") => neon2026::extension_server(app, req),
         _ => Response::error(404, format!("no route for {}", req.path)),
     }

@@ -8,6 +8,8 @@
 //!     ├─────────▶ Init ────────────────────────────────────────────────────▶ Running | Failed
 //!     │
 //!     │              Configure              begin               apply
+//!     │   Running | Failed (Postgres up) ──RefreshConfiguration──▶ RefreshConfigurationPending
+//!     │        ──begin──▶ RefreshConfiguration ──apply──▶ Running | Failed
 //!     │   Running ─────────────▶ ConfigurationPending<Live> ──▶ Configuration<Live> ──▶ Running | Failed
 //!     │   Failed (Postgres up) ──▶ ConfigurationPending<Live>
 //!     │   Terminate, Signal                       wait
@@ -159,8 +161,8 @@ mod tests;
 
 pub use boot::{Boot, Ready};
 pub use states::{
-    Cold, Configuration, ConfigurationPending, Empty, Failed, Fast, Immediate, Init, Linger, Live, Phase, Running,
-    Terminated, TerminationPending, Urgency,
+    Cold, Configuration, ConfigurationPending, Empty, Failed, Fast, Immediate, Init, Linger, Live, Phase,
+    RefreshConfiguration, RefreshConfigurationPending, Running, Terminated, TerminationPending, Urgency,
 };
 pub use status::{Metrics, Shared, Snapshot, Status, StatusBody};
 pub use step::{Event, Exit, Message, Reply, State, Termination, step};
@@ -181,7 +183,13 @@ pub struct Parts {
     pub postmaster: Arc<Mutex<Option<PostmasterHandle>>>,
     /// Called on the reaper thread when Postgres exits (the owner turns it into an event).
     pub on_postgres_exit: Arc<dyn Fn(ExitStatus) + Send + Sync>,
+    /// Fetches the spec again for `/refresh_configuration` (from the control plane or the spec
+    /// file); None when the spec came inline or from `/configure`.
+    pub refresh: Option<Refresh>,
 }
+
+/// How a spec is fetched again: `Ok(None)` when its source has none for this compute.
+pub type Refresh = Arc<dyn Fn() -> Result<Option<ParsedSpec>, String> + Send + Sync>;
 
 /// What every state carries (cheap to clone: one `Arc`). Private to `lifecycle`.
 #[derive(Clone)]

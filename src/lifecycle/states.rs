@@ -11,6 +11,9 @@ use std::process::ExitStatus;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
+mod refresh;
+pub use refresh::{RefreshConfiguration, RefreshConfigurationPending};
+
 mod sealed {
     pub trait Sealed {}
 }

@@ -19,6 +19,8 @@ pub enum Event {
     Terminate(Termination),
     /// `POST /promote`: the new primary's spec and the LSN the standby must replay first.
     Promote { spec: ParsedSpec, wal_flush_lsn: Lsn },
+    /// `POST /refresh_configuration`: fetch the spec again and apply it.
+    RefreshConfiguration,
     /// A route that works on Postgres asks whether it may (only while running).
     Query,
     /// SIGTERM, SIGINT or SIGQUIT.
@@ -123,7 +125,7 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
             log::info!("received signal {sig} while waiting for a spec: exiting");
             terminated(s.terminate::<Fast>(Reason::Signal))
         }
-        (s @ State::Empty(_), E::Query | E::Promote { .. }) => wrong(s),
+        (s @ State::Empty(_), E::Query | E::Promote { .. } | E::RefreshConfiguration) => wrong(s),
         (s @ State::Empty(_), E::PostgresExited) => (s, Reply::Done),
 
         (State::Running(r), E::Configure(spec)) => started(r.reconfigure(spec).begin().apply()),
@@ -145,11 +147,16 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
             (next, Ok(timings)) => (started(next).0, Reply::Promoted(timings)),
             (next, Err(msg)) => (started(next).0, Reply::Failed(msg)),
         },
+        (State::Running(r), E::RefreshConfiguration) => refreshed(r.refresh().begin().apply()),
         (s @ State::Running(_), E::Query) => (s, Reply::Done),
         (s @ State::Running(_), E::Init(_)) => wrong(s),
 
         (State::Failed(f), E::Configure(spec)) => match f.reconfigure(spec) {
             Ok(pending) => started(pending.begin().apply()),
+            Err(f) => wrong(State::Failed(f)),
+        },
+        (State::Failed(f), E::RefreshConfiguration) => match f.refresh() {
+            Ok(pending) => refreshed(pending.begin().apply()),
             Err(f) => wrong(State::Failed(f)),
         },
         (State::Failed(f), E::Signal(sig)) => {
@@ -171,8 +178,19 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
             let lsn = t.lsn().map(str::to_string);
             (State::Terminated(t), Reply::AlreadyTerminated { lsn })
         }
-        (s @ State::Terminated(_), E::Init(_) | E::Configure(_) | E::Query | E::Promote { .. }) => wrong(s),
+        (
+            s @ State::Terminated(_),
+            E::Init(_) | E::Configure(_) | E::Query | E::Promote { .. } | E::RefreshConfiguration,
+        ) => wrong(s),
     }
+}
+
+fn refreshed((next, result): (Result<Running, Failed>, Result<(), String>)) -> (State, Reply) {
+    let state = match next {
+        Ok(r) => State::Running(r),
+        Err(f) => State::Failed(f),
+    };
+    (state, result.map_or_else(Reply::Failed, |()| Reply::Done))
 }
 
 fn wrong(state: State) -> (State, Reply) {

@@ -51,6 +51,7 @@ impl Fake {
             shared: shared.clone(),
             postmaster: Arc::new(Mutex::new(None)),
             on_postgres_exit: Arc::new(|_| {}),
+            refresh: None,
         };
         Fake { dir, shared, parts: Some(parts) }
     }

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 /// How long the standby may take to replay up to `wal_flush_lsn` (Neon: 20 tries, 1 s apart).
 const CATCH_UP: Duration = Duration::from_secs(20);
 
-/// How long `pg_promote` may wait for the promotion to finish.
-const PROMOTE_WAIT_SECS: i32 = 60;
+/// How long the promotion may take once asked for.
+const PROMOTE_WAIT: Duration = Duration::from_secs(60);
 
 /// Neon's `PromoteState::Completed` timings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -79,13 +79,26 @@ pub fn promote(node: &Node, current: &ParsedSpec, new: &ParsedSpec, wal_flush_ls
         ),
     }
 
+    // pg_promote's own wait (like `pg_ctl promote -w`) checks every 100 ms; polling
+    // pg_is_in_recovery() every millisecond sees the end of the promotion when it happens.
     let started = Instant::now();
-    let promoted: bool = client
-        .query_one("SELECT pg_catalog.pg_promote(true, $1)", &[&PROMOTE_WAIT_SECS])
-        .map_err(|e| Error::sql("promote", "postgres", e))?
-        .get(0);
-    if !promoted {
-        return Err(Error::invalid("promote", format!("pg_promote() did not finish in {PROMOTE_WAIT_SECS} s")));
+    let signalled: bool = q(&mut client, "SELECT pg_catalog.pg_promote(false)")?.get(0);
+    if !signalled {
+        return Err(Error::invalid("promote", "pg_promote() could not signal the startup process"));
+    }
+    let deadline = started + PROMOTE_WAIT;
+    loop {
+        let in_recovery: bool = q(&mut client, "SELECT pg_catalog.pg_is_in_recovery()")?.get(0);
+        if !in_recovery {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::invalid(
+                "promote",
+                format!("the promotion did not finish in {} s", PROMOTE_WAIT.as_secs()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
     let read_only: String = q(&mut client, "SHOW transaction_read_only")?.get(0);
     if read_only == "on" {

@@ -322,3 +322,37 @@ fn extension_server_installs_an_archive_and_refuses_a_truncated_one() {
     let r = http::request(internal, "POST", "/extension_server/..%2Fx", &[], b"").unwrap();
     assert_eq!(r.status, 400);
 }
+
+/// `/refresh_configuration` fetches the spec from the control plane again and applies it: the
+/// changed setting is live, the compute is `running`; a control plane that then fails leaves
+/// the compute running with what it had, and the request gets the cause.
+#[test]
+fn refresh_configuration_fetches_and_applies_the_spec_from_the_control_plane() {
+    let mut s = Setup::new("refresh");
+    let first = s.spec.clone();
+    s.setting("work_mem", "7777kB", "string");
+    let attached = |spec: &serde_json::Value| {
+        serde_json::json!({"status": "attached", "spec": spec, "compute_ctl_config": {"jwks": {"keys": []}}})
+            .to_string()
+    };
+    let cp = http::StandIn::start(vec![(200, attached(&first)), (200, attached(&s.spec)), (404, "{}".into())]);
+    let mut args = s.base_args();
+    args.extend(["-p".into(), cp.uri(), "-i".into(), "compute-refresh".into()]);
+    let mut c = Compute::spawn(&args, s.http_port);
+    c.wait_running();
+    let work_mem = |s: &Setup| -> String { s.client().query_one("SHOW work_mem", &[]).unwrap().get(0) };
+    assert_ne!(work_mem(&s), "7777kB");
+
+    let r = http::request(s.http_port + 1, "POST", "/refresh_configuration", &[], b"").unwrap();
+    assert_eq!((r.status, r.body.len()), (200, 0), "{}", r.text());
+    assert_eq!(cp.count(), 2);
+    assert_eq!(work_mem(&s), "7777kB");
+    assert_eq!(c.status().unwrap()["status"], "running");
+    assert!(c.log_text().contains("compute status: refresh_configuration"), "{}", c.log_text());
+
+    let r = http::request(s.http_port + 1, "POST", "/refresh_configuration", &[], b"").unwrap();
+    assert_eq!(r.status, 500);
+    assert!(error_of(&r).contains("cannot fetch the spec"), "{}", r.text());
+    assert_eq!(c.status().unwrap()["status"], "running");
+    assert_eq!(work_mem(&s), "7777kB");
+}
