@@ -184,3 +184,117 @@ pub(super) fn refresh_configuration(app: &App) -> Response {
         Err(resp) => resp,
     }
 }
+
+/// The LFC prewarm and offload states of this process (Neon's `LfcPrewarmState` and
+/// `LfcOffloadState`, tagged by `status`).
+static LFC: std::sync::Mutex<(serde_json::Value, serde_json::Value)> = std::sync::Mutex::new((
+    serde_json::Value::Null, // not_prewarmed until set
+    serde_json::Value::Null, // not_offloaded until set
+));
+
+/// `GET|POST|DELETE /lfc/prewarm`, `GET|POST /lfc/offload` (reference 5.8). `GET` answers the
+/// state. `POST` needs a running compute whose Postgres has the neon extension's file cache
+/// functions; on vanilla PostgreSQL it answers 412 naming the missing function, and the
+/// state becomes `failed` with the same text. `DELETE` (cancel) answers 202.
+pub(super) fn lfc(app: &App, req: &Request, offload: bool) -> Response {
+    let (function, kind) = if offload {
+        ("neon.get_local_cache_state()", "offload")
+    } else {
+        ("neon.prewarm_local_cache(bytea)", "prewarm")
+    };
+    let current = |lfc: &(serde_json::Value, serde_json::Value)| {
+        let v = if offload { &lfc.1 } else { &lfc.0 };
+        if v.is_null() {
+            serde_json::json!({ "status": if offload { "not_offloaded" } else { "not_prewarmed" } })
+        } else {
+            v.clone()
+        }
+    };
+    match req.method.as_str() {
+        "GET" | "HEAD" => return Response::json(200, &current(&crate::locks::lock(&LFC))),
+        "DELETE" => return Response::empty(202),
+        _ => {}
+    }
+    if let Err(r) = app.admit() {
+        return r;
+    }
+    let set = |v: serde_json::Value| {
+        let mut lfc = crate::locks::lock(&LFC);
+        if offload { lfc.1 = v } else { lfc.0 = v }
+    };
+    match crate::postgres::queries::function_exists(&app.node, function) {
+        Ok(true) => {
+            // The neon extension is there, but this build does not talk to the endpoint
+            // storage (`endpoint_storage_addr`) yet: say so rather than pretend.
+            let msg = format!("LFC {kind} through the endpoint storage is not implemented by this compute_ctl");
+            set(serde_json::json!({ "status": "failed", "error": msg }));
+            Response::error(501, msg)
+        }
+        Ok(false) => {
+            let msg = format!(
+                "the neon extension's local file cache is not available on this Postgres ({function} does not exist)"
+            );
+            set(serde_json::json!({ "status": "failed", "error": msg }));
+            Response::error(412, msg)
+        }
+        Err(e) => super::routes::failure("", &e),
+    }
+}
+
+/// The communicator's socket in PGDATA, served by the neon extension.
+const COMMUNICATOR_SOCKET: &str = "neon-communicator.socket";
+
+/// `GET /autoscaling_metrics` (reference 5.10): proxied from the neon extension's
+/// communicator over `PGDATA/neon-communicator.socket`, status, content type and body as they
+/// come (at most 4 MiB, 10 s). On vanilla PostgreSQL there is no such socket: 500 saying so.
+pub(super) fn autoscaling_metrics(app: &App) -> Response {
+    use std::io::{Read, Write};
+    let path = app.node.pgdata.join(COMMUNICATOR_SOCKET);
+    let fail = |e: std::io::Error| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            " (the neon extension's communicator is not running; vanilla PostgreSQL has none)"
+        } else {
+            ""
+        };
+        Response::error(500, format!("cannot get autoscaling metrics from {}: {e}{hint}", path.display()))
+    };
+    let result = (|| -> std::io::Result<Vec<u8>> {
+        let mut s = std::os::unix::net::UnixStream::connect(&path)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        s.set_write_timeout(Some(std::time::Duration::from_secs(10)))?;
+        s.write_all(b"GET /autoscaling_metrics HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut raw = Vec::new();
+        s.take(4 << 20).read_to_end(&mut raw)?;
+        Ok(raw)
+    })();
+    let raw = match result {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return fail(std::io::Error::other("the communicator's answer has no complete head"));
+    };
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .filter(|c| (200..600).contains(c))
+        .unwrap_or(502);
+    let content_type = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-type")))
+        .map(|(_, v)| v.trim().to_string())
+        // Copied into our head: only visible ASCII, so it cannot split the response.
+        .filter(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b)));
+    let mut resp = Response {
+        status,
+        content_type: None,
+        headers: Vec::new(),
+        body: super::response::Body::Bytes(raw[split + 4..].to_vec()),
+    };
+    if let Some(ct) = content_type {
+        resp = resp.with_header("Content-Type", ct);
+    }
+    resp
+}

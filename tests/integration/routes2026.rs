@@ -356,3 +356,42 @@ fn refresh_configuration_fetches_and_applies_the_spec_from_the_control_plane() {
     assert_eq!(c.status().unwrap()["status"], "running");
     assert_eq!(work_mem(&s), "7777kB");
 }
+
+/// On vanilla PostgreSQL: the LFC routes answer their state, and a prewarm or offload is a
+/// clear 412 naming the missing neon function (the state then says `failed` with it);
+/// `/autoscaling_metrics` is a 500 saying there is no communicator. All keep the token check.
+#[test]
+fn lfc_and_autoscaling_metrics_say_clearly_what_vanilla_postgres_lacks() {
+    let s = Setup::new("lfc");
+    let token_file = s.dir.join("token");
+    std::fs::write(&token_file, "tok-lfc-1").unwrap();
+    let mut args = s.args();
+    args.extend(["--http-auth-token-file".into(), token_file.to_str().unwrap().into()]);
+    let mut c = Compute::spawn(&args, s.http_port);
+    let auth = [("Authorization", "Bearer tok-lfc-1")];
+    poll(Duration::from_secs(30), "running", || {
+        let r = http::request(s.http_port, "GET", "/status", &auth, b"").ok()?;
+        (r.json()["status"] == "running").then_some(())
+    });
+    let p = s.http_port;
+    assert_eq!(http::request(p, "GET", "/lfc/prewarm", &[], b"").unwrap().status, 401);
+    let r = http::request(p, "GET", "/lfc/prewarm", &auth, b"").unwrap();
+    assert_eq!((r.status, r.json()), (200, serde_json::json!({"status": "not_prewarmed"})));
+    let r = http::request(p, "GET", "/lfc/offload", &auth, b"").unwrap();
+    assert_eq!((r.status, r.json()), (200, serde_json::json!({"status": "not_offloaded"})));
+    for (path, function) in
+        [("/lfc/prewarm", "neon.prewarm_local_cache(bytea)"), ("/lfc/offload", "neon.get_local_cache_state()")]
+    {
+        let r = http::request(p, "POST", path, &auth, b"").unwrap();
+        assert_eq!(r.status, 412, "{path}: {}", r.text());
+        let e = error_of(&r);
+        assert!(e.contains("local file cache is not available") && e.contains(function), "{e}");
+        let r = http::request(p, "GET", path, &auth, b"").unwrap();
+        assert_eq!((r.json()["status"].as_str(), r.json()["error"].as_str()), (Some("failed"), Some(e.as_str())));
+    }
+    let r = http::request(p, "GET", "/autoscaling_metrics", &auth, b"").unwrap();
+    assert_eq!(r.status, 500);
+    assert!(error_of(&r).contains("vanilla PostgreSQL has none"), "{}", r.text());
+    c.signal("TERM");
+    c.wait_exit(Duration::from_secs(20));
+}
