@@ -73,6 +73,7 @@ pub fn run(args: Args) -> Result<i32> {
         connstr: args.connstr.clone(),
         bindir: pgdata::bindir(&args.pgbin)?,
         auth_token,
+        compute_ctl_config: std::sync::OnceLock::new(),
         in_flight: AtomicUsize::new(0),
     });
     let result = supervise(args, app.clone(), rx);
@@ -92,6 +93,17 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
     let run_as = pgdata::postgres_identity(&args.pg_user)?;
     // The spec is read and validated before anything on disk is touched.
     let initial = match &args.spec {
+        SpecSource::Config(path) => {
+            let (spec, ctl) = crate::spec::ComputeConfig::load(path)?;
+            log::info!(
+                "config file {}: {}, {} JWKS key(s)",
+                path.display(),
+                if spec.is_some() { "with a spec" } else { "no spec yet" },
+                ctl.jwks.keys.len()
+            );
+            let _ = app.compute_ctl_config.set(ctl);
+            spec
+        }
         SpecSource::Inline(json) => Some(ParsedSpec::parse(json)?),
         SpecSource::File(path) => {
             let json = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read spec file", path, e))?;
@@ -141,12 +153,16 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
         Some(spec) => start(empty.init(spec)),
         None => {
             if let SpecSource::ControlPlane(uri) = &args.spec {
-                match crate::control_plane::fetch_spec(uri, &args.compute_id)? {
+                let (spec, ctl) = crate::control_plane::fetch_config(uri, &args.compute_id)?;
+                if let Some(ctl) = ctl {
+                    let _ = app.compute_ctl_config.set(ctl);
+                }
+                match spec {
                     Some(spec) => start(empty.init(spec)),
                     None => State::Empty(empty),
                 }
             } else {
-                log::info!("no spec given: waiting for POST /configure");
+                log::info!("no spec yet: waiting for POST /configure");
                 State::Empty(empty)
             }
         }

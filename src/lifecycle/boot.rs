@@ -93,7 +93,12 @@ impl Boot {
         }
         // Written here in both modes: pageserver mode wrote it before the sync too, but a
         // basebackup may carry the source's own postgresql.conf, which must not win.
-        let text = conf::render(&self.spec, args.internal_http_port, self.spec.spec().drop_subscriptions_before_start);
+        let text = conf::render(
+            &self.spec,
+            args.internal_http_port,
+            self.spec.spec().drop_subscriptions_before_start,
+            &args.privileged_role_name,
+        );
         conf::write_postgres_conf(pgdata, &text)?;
         conf::line_in_file(&pgdata.join("pg_hba.conf"), conf::PG_HBA_ALL_MD5)?;
         conf::write_atomically(&pgdata.join(conf::TEMP_OVERRIDE), b"")?;
@@ -180,7 +185,7 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
         return Err(Error::PostgresStart { reason: "postgres is not running".into(), log_tail: pm.log_tail() });
     }
     // A running compute never re-arms the subscriber guard: nothing here drops subscriptions.
-    let text = conf::render(spec, ctx.args.internal_http_port, false);
+    let text = conf::render(spec, ctx.args.internal_http_port, false, &ctx.args.privileged_role_name);
     let path = ctx.args.pgdata.join("postgresql.conf");
     let old = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
     conf::write_postgres_conf(&ctx.args.pgdata, &text)?;

@@ -36,7 +36,12 @@ pub fn prepare_from_pageserver(ctx: &Context, spec: &ParsedSpec) -> Result<()> {
     let pgdata = &ctx.args.pgdata;
     let staging = staging_dir(pgdata);
     remove_old(pgdata, &staging)?;
-    let conf_text = conf::render(spec, ctx.args.internal_http_port, spec.spec().drop_subscriptions_before_start);
+    let conf_text = conf::render(
+        spec,
+        ctx.args.internal_http_port,
+        spec.spec().drop_subscriptions_before_start,
+        &ctx.args.privileged_role_name,
+    );
     let result = fill(ctx, spec, &connstrings[0], &staging, &conf_text);
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&staging);

@@ -463,7 +463,7 @@ pub fn release_guard(ctx: &Context, spec: &ParsedSpec, guard: Guard, pm: &Postma
     match guard {
         Guard::None | Guard::SingleUser(_) | Guard::Cached | Guard::NothingToGuard => Ok(()),
         Guard::NeonSetting => {
-            let text = conf::render(spec, ctx.args.internal_http_port, false);
+            let text = conf::render(spec, ctx.args.internal_http_port, false, &ctx.args.privileged_role_name);
             conf::write_postgres_conf(&ctx.args.pgdata, &text)?;
             pm.reload();
             log::info!("neon.disable_logical_replication_subscribers released");
@@ -501,10 +501,12 @@ mod tests {
         assert!(!preloads_neon(&vanilla));
         // The guard line is written while the flag is set, and released to false.
         assert!(
-            conf::render(&with_setting, 3081, true).contains("\nneon.disable_logical_replication_subscribers=true\n")
+            conf::render(&with_setting, 3081, true, "neon_superuser")
+                .contains("\nneon.disable_logical_replication_subscribers=true\n")
         );
         assert!(
-            conf::render(&with_setting, 3081, false).contains("\nneon.disable_logical_replication_subscribers=false\n")
+            conf::render(&with_setting, 3081, false, "neon_superuser")
+                .contains("\nneon.disable_logical_replication_subscribers=false\n")
         );
     }
 

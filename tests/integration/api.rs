@@ -327,11 +327,11 @@ fn control_plane_fetch_retries_503_and_undecodable_200() {
     assert!(first.contains("Authorization: Bearer cp-secret-77\r\n"), "{first}");
     let text = http::get(s.http_port, "/metrics").text();
     assert!(
-        text.contains(r#"compute_ctl_cplane_requests_total{rpc="GetSpec",http_status="503 Whatever"} 1"#),
+        text.contains(r#"compute_ctl_cplane_requests_total{rpc="GetConfig",http_status="503 Whatever"} 1"#),
         "{text}"
     );
     assert!(
-        text.contains(r#"compute_ctl_cplane_requests_total{rpc="GetSpec",http_status="200 Whatever"} 2"#),
+        text.contains(r#"compute_ctl_cplane_requests_total{rpc="GetConfig",http_status="200 Whatever"} 2"#),
         "{text}"
     );
     assert!(!c.log_text().contains("cp-secret-77"), "the control-plane token reached the log");
