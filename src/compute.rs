@@ -171,6 +171,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
     loop {
         if let State::Running(running) = &state {
             last_spec = Some(running.spec().clone());
+            crate::monitor::set_extensions_interval(args.installed_extensions_interval, running.spec().spec());
             crate::monitor::ensure_started(&shared, &args.connstr);
         }
         state = match state {

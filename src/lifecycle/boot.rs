@@ -167,7 +167,16 @@ impl Boot {
         if spec.skip_pg_catalog_updates || spec.mode != ComputeMode::Primary {
             return Ok(());
         }
-        apply::apply_spec(&self.ctx.args.connstr, &self.spec, apply::Concurrency::AtStart, warm.as_ref())
+        let args = &self.ctx.args;
+        apply::apply_spec(
+            &args.connstr,
+            &self.spec,
+            &args.privileged_role_name,
+            apply::Concurrency::AtStart,
+            warm.as_ref(),
+        )?;
+        crate::postgres::migrations::run(&args.connstr, &args.privileged_role_name);
+        Ok(())
     }
 
     /// Lets subscriptions created from now on replicate.
@@ -209,7 +218,8 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
     pm.reload();
     let s = spec.spec();
     if !s.skip_pg_catalog_updates && s.mode == ComputeMode::Primary {
-        apply::apply_spec(&ctx.args.connstr, spec, apply::Concurrency::Reconfigure(s.reconfigure_concurrency), None)?;
+        let concurrency = apply::Concurrency::Reconfigure(s.reconfigure_concurrency);
+        apply::apply_spec(&ctx.args.connstr, spec, &ctx.args.privileged_role_name, concurrency, None)?;
         pm.reload();
     }
     log::info!(
