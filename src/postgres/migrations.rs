@@ -143,7 +143,8 @@ pub fn run(connstr: &str, privileged_role: &str) -> Report {
             return Report::default();
         }
     };
-    match migrate(&mut client, privileged_role) {
+    let db = crate::postgres::sql::connstr_dbname(connstr).unwrap_or_default();
+    match migrate(&mut client, &db, privileged_role) {
         Ok(report) => report,
         Err(e) => {
             log::error!("migrations: {e}");
@@ -152,20 +153,22 @@ pub fn run(connstr: &str, privileged_role: &str) -> Report {
     }
 }
 
-/// Runs the pending migrations on `client`.
-pub fn migrate(client: &mut Client, privileged_role: &str) -> Result<Report> {
-    let sql_err = |phase: &str, e: postgres::Error| Error::sql(format!("migrations: {phase}"), "", e);
-    // A cluster already up to date costs one query.
-    let done: Option<i64> = client
-        .query_one(
-            "SELECT CASE WHEN pg_catalog.to_regclass('neon_migration.migration_id') IS NOT NULL \
-             THEN (SELECT id FROM neon_migration.migration_id WHERE key = 0) END",
-            &[],
-        )
+/// Runs the pending migrations on `client`, connected to database `db`.
+pub fn migrate(client: &mut Client, db: &str, privileged_role: &str) -> Result<Report> {
+    let sql_err = |phase: &str, e: postgres::Error| Error::sql(phase, db, e);
+    // A cluster already up to date costs two queries.
+    let tracked: bool = client
+        .query_one("SELECT pg_catalog.to_regclass('neon_migration.migration_id') IS NOT NULL", &[])
         .map_err(|e| sql_err("read the migration id", e))?
         .get(0);
-    if done.is_some_and(|d| d >= COUNT) {
-        return Ok(Report::default());
+    if tracked {
+        let done: Option<i64> = client
+            .query_opt("SELECT id FROM neon_migration.migration_id WHERE key = 0", &[])
+            .map_err(|e| sql_err("read the migration id", e))?
+            .map(|r| r.get(0));
+        if done.is_some_and(|d| d >= COUNT) {
+            return Ok(Report::default());
+        }
     }
     client.batch_execute(SETUP).map_err(|e| sql_err("create neon_migration", e))?;
     let mut id: i64 = client

@@ -6,5 +6,6 @@ mod api;
 mod catalog;
 mod http;
 mod lifecycle;
+mod neon2026;
 mod storage;
 mod subscriptions;
