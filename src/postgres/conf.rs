@@ -218,6 +218,68 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    const IDS: &str =
+        r#""tenant_id":"b0554b632bd4d547a63b86c3630317e8","timeline_id":"2414a61ffc94e428f14b5758fe308e13""#;
+
+    fn rendered(extra: &str) -> String {
+        let json = format!(r#"{{"format_version":1.0,"cluster":{{"roles":[],"databases":[]}},{IDS},{extra}}}"#);
+        render(&ParsedSpec::parse(&json).unwrap(), 3081, false, "neon_superuser")
+    }
+
+    /// The `neon.*` lines in the order and with the conditions of today's Neon.
+    #[test]
+    fn neon_lines_in_todays_order() {
+        let text = rendered(
+            r#""pageserver_connection_info":{"shard_count":2,"stripe_size":2048,"shards":{
+                "0102":{"pageservers":[{"id":2,"libpq_url":"postgresql://no_user@ps2:6400","grpc_url":null}]},
+                "0002":{"pageservers":[{"id":1,"libpq_url":"postgresql://no_user@ps1:6400"}]}}},
+            "pageserver_connstring":"host=ignored","shard_stripe_size":1,
+            "safekeeper_connstrings":["sk1:5454","sk2:5454"],"safekeepers_generation":0,
+            "project_id":"p","branch_id":"b","endpoint_id":"e","mode":"Replica""#,
+        );
+        let want = "# Neon storage settings\n\n\
+            # from compute spec's pageserver_connection_info.stripe_size field\nneon.stripe_size=2048\n\
+            # derived from compute spec's pageserver_connection_info field\n\
+            neon.pageserver_connstring='postgresql://no_user@ps1:6400,postgresql://no_user@ps2:6400'\n\
+            neon.safekeepers='g#0:sk1:5454,sk2:5454'\n\
+            neon.tenant_id='b0554b632bd4d547a63b86c3630317e8'\nneon.timeline_id='2414a61ffc94e428f14b5758fe308e13'\n\
+            neon.project_id='p'\nneon.branch_id='b'\nneon.endpoint_id='e'\n\
+            lc_messages='C.UTF-8'\nlc_monetary='C.UTF-8'\nlc_time='C.UTF-8'\nlc_numeric='C.UTF-8'\n\
+            neon.compute_mode=replica\nhot_standby=on\n";
+        assert!(text.starts_with(want), "{text}");
+        assert!(
+            text.contains("\nneon.privileged_role_name='neon_superuser'\nneon.extension_server_port=3081\n"),
+            "{text}"
+        );
+        assert!(!text.contains("ignored"), "{text}");
+
+        // The legacy fields: the stripe size now comes before the connection string.
+        let text = rendered(
+            r#""pageserver_connstring":"host=a port=1,host=b port=2","shard_stripe_size":32768,
+            "safekeeper_connstrings":["sk1:5454"],"safekeepers_generation":7"#,
+        );
+        let want = "# Neon storage settings\n\n# from compute spec's shard_stripe_size field\nneon.stripe_size=32768\n\
+            # from compute spec's pageserver_connstring field\nneon.pageserver_connstring='host=a port=1,host=b port=2'\n\
+            neon.safekeepers='g#7:sk1:5454'\n";
+        assert!(text.starts_with(want), "{text}");
+        assert!(text.contains("\nneon.compute_mode=primary\n"), "{text}");
+    }
+
+    #[test]
+    fn audit_and_log_export_lines() {
+        let text = rendered(r#""audit_log_level":"Hipaa","logs_export_host":"logs:514""#);
+        assert!(text.contains(
+            "# Managed by compute_ctl compliance audit settings: begin\npgaudit.log_parameter=off\n\
+             pgaudit.log='all, -misc'\npgaudit.log_catalog=off\npgaudit.log_rotation_age=5\n\
+             shared_preload_libraries='neon,pgaudit,pgauditlogtofile'\n"
+        ));
+        assert!(text.ends_with(
+            "neon.disable_logical_replication_subscribers=false\nlog_destination='stderr,syslog'\n\
+             include_if_exists = 'compute_ctl_temp_override.conf'\n"
+        ));
+        assert!(!rendered(r#""mode":"Primary""#).contains("pgaudit"));
+    }
+
     #[test]
     fn settings_render_as_neon_and_stay_on_their_line() {
         let json = r#"{"format_version":1.0,"cluster":{"roles":[],"databases":[],"settings":[

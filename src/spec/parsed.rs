@@ -465,6 +465,68 @@ mod tests {
         assert!(matches!(ParsedSpec::parse(&json).unwrap().storage(), StorageMode::Pageserver { .. }));
     }
 
+    /// Neon's test spec of March 2026, byte for byte: the new fields parse, and its legacy
+    /// `cluster.settings` storage entries still select pageserver mode.
+    #[test]
+    fn neon_2026_spec_parses() {
+        let p = ParsedSpec::parse(include_str!("../../tests/data/neon_cluster_spec_2026.json")).unwrap();
+        assert_eq!(p.spec().suspend_timeout_seconds, Some(3600));
+        assert!(matches!(p.storage(), StorageMode::Pageserver { .. }));
+    }
+
+    #[test]
+    fn pageserver_connection_info_wins_over_the_connstring() {
+        let json = MIN.replacen(
+            '{',
+            r#"{"pageserver_connstring":"host=old","safekeeper_connstrings":["sk:1"],
+            "pageserver_connection_info":{"shard_count":0,"shards":{"0000":{"pageservers":[
+                {"id":null,"libpq_url":"postgresql://no_user@new:6400","grpc_url":"grpc://new:51051"}]}}},"#,
+            1,
+        );
+        match ParsedSpec::parse(&json).unwrap().storage() {
+            StorageMode::Pageserver { connstrings, .. } => assert_eq!(connstrings, &["postgresql://no_user@new:6400"]),
+            other => panic!("expected pageserver mode, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unusable_pageserver_connection_info_is_an_error_not_local_mode() {
+        for (info, want) in [
+            (r#"{"shard_count":0,"shards":{}}"#, "shard 0000 missing"),
+            (r#"{"shard_count":2,"shards":{"0002":{"pageservers":[{"libpq_url":"x"}]}}}"#, "stripe_size"),
+            (r#"{"shard_count":0,"shards":{"0000":{"pageservers":[]}}}"#, "pageservers"),
+            (r#"{"shard_count":0,"shards":{"0000":{"pageservers":[{"grpc_url":"g"}]}}}"#, "libpq_url"),
+            (
+                r#"{"shard_count":0,"shards":{"0000":{"pageservers":[{"libpq_url":"x"}]},"0001":{"pageservers":[]}}}"#,
+                "\"0001\" is not one of",
+            ),
+        ] {
+            let json = MIN.replacen(
+                '{',
+                &format!(r#"{{"pageserver_connection_info":{info},"safekeeper_connstrings":["sk:1"],"#),
+                1,
+            );
+            let err = ParsedSpec::parse(&json).unwrap_err().to_string();
+            assert!(err.contains(want), "{info}: {err}");
+        }
+    }
+
+    #[test]
+    fn lenient_where_strictness_protects_nothing() {
+        // No suspend_timeout_seconds (today's Neon requires it); anon_extension is now unknown.
+        let json = MIN.replacen('{', r#"{"features":["anon_extension","tls_experimental"],"#, 1);
+        let p = ParsedSpec::parse(&json).unwrap();
+        assert_eq!(p.spec().suspend_timeout_seconds, None);
+        assert_eq!(
+            p.spec().features,
+            [super::super::ComputeFeature::UnknownFeature, super::super::ComputeFeature::TlsExperimental]
+        );
+        let err = ParsedSpec::parse(&MIN.replacen('{', r#"{"offload_lfc_interval_seconds":0,"#, 1)).unwrap_err();
+        assert!(err.to_string().contains("nonzero") || err.to_string().contains("zero"), "{err}");
+        let err = ParsedSpec::parse(&MIN.replacen('{', r#"{"logs_export_host":"nohost","#, 1)).unwrap_err();
+        assert!(err.to_string().contains("logs_export_host"), "{err}");
+    }
+
     #[test]
     fn names_longer_than_postgres_keeps_are_refused() {
         let long = "r".repeat(64);
