@@ -332,3 +332,29 @@ fn neon_2026_cluster_spec_starts_against_the_stand_ins() {
     let spec: Value = serde_json::from_str(&text).unwrap();
     start_from_neon_file("n26-spec", json!({"spec": spec, "compute_ctl_config": {"jwks": {"keys": []}}}));
 }
+
+/// A migration that fails is logged and counted, later ones wait, and the start goes on.
+#[test]
+fn a_failing_migration_never_fails_the_start() {
+    let s = Setup::new("n26-migfail");
+    let args = config_args(&s, s.spec.clone());
+    let mut c = Compute::spawn(&args, s.http_port);
+    c.wait_running();
+    // Break the record of skipped migrations, and say only 0001 and 0002 ran: skipping 0003
+    // on PostgreSQL 15 then fails.
+    let mut db = s.client();
+    db.batch_execute(
+        "DROP TABLE neon_migration.skipped; CREATE TABLE neon_migration.skipped (id int8 PRIMARY KEY);
+         UPDATE neon_migration.migration_id SET id = 2; REVOKE pg_monitor FROM neon_superuser",
+    )
+    .unwrap();
+    drop(db);
+    let c = restart(&s, &mut c, &args);
+    let log = c.log_text();
+    assert!(log.contains("migration 0003-grant_pg_create_subscription_to_privileged_role failed"), "{log}");
+    let metrics = http::get(s.http_port, "/metrics").text();
+    assert!(metrics.contains("compute_ctl_db_migration_failed_total{migration_id=\"3\"} 1\n"), "{metrics}");
+    let mut db = s.client();
+    assert_eq!(one::<i64>(&mut db, "SELECT id FROM neon_migration.migration_id WHERE key = 0"), 2);
+    assert!(!one::<bool>(&mut db, "SELECT pg_has_role('neon_superuser', 'pg_monitor', 'MEMBER')"), "0004 waited");
+}
