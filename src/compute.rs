@@ -64,6 +64,7 @@ enum Ending {
 
 /// Runs compute_ctl to the end and returns the process exit code.
 pub fn run(args: Args) -> Result<i32> {
+    log::info!("compute build_tag: {}", crate::metrics::BUILD_TAG);
     let (tx, rx) = mpsc::channel::<Event>();
     let auth_token = args.http_auth_token_file.as_deref().map(routes::Token::from_file).transpose()?;
     let app = Arc::new(routes::App {
