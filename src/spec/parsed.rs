@@ -522,7 +522,8 @@ mod tests {
             [super::super::ComputeFeature::UnknownFeature, super::super::ComputeFeature::TlsExperimental]
         );
         let err = ParsedSpec::parse(&MIN.replacen('{', r#"{"offload_lfc_interval_seconds":0,"#, 1)).unwrap_err();
-        assert!(err.to_string().contains("nonzero") || err.to_string().contains("zero"), "{err}");
+        let text = format!("{err:?}");
+        assert!(text.contains("nonzero") || text.contains("zero"), "{text}");
         let err = ParsedSpec::parse(&MIN.replacen('{', r#"{"logs_export_host":"nohost","#, 1)).unwrap_err();
         assert!(err.to_string().contains("logs_export_host"), "{err}");
     }
