@@ -22,7 +22,6 @@
 
 use crate::error::{Error, Result};
 use crate::escape::{quote_ident, quote_literal};
-use crate::postgres::apply;
 use postgres::Client;
 
 /// Application name of the migrations' connection, as Neon's.
@@ -136,7 +135,7 @@ pub struct Report {
 /// Runs the pending migrations on `connstr`'s database; problems are logged and counted,
 /// never returned (they must not fail a start).
 pub fn run(connstr: &str, privileged_role: &str) -> Report {
-    let mut client = match apply::maintenance_client_named(connstr, None, APP_MIGRATIONS) {
+    let mut client = match crate::postgres::sql::connect_maintenance(connstr, None, APP_MIGRATIONS) {
         Ok(c) => c,
         Err(e) => {
             log::error!("migrations: {e}");
