@@ -144,11 +144,19 @@ fn place(raw: &Path) -> Result<Option<(Target, PathBuf)>, ArchiveError> {
 /// Downloads `url` (status 200 only) within the limits; the error is the message the route
 /// answers with.
 pub fn download(url: &str) -> Result<Vec<u8>, String> {
-    let resp = minreq::get(url)
-        .with_timeout(DOWNLOAD_TIMEOUT_SECS)
-        .with_max_headers_size(64 * 1024)
-        .send_lazy()
-        .map_err(|e| format!("cannot download {url}: {e}"))?;
+    let resp =
+        minreq::get(url).with_timeout(DOWNLOAD_TIMEOUT_SECS).with_max_headers_size(64 * 1024).send_lazy().map_err(
+            |e| {
+                crate::metrics::count_remote_ext_request("unknown");
+                format!("cannot download {url}: {e}")
+            },
+        )?;
+    let label = if resp.reason_phrase.is_empty() {
+        resp.status_code.to_string()
+    } else {
+        format!("{} {}", resp.status_code, resp.reason_phrase)
+    };
+    crate::metrics::count_remote_ext_request(&label);
     match resp.status_code {
         200 => {}
         503 => return Err("remote extensions server is temporarily unavailable".into()),

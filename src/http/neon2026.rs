@@ -76,12 +76,6 @@ fn pg_dirs(app: &App) -> Result<&'static PgDirs, String> {
     Ok(DIRS.get_or_init(|| dirs))
 }
 
-/// The build tag in the remote path (Neon's `BUILD_TAG`, `latest` when unset at build time).
-const BUILD_TAG: &str = match option_env!("BUILD_TAG") {
-    Some(t) => t,
-    None => "latest",
-};
-
 /// Neon's architecture names in the remote path.
 fn arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -149,7 +143,7 @@ pub(super) fn extension_server(app: &App, req: &Request) -> Response {
     if installed.contains(&archive) {
         return Response::empty(200);
     }
-    let url = format!("{base}{BUILD_TAG}/{}/v{}/extensions/{archive}", arch(), dirs.major);
+    let url = format!("{base}{}/{}/v{}/extensions/{archive}", crate::metrics::BUILD_TAG, arch(), dirs.major);
     log::info!("downloading remote extension {archive} from {url}");
     let bytes = match crate::remote_ext::download(&url) {
         Ok(b) => b,
