@@ -4,6 +4,7 @@ mod support;
 
 mod api;
 mod catalog;
+mod faults_config;
 mod harness;
 mod http;
 mod lifecycle;

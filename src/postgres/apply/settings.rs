@@ -9,7 +9,8 @@ use crate::postgres::sql;
 /// of `postgresql.conf` that cannot take effect.
 #[derive(Debug, Default)]
 pub struct Check {
-    /// Lines whose value Postgres refuses (`name = value`).
+    /// Lines whose value Postgres refuses (`name = value`), and file-level errors (a syntax
+    /// error, an include that cannot be read) as `postgresql.conf line N: error`.
     pub invalid: Vec<String>,
     /// Changed settings that need a restart; a reload cannot apply them.
     pub need_restart: Vec<String>,
@@ -17,9 +18,10 @@ pub struct Check {
 
 pub fn check_postgresql_conf(connstr: &str) -> Result<Check> {
     let mut client = sql::connect(connstr, None, sql::APP_APPLY)?;
+    // Every column but `postmaster` can be NULL: a file-level error has no name or setting.
     let rows = client
         .query(
-            "SELECT f.name, COALESCE(f.setting, ''), COALESCE(s.context = 'postmaster', false)
+            "SELECT f.name::text, f.setting, COALESCE(s.context = 'postmaster', false), f.sourceline, f.error
                FROM pg_catalog.pg_file_settings f LEFT JOIN pg_catalog.pg_settings s ON s.name = f.name
               WHERE f.error IS NOT NULL AND f.sourcefile LIKE '%/postgresql.conf'",
             &[],
@@ -27,9 +29,22 @@ pub fn check_postgresql_conf(connstr: &str) -> Result<Check> {
         .map_err(|e| Error::sql("check postgresql.conf", "postgres", e))?;
     let mut check = Check::default();
     for r in rows {
-        let (name, setting, postmaster): (String, String, bool) = (r.get(0), r.get(1), r.get(2));
-        let line = format!("{name} = {setting:?}");
-        if postmaster { check.need_restart.push(line) } else { check.invalid.push(line) }
+        let name: Option<String> = r.try_get(0).unwrap_or(None);
+        let setting: Option<String> = r.try_get(1).unwrap_or(None);
+        let postmaster: bool = r.try_get(2).unwrap_or(false);
+        let line: Option<i32> = r.try_get(3).unwrap_or(None);
+        let error: Option<String> = r.try_get(4).unwrap_or(None);
+        match name {
+            Some(name) => {
+                let entry = format!("{name} = {:?}", setting.unwrap_or_default());
+                if postmaster { check.need_restart.push(entry) } else { check.invalid.push(entry) }
+            }
+            None => check.invalid.push(format!(
+                "postgresql.conf line {}: {}",
+                line.map_or_else(|| "?".into(), |l| l.to_string()),
+                error.unwrap_or_else(|| "error".into())
+            )),
+        }
     }
     Ok(check)
 }
