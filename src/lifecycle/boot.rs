@@ -198,6 +198,10 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
             return Err(e);
         }
     };
+    if let Err(e) = apply::settings::check_startable(&ctx.bindir.join("postgres"), &ctx.args.pgdata, ctx.run_as) {
+        conf::write_atomically(&path, &old)?;
+        return Err(e);
+    }
     if !check.need_restart.is_empty() {
         log::warn!("reconfigure: {} take effect only after a restart", check.need_restart.join(", "));
     }

@@ -44,3 +44,31 @@ fn a_file_level_error_in_a_live_configure_is_refused_and_postgres_keeps_serving(
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "running");
 }
+
+/// Regression: `shared_buffers = 'abc'` was taken for a pending restart, answered 200 and
+/// left in `postgresql.conf`, so the next start failed.
+#[test]
+fn an_invalid_value_of_a_restart_only_setting_is_refused_live() {
+    let mut s = Setup::new("faults-restart-only");
+    let mut c = s.spawn();
+    c.wait_running();
+    let conf = s.pgdata.join("postgresql.conf");
+    let before = std::fs::read(&conf).unwrap();
+    let good = s.spec.clone();
+    s.setting("shared_buffers", "abc", "string");
+    let r = configure(&s, &s.spec);
+    assert_eq!(r.status, 500, "{}", r.text());
+    let err = error_of(&r);
+    assert!(err.contains("shared_buffers"), "{err}");
+    assert_eq!(std::fs::read(&conf).unwrap(), before, "postgresql.conf was not put back");
+    // A valid restart-only change is still accepted (it waits for the next start).
+    s.spec = good;
+    s.setting("shared_buffers", "24MB", "string");
+    let r = configure(&s, &s.spec);
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(c);
+    let mut c = s.spawn();
+    c.wait_running();
+    let v: String = s.client().query_one("SHOW shared_buffers", &[]).unwrap().get(0);
+    assert_eq!(v, "24MB");
+}

@@ -3,7 +3,9 @@
 //! refuse the file altogether, so a bad value must fail the reconfigure instead.
 
 use crate::error::{Error, Result};
+use crate::postgres::process::RunAs;
 use crate::postgres::sql;
+use std::path::Path;
 
 /// What `pg_file_settings` (which parses the files anew on every query) says about the lines
 /// of `postgresql.conf` that cannot take effect.
@@ -47,4 +49,26 @@ pub fn check_postgresql_conf(connstr: &str) -> Result<Check> {
         }
     }
     Ok(check)
+}
+
+/// Parses the configuration as the next start would, with `postgres -D PGDATA -C port`
+/// (allowed beside a running server; it reads the files and exits). This catches what
+/// `pg_file_settings` cannot tell from a pending restart: an invalid value of a restart-only
+/// setting (`shared_buffers = 'abc'`), or a bad line in an included file. The error is
+/// Postgres's own message.
+pub fn check_startable(postgres: &Path, pgdata: &Path, run_as: Option<RunAs>) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(postgres);
+    cmd.arg("-D").arg(pgdata).args(["-C", "port"]).env("LC_ALL", "C").stdin(std::process::Stdio::null());
+    if let Some(u) = run_as {
+        cmd.uid(u.uid).gid(u.gid);
+    }
+    let out =
+        cmd.output().map_err(|e| Error::Process { what: "cannot run postgres -C".into(), detail: e.to_string() })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    Err(Error::invalid("postgresql.conf", format!("the next start would fail: {}", lines.join("; "))))
 }
