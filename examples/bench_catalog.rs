@@ -134,7 +134,7 @@ fn psql_script(spec: &ParsedSpec) -> String {
         }
     };
     push(catalog::create_superuser(s, &mut snap), &mut out);
-    push(catalog::create_and_alter_roles(s, &HashSet::new(), &mut snap), &mut out);
+    push(catalog::create_and_alter_roles(s, &HashSet::new(), "cloud_admin", &mut snap), &mut out);
     push(catalog::create_and_alter_databases(s, &mut snap), &mut out);
     out.push_str("CREATE SCHEMA IF NOT EXISTS neon;\n");
     for db in &s.cluster.databases {

@@ -56,6 +56,7 @@ pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
 
 impl Boot {
     fn run(&mut self, started: Instant) -> Result<()> {
+        apply::privileged::check(self.spec.spec(), &sql::connstr_user(&self.ctx.args.connstr)?)?;
         self.prepare_pgdata()?;
         self.check_interrupted()?;
         self.start_postgres()?;
@@ -179,6 +180,7 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
     if pm.exit_status().is_some() {
         return Err(Error::PostgresStart { reason: "postgres is not running".into(), log_tail: pm.log_tail() });
     }
+    apply::privileged::check(spec.spec(), &sql::connstr_user(&ctx.args.connstr)?)?;
     // A running compute never re-arms the subscriber guard: nothing here drops subscriptions.
     let text = conf::render(spec, ctx.args.internal_http_port, false);
     let path = ctx.args.pgdata.join("postgresql.conf");

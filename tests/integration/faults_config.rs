@@ -72,3 +72,54 @@ fn an_invalid_value_of_a_restart_only_setting_is_refused_live() {
     let v: String = s.client().query_one("SHOW shared_buffers", &[]).unwrap().get(0);
     assert_eq!(v, "24MB");
 }
+
+fn role_flags(s: &Setup, name: &str) -> (bool, bool, Option<String>) {
+    let row = s
+        .client()
+        .query_one("SELECT rolsuper, rolcanlogin, rolpassword FROM pg_authid WHERE rolname = $1", &[&name])
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Regression: a spec role `cloud_admin` with `NOSUPERUSER` stripped compute_ctl's own
+/// superuser (every later start failed), and a spec role `neon_superuser` became a login role.
+#[test]
+fn spec_roles_never_weaken_the_superuser_or_neon_superuser() {
+    let mut s = Setup::new("faults-superuser");
+    let conf = s.pgdata.join("postgresql.conf");
+    let before = std::fs::read(&conf).unwrap();
+    let good = s.spec.clone();
+    s.spec["cluster"]["roles"] =
+        json!([{"name": "cloud_admin", "options": [{"name": "NOSUPERUSER", "vartype": "bool"}]}]);
+    let mut c = s.spawn();
+    assert!(!c.wait_exit(Duration::from_secs(30)).success());
+    let log = c.log_text();
+    assert!(log.contains("NOSUPERUSER would take superuser away from \"cloud_admin\""), "{log}");
+    assert_eq!(std::fs::read(&conf).unwrap(), before, "postgresql.conf written before the refusal");
+
+    // Listed with a password (as Neon's docker-compose does): the password is applied, the
+    // superuser stays; a neon_superuser entry is ignored.
+    s.spec = good;
+    s.spec["cluster"]["roles"] = json!([
+        {"name": "cloud_admin", "encrypted_password": "b093c0d3b281ba6da1eacc608620abd8"},
+        {"name": "neon_superuser", "encrypted_password": "b093c0d3b281ba6da1eacc608620abd8"}
+    ]);
+    for _ in 0..2 {
+        let mut c = s.spawn();
+        c.wait_running();
+        let (sup, login, pw) = role_flags(&s, "cloud_admin");
+        assert!(sup && login, "cloud_admin lost superuser or login");
+        assert_eq!(pw.as_deref(), Some("md5b093c0d3b281ba6da1eacc608620abd8"));
+        let (sup, login, pw) = role_flags(&s, "neon_superuser");
+        assert!(!sup && !login && pw.is_none(), "neon_superuser was altered");
+        // Live: refused with the option named, nothing changed.
+        let mut bad = s.spec.clone();
+        bad["cluster"]["roles"][0]["options"] = json!([{"name": "NOLOGIN", "vartype": "bool"}]);
+        let r = configure(&s, &bad);
+        assert_eq!(r.status, 500, "{}", r.text());
+        assert!(error_of(&r).contains("NOLOGIN"), "{}", r.text());
+        assert!(role_flags(&s, "cloud_admin").1);
+        c.signal("TERM");
+        c.wait_exit(Duration::from_secs(30));
+    }
+}

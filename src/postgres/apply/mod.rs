@@ -21,6 +21,7 @@
 
 pub mod catalog;
 pub mod per_db;
+pub mod privileged;
 pub mod settings;
 
 use crate::error::{Error, Result};
@@ -107,6 +108,8 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
         .flat_map(|j| j.role_names.iter().cloned())
         .collect();
 
+    // Before any statement: a spec that would weaken compute_ctl's own roles changes nothing.
+    privileged::check(spec, &state.current_user)?;
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
     let superuser = catalog::create_superuser(spec, &mut snap);
     if !superuser.is_empty() {
@@ -116,7 +119,11 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
     run(&mut sys, "create_superuser", superuser)?;
     run(&mut sys, "drop_invalid_databases", catalog::drop_invalid_databases(&mut snap))?;
     run(&mut sys, "rename_roles", catalog::rename_roles(spec, &mut snap))?;
-    run(&mut sys, "create_and_alter_roles", catalog::create_and_alter_roles(spec, &jwks_roles, &mut snap))?;
+    run(
+        &mut sys,
+        "create_and_alter_roles",
+        catalog::create_and_alter_roles(spec, &jwks_roles, &state.current_user, &mut snap),
+    )?;
     for delta in catalog::rename_and_delete_databases(spec, &mut snap) {
         match delta {
             DbDelta::Rename(s) => sys.run("rename_and_delete_databases", &s)?,
