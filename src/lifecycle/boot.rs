@@ -85,7 +85,7 @@ impl Boot {
         match self.spec.storage() {
             StorageMode::Local => {
                 let superuser = sql::connstr_user(&args.connstr)?;
-                pgdata::initdb(&self.ctx.bindir, pgdata, &superuser, self.ctx.run_as)?;
+                pgdata::initdb(&self.ctx.bindir, pgdata, &superuser, self.ctx.run_as, &self.ctx.interrupted)?;
                 pgdata::ensure_owned(pgdata, self.ctx.run_as)?;
             }
             StorageMode::Pageserver { .. } => {

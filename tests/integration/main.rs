@@ -5,6 +5,7 @@ mod support;
 mod api;
 mod catalog;
 mod faults_config;
+mod faults_pgdata;
 mod harness;
 mod http;
 mod lifecycle;
