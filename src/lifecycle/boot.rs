@@ -82,6 +82,7 @@ impl Boot {
     pub fn prepare_pgdata(&mut self) -> Result<()> {
         let args = &self.ctx.args;
         let pgdata = &args.pgdata;
+        pgdata::refuse_foreign_postmaster(pgdata)?;
         match self.spec.storage() {
             StorageMode::Local => {
                 let superuser = sql::connstr_user(&args.connstr)?;

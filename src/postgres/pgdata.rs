@@ -82,6 +82,19 @@ pub fn inspect(pgdata: &Path) -> Result<PgdataState> {
     }
 }
 
+/// The real directory behind a PGDATA given through a symlink (anywhere on its path), so
+/// that chown, initdb and Postgres all work on it rather than on the link; the path as given
+/// when it does not exist yet.
+pub fn resolve(pgdata: &Path) -> PathBuf {
+    match std::fs::canonicalize(pgdata) {
+        Ok(real) if real != pgdata => {
+            log::info!("PGDATA {} resolves to {}: working on the latter", pgdata.display(), real.display());
+            real
+        }
+        _ => pgdata.to_path_buf(),
+    }
+}
+
 /// A file compute_ctl puts in an empty PGDATA before `initdb` runs into [`STAGING`] inside it,
 /// and removes once the result has been moved up, `PG_VERSION` last. While it exists the
 /// directory holds only what compute_ctl made there.

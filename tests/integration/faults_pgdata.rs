@@ -99,3 +99,29 @@ fn a_kill_during_initdb_into_a_missing_directory_leaves_no_sibling() {
     c.wait_running();
     assert_eq!(initdb_siblings(&s.pgdata), Vec::<PathBuf>::new());
 }
+
+/// Regression: with another postmaster on the same PGDATA, the start failed only at Postgres's
+/// lock file, after `postgresql.conf`, `pg_hba.conf` and the override file were rewritten.
+#[test]
+fn a_foreign_postmaster_on_pgdata_is_refused_before_anything_is_written() {
+    let plain = PlainPostgres::start("faults-foreign-pg", &[]);
+    let pid = support::postmaster_pid(&plain.pgdata).expect("the plain postgres wrote postmaster.pid");
+    // The top-level files (the running server keeps writing below).
+    let before: Vec<_> =
+        support::tree_snapshot(&plain.pgdata).into_iter().filter(|(p, _)| p.parent() == Some(&plain.pgdata)).collect();
+    assert!(before.iter().any(|(p, _)| p.ends_with("pg_hba.conf")));
+    let s = Setup::with_pgdata(TestDir::new("faults-foreign"), plain.pgdata.clone());
+    let mut c = s.spawn();
+    assert!(!c.wait_exit(Duration::from_secs(30)).success());
+    let log = c.log_text();
+    assert!(log.contains(&format!("pid {pid}")), "{log}");
+    for (path, bytes) in before {
+        if path.ends_with("postmaster.pid") || path.ends_with("postmaster.opts") {
+            continue;
+        }
+        assert_eq!(std::fs::read(&path).unwrap_or_default(), bytes, "{} was changed", path.display());
+    }
+    assert!(!plain.pgdata.join("compute_ctl_temp_override.conf").exists());
+    let one: i32 = plain.client("postgres").query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+}
