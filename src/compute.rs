@@ -85,7 +85,8 @@ pub fn run(args: Args) -> Result<i32> {
     result
 }
 
-fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i32> {
+fn supervise(mut args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i32> {
+    args.pgdata = pgdata::resolve(&args.pgdata);
     let tx = app.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let shared = app.shared.clone();
     let bindir = app.bindir.clone();

@@ -95,6 +95,33 @@ pub fn resolve(pgdata: &Path) -> PathBuf {
     }
 }
 
+/// Refuses a PGDATA that a live postmaster compute_ctl did not start runs on, before anything
+/// in it is written: its `postmaster.pid` names a live process whose working directory is
+/// this PGDATA (Postgres changes into it), or, when that cannot be read, which is a `postgres`.
+pub fn refuse_foreign_postmaster(pgdata: &Path) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(pgdata.join("postmaster.pid")) else { return Ok(()) };
+    // A single-user backend writes its pid negated.
+    let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i64>().ok()).map(i64::unsigned_abs) else {
+        return Ok(());
+    };
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'));
+    if !alive || pid == u64::from(std::process::id()) {
+        return Ok(());
+    }
+    let runs_here = match std::fs::read_link(format!("/proc/{pid}/cwd")) {
+        Ok(cwd) => std::fs::canonicalize(pgdata).is_ok_and(|real| real == cwd),
+        Err(_) => std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"),
+    };
+    if !runs_here {
+        return Ok(());
+    }
+    Err(Error::Process {
+        what: format!("PGDATA {} is in use", pgdata.display()),
+        detail: format!("a postmaster compute_ctl did not start runs on it (pid {pid}); stop it first"),
+    })
+}
+
 /// A file compute_ctl puts in an empty PGDATA before `initdb` runs into [`STAGING`] inside it,
 /// and removes once the result has been moved up, `PG_VERSION` last. While it exists the
 /// directory holds only what compute_ctl made there.

@@ -125,3 +125,24 @@ fn a_foreign_postmaster_on_pgdata_is_refused_before_anything_is_written() {
     let one: i32 = plain.client("postgres").query_one("SELECT 1", &[]).unwrap().get(0);
     assert_eq!(one, 1);
 }
+
+/// Regression: a PGDATA given as a symlink was chowned only at the link, so Postgres (as the
+/// postgres user) could not read the root-owned files behind it.
+#[test]
+fn a_symlinked_pgdata_is_resolved_and_chowned_through_the_link() {
+    if !support::is_root() {
+        return;
+    }
+    let dir = TestDir::new("faults-symlink");
+    let real = dir.pgdata_copy("real");
+    let st = std::process::Command::new("chown").args(["-R", "root:root"]).arg(&real).status().unwrap();
+    assert!(st.success());
+    let link = dir.join("pgdata");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let s = Setup::with_pgdata(dir, link.clone());
+    let mut c = s.spawn();
+    c.wait_running();
+    let log = c.log_text();
+    assert!(log.contains(&format!("PGDATA {} resolves to {}", link.display(), real.display())), "{log}");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+}
