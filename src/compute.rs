@@ -314,10 +314,11 @@ fn linger(rx: &Receiver<Event>, delay: Duration, status: Status) {
 
 /// SIGTERM, SIGINT, SIGQUIT: the first one interrupts a start and asks the owner for a fast
 /// shutdown; any further one escalates to an immediate shutdown right here, so a stuck fast
-/// shutdown can always be cut short.
+/// shutdown can always be cut short. SIGHUP (whose default action would kill compute_ctl and,
+/// through the parent-death signal, Postgres) is forwarded to Postgres as a reload.
 fn spawn_signal_thread(ctx: &Context, tx: Sender<Event>) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP])
         .map_err(|e| Error::Process { what: "cannot install signal handlers".into(), detail: e.to_string() })?;
     let interrupted = ctx.interrupted.clone();
     let postmaster = ctx.postmaster.clone();
@@ -326,6 +327,16 @@ fn spawn_signal_thread(ctx: &Context, tx: Sender<Event>) -> Result<()> {
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    match postmaster.lock().unwrap_or_else(|p| p.into_inner()).as_ref().filter(|pm| !pm.has_exited()) {
+                        Some(pm) => {
+                            log::info!("received SIGHUP: reloading the configuration of postgres (pid {})", pm.pid());
+                            pm.reload();
+                        }
+                        None => log::info!("received SIGHUP: no postgres running, nothing to reload"),
+                    }
+                    continue;
+                }
                 log::info!("received termination signal {sig}");
                 interrupted.store(true, Ordering::SeqCst);
                 if count.fetch_add(1, Ordering::SeqCst) > 0

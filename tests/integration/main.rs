@@ -6,6 +6,7 @@ mod api;
 mod catalog;
 mod faults_config;
 mod faults_pgdata;
+mod faults_signals;
 mod harness;
 mod http;
 mod lifecycle;
