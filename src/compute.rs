@@ -339,13 +339,20 @@ fn spawn_signal_thread(ctx: &Context, tx: Sender<Event>) -> Result<()> {
                 }
                 log::info!("received termination signal {sig}");
                 interrupted.store(true, Ordering::SeqCst);
-                if count.fetch_add(1, Ordering::SeqCst) > 0
-                    && let Some(pm) = postmaster.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
-                {
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                let pm = postmaster.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if !first && let Some(pm) = &pm {
                     log::warn!("second signal: immediate shutdown of postgres (pid {})", pm.pid());
                     pm.stop(StopMode::Immediate);
                 }
+                // Queued before Postgres can exit, so the owner sees the signal before the exit.
                 let _ = tx.send(Event::Signal(sig));
+                // The fast shutdown starts now rather than when the owner gets to the event:
+                // it ends every session at once, so an apply or reconfigure in progress stops
+                // at its running statement instead of finishing a long plan first.
+                if first && let Some(pm) = &pm {
+                    pm.stop(StopMode::Fast);
+                }
             }
         })
         .map_err(|e| Error::Process { what: "cannot start the signal thread".into(), detail: e.to_string() })?;

@@ -271,6 +271,10 @@ fn configure(app: &App, req: &Request) -> Response {
     match rx.recv() {
         Ok(Reply::Done | Reply::Terminated { .. }) => status(app),
         Ok(Reply::WrongState(s)) => precondition(s),
+        // A termination signal cut the configuration short: not the spec's fault.
+        Ok(Reply::Failed(msg)) if app.shared.get().status == Status::TerminationPending => {
+            Response::error(503, format!("the compute is terminating: {msg}"))
+        }
         Ok(Reply::Failed(msg)) => Response::error(500, format!("compute configuration failed: {msg}")),
         Err(_) => Response::error(503, "compute_ctl is shutting down"),
     }

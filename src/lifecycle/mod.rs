@@ -344,10 +344,17 @@ impl Running {
 
 impl Failed {
     fn enter(ctx: Context, error: Error, postmaster: Option<Postmaster>) -> Failed {
-        let error = error.to_string();
+        // After a termination signal, whatever the step failed with (its sessions ended by
+        // the fast shutdown) is the signal's doing: say so, and report the termination.
+        let interrupted = ctx.interrupted.load(std::sync::atomic::Ordering::SeqCst);
+        if interrupted && !matches!(error, Error::Interrupted) {
+            log::info!("after a termination signal: {error}");
+        }
+        let error = if interrupted { Error::Interrupted.to_string() } else { error.to_string() };
         log::error!("compute failed: {error}");
         ctx.set_postgres_up(postmaster.is_some());
-        ctx.publish(Status::Failed, Some(error.clone()));
+        let status = if interrupted { Status::TerminationPending } else { Status::Failed };
+        ctx.publish(status, Some(error.clone()));
         Failed { ctx, error, postmaster }
     }
 
