@@ -215,6 +215,11 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<(Request, usize), ParseError
     Ok((req, total))
 }
 
+/// The head (request line and headers, without the blank line) when `buf` holds all of it.
+pub fn complete_head(buf: &[u8]) -> Option<&[u8]> {
+    find(buf, b"\r\n\r\n").map(|i| &buf[..i])
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -5,6 +5,7 @@ mod support;
 mod api;
 mod catalog;
 mod faults_config;
+mod faults_http;
 mod faults_pgdata;
 mod faults_signals;
 mod harness;
