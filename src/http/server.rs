@@ -11,7 +11,7 @@
 use super::request::{self, Limits, ParseError, Request};
 use super::response::Response;
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -193,6 +193,7 @@ fn read_request(
     let idle_since = Instant::now();
     let mut chunk = [0u8; 16 * 1024];
     let mut waiting = HeadWait { heads, id: heads.enter(stream) };
+    let mut continued = false;
     loop {
         let mut head_done = false;
         if !buf.is_empty() {
@@ -204,9 +205,15 @@ fn read_request(
                 Err(ParseError::Incomplete) => {}
                 Err(ParseError::Reject(code, msg)) => return Err(Response::error(code, msg)),
             }
-            if request::complete_head(buf).is_some() {
+            if let Some(head) = request::complete_head(buf) {
                 head_done = true;
                 waiting.done();
+                // The head is accepted and the body is awaited: tell a client that waits for
+                // it to send the body (curl waits a second otherwise).
+                if !continued && request::expects_continue(head) {
+                    continued = true;
+                    let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
             }
         }
         let timeout = match started {
