@@ -76,16 +76,29 @@ pub fn check_writability(app: &App) -> Response {
 /// chunked response. The name goes through `PGDATABASE`, which libpq never parses as a
 /// connection string, so any name is safe. 404 when the database does not exist; 500 when
 /// `pg_dump` fails before writing anything. A failure midway cuts the chunked body short.
+///
+/// A dump waiting on a locked table holds a Postgres connection, so: at most [`MAX_DUMPS`] run
+/// at once (429 beyond), each waits at most [`DUMP_LOCK_TIMEOUT`] for its locks (503 after),
+/// and a client that goes away before the dump starts writing gets its `pg_dump` killed.
 pub fn database_schema(app: &App, req: &Request) -> Response {
     let Some(database) = req.query_param("database") else {
         return Response::error(400, "missing query parameter `database`");
+    };
+    if database.is_empty() {
+        return Response::error(400, "query parameter `database` is empty");
+    }
+    let Some(slot) = DumpSlot::take() else {
+        return Response::error(
+            429,
+            format!("{MAX_DUMPS} /database_schema requests are running already; try again when one is done"),
+        );
     };
     let config = match sql::config(&app.connstr) {
         Ok(c) => c,
         Err(e) => return Response::error(500, e.to_string()),
     };
     let mut cmd = Command::new(app.bindir.join("pg_dump"));
-    cmd.args(["--schema-only", "--no-password"]);
+    cmd.args(["--schema-only", "--no-password", &format!("--lock-wait-timeout={}s", DUMP_LOCK_TIMEOUT.as_secs())]);
     if let Some(host) = config.get_hosts().first() {
         match host {
             postgres::config::Host::Tcp(h) => cmd.arg("--host").arg(h),
@@ -115,34 +128,89 @@ pub fn database_schema(app: &App, req: &Request) -> Response {
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    // pg_dump connects before it writes anything: the first read tells success from failure.
-    let mut first = vec![0u8; 64 * 1024];
-    let n = match stdout.read(&mut first) {
-        Ok(n) => n,
+    // pg_dump connects and takes its locks before it writes anything: the first read tells
+    // success from failure. It is read on its own thread so that a client that goes away
+    // meanwhile is noticed and its pg_dump killed.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = vec![0u8; 64 * 1024];
+        let n = stdout.read(&mut first);
+        let _ = tx.send((n.map(|n| first[..n].to_vec()), stdout));
+    });
+    let (first, stdout) = loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+            Ok(got) => break got,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !super::server::client_gone() => {}
+            Err(_) => {
+                log::info!("/database_schema: the client went away; killing pg_dump (pid {})", child.id());
+                let _ = child.kill();
+                let _ = child.wait();
+                return Response::error(500, "the client went away");
+            }
+        }
+    };
+    let first = match first {
+        Ok(bytes) => bytes,
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
             return Response::error(500, format!("unexpected I/O error: {e}"));
         }
     };
-    if n == 0 {
+    if first.is_empty() {
         let status = child.wait();
         let text = errors.join().unwrap_or_default();
         if text.contains(&format!("database \"{database}\" does not exist")) {
             return Response::error(404, "database does not exist");
+        }
+        // --lock-wait-timeout works through statement_timeout around the LOCK TABLEs.
+        if text.contains("canceling statement due to") && text.contains("LOCK TABLE") {
+            return Response::error(
+                503,
+                format!("pg_dump could not lock a table within {} s: {}", DUMP_LOCK_TIMEOUT.as_secs(), text.trim()),
+            );
         }
         return match status {
             Ok(s) if s.success() => Response::text(200, "text/plain; charset=utf-8", String::new()),
             _ => Response::error(500, format!("failed to execute pg_dump: {}", text.trim())),
         };
     }
-    first.truncate(n);
-    let reader = DumpReader { first: std::io::Cursor::new(first), stdout, child: Some(child), errors: Some(errors) };
+    let reader = DumpReader {
+        first: std::io::Cursor::new(first),
+        stdout,
+        child: Some(child),
+        errors: Some(errors),
+        _slot: slot,
+    };
     Response {
         status: 200,
         content_type: Some("text/plain; charset=utf-8"),
         headers: Vec::new(),
         body: Body::Stream(Box::new(reader)),
+    }
+}
+
+/// `pg_dump`s running at once for `/database_schema`; each holds a Postgres connection.
+pub const MAX_DUMPS: usize = 4;
+/// How long a dump waits for its table locks (`--lock-wait-timeout`).
+pub const DUMP_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+static DUMPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of the [`MAX_DUMPS`] places, held until the response is written or dropped.
+struct DumpSlot(());
+
+impl DumpSlot {
+    fn take() -> Option<DumpSlot> {
+        use std::sync::atomic::Ordering;
+        DUMPS.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < MAX_DUMPS).then_some(n + 1)).ok()?;
+        Some(DumpSlot(()))
+    }
+}
+
+impl Drop for DumpSlot {
+    fn drop(&mut self) {
+        DUMPS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -153,6 +221,7 @@ struct DumpReader {
     stdout: std::process::ChildStdout,
     child: Option<std::process::Child>,
     errors: Option<std::thread::JoinHandle<String>>,
+    _slot: DumpSlot,
 }
 
 impl Read for DumpReader {

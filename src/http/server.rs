@@ -108,6 +108,29 @@ impl Drop for HeadWait<'_> {
 
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
+thread_local! {
+    /// The client of the request this connection thread is handling, for [`client_gone`].
+    static CLIENT: std::cell::RefCell<Option<TcpStream>> = const { std::cell::RefCell::new(None) };
+}
+
+/// From inside a handler: true when the client of the request being handled has closed its
+/// connection (or it broke), so work done only for it (a `pg_dump` waiting on a lock, say)
+/// can stop. False outside a handler and while the client is still there.
+pub fn client_gone() -> bool {
+    CLIENT.with_borrow(|c| {
+        let Some(stream) = c else { return false };
+        // The read timeout is the connection's own, set again before every read of a request.
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(1)));
+        match stream.peek(&mut [0u8; 1]) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => {
+                !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
+            }
+        }
+    })
+}
+
 /// Binds `addr` and serves it on a background thread; returns the bound address.
 pub fn spawn(addr: SocketAddr, name: &str, handler: Handler) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
@@ -171,8 +194,10 @@ fn serve_connection(mut stream: TcpStream, handler: &Handler, active: &AtomicUsi
         };
         let keep_alive = req.keep_alive();
         let head_only = req.method == "HEAD";
+        CLIENT.set(stream.try_clone().ok());
         let resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&req)))
             .unwrap_or_else(|_| Response::error(500, "internal error while handling the request"));
+        CLIENT.set(None);
         if resp.write_to(&mut stream, keep_alive, head_only).is_err() || !keep_alive {
             return;
         }

@@ -7,6 +7,7 @@ mod catalog;
 mod faults_config;
 mod faults_http;
 mod faults_pgdata;
+mod faults_schema;
 mod faults_signals;
 mod harness;
 mod http;
