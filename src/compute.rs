@@ -35,7 +35,8 @@ pub enum Event {
 /// The outcome of a request that waited for the owner.
 #[derive(Debug)]
 pub enum Reply {
-    Done,
+    /// Done; for `/configure`, the status body right after this request was applied.
+    Done(Option<crate::lifecycle::StatusBody>),
     /// Postgres stopped after `/terminate`; the LSN of its shutdown checkpoint when it could
     /// be read from `pg_controldata`.
     Terminated {
@@ -162,7 +163,7 @@ fn supervise(mut args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Resu
             State::Empty(empty) => match rx.recv() {
                 Ok(Event::Configure { spec, reply }) => {
                     let next = start_pooled(empty.configure(spec).begin());
-                    answer(&reply, &next);
+                    answer(&reply, &next, &shared);
                     next
                 }
                 Ok(Event::Terminate { reply, .. }) => {
@@ -180,7 +181,7 @@ fn supervise(mut args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Resu
             State::Running(running) => match rx.recv() {
                 Ok(Event::Configure { spec, reply }) => {
                     let next = live_configure(running.reconfigure(spec));
-                    answer(&reply, &next);
+                    answer(&reply, &next, &shared);
                     next
                 }
                 Ok(Event::Terminate { mode, reply }) => {
@@ -211,7 +212,7 @@ fn supervise(mut args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Resu
                         Ok(pending) => live_configure(pending),
                         Err(failed) => State::Failed(failed),
                     };
-                    answer(&reply, &next);
+                    answer(&reply, &next, &shared);
                     next
                 }
                 Ok(Event::Terminate { reply, .. }) => {
@@ -286,9 +287,11 @@ fn live_configure(pending: ConfigurationPending<Live>) -> State {
     }
 }
 
-fn answer(reply: &Sender<Reply>, state: &State) {
+/// Answers a waiting `/configure` with the state this request left: the status body is taken
+/// here, before the owner picks up the next event (another `/configure`, a signal).
+fn answer(reply: &Sender<Reply>, state: &State, shared: &Shared) {
     let r = match state {
-        State::Running(_) => Reply::Done,
+        State::Running(_) => Reply::Done(Some(shared.get().body())),
         State::Failed(f) => Reply::Failed(f.error().to_string()),
         State::Empty(_) => Reply::WrongState(Status::Empty),
         State::Terminated(..) => Reply::WrongState(Status::Terminated),

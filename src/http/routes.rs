@@ -269,7 +269,9 @@ fn configure(app: &App, req: &Request) -> Response {
         return Response::error(503, "compute_ctl is shutting down");
     }
     match rx.recv() {
-        Ok(Reply::Done | Reply::Terminated { .. }) => status(app),
+        // The state after this request, not whatever the owner does next.
+        Ok(Reply::Done(Some(body))) => Response::json(200, &body),
+        Ok(Reply::Done(None) | Reply::Terminated { .. }) => status(app),
         Ok(Reply::WrongState(s)) => precondition(s),
         // A termination signal cut the configuration short: not the spec's fault.
         Ok(Reply::Failed(msg)) if app.shared.get().status == Status::TerminationPending => {
@@ -298,7 +300,7 @@ fn terminate(app: &App, req: &Request) -> Response {
     }
     match rx.recv() {
         Ok(Reply::Terminated { lsn }) => Response::json(200, &serde_json::json!({ "lsn": lsn })),
-        Ok(Reply::Done) => Response::json(200, &serde_json::json!({ "lsn": null })),
+        Ok(Reply::Done(_)) => Response::json(200, &serde_json::json!({ "lsn": null })),
         Ok(Reply::WrongState(Status::Terminated)) => Response::empty(201),
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::Failed(msg)) => Response::error(500, msg),

@@ -123,3 +123,29 @@ fn spec_roles_never_weaken_the_superuser_or_neon_superuser() {
         c.wait_exit(Duration::from_secs(30));
     }
 }
+
+/// Regression: concurrent `/configure` calls were answered 200 with a body saying
+/// `configuration_pending` (the next request's state, read after the owner moved on).
+#[test]
+fn concurrent_configures_answer_200_only_with_the_state_they_left() {
+    let s = Setup::new("faults-concurrent-configure");
+    let mut c = s.spawn();
+    c.wait_running();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let mut spec = s.spec.clone();
+            spec["cluster"]["roles"] = json!([{"name": format!("concurrent_{i}")}]);
+            let port = s.http_port;
+            std::thread::spawn(move || {
+                http::post_json(port, "/configure", &json!({"spec": spec, "compute_ctl_config": {}}))
+            })
+        })
+        .collect();
+    for t in threads {
+        let r = t.join().unwrap();
+        assert!(r.status == 200 || r.status == 412, "{} {}", r.status, r.text());
+        if r.status == 200 {
+            assert_eq!(r.json()["status"], "running", "{}", r.text());
+        }
+    }
+}
