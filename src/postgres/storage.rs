@@ -115,6 +115,7 @@ fn fetch_with_retries(
         attempt += 1;
         match basebackup::fetch(req, staging, &ctx.interrupted) {
             Ok(f) => return Ok(f),
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
             Err(e) if attempt <= retries => {
                 log::warn!(
                     "basebackup try {attempt} of {} failed: {e}; retrying in {} ms",
