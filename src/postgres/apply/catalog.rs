@@ -113,13 +113,8 @@ pub fn create_superuser(spec: &ComputeSpec, snap: &mut Snapshot) -> Vec<Stmt> {
         NEON_SUPERUSER.into(),
         RoleRow { createdb: true, createrole: true, replication: true, bypassrls: true, ..RoleRow::default() },
     );
-    let existing: Vec<&str> = spec
-        .cluster
-        .roles
-        .iter()
-        .map(|r| r.name.as_str())
-        .filter(|n| *n != NEON_SUPERUSER && snap.roles.contains_key(*n))
-        .collect();
+    let existing: Vec<&str> =
+        super::privileged::managed(spec).map(|r| r.name.as_str()).filter(|n| snap.roles.contains_key(*n)).collect();
     if !existing.is_empty() {
         out.push(Stmt::new(format!("GRANT {NEON_SUPERUSER} TO {}", quote_ident_list(existing.iter().copied()))));
         for name in existing {
@@ -245,29 +240,18 @@ fn role_options(role: &Role) -> (String, String) {
 /// differ. The md5 hash is compared with its `md5` prefix, so an unchanged role is left alone.
 /// `me` is compute_ctl's own superuser: listed without a password, its password is left as
 /// it is (see [`super::privileged`]).
-pub fn create_and_alter_roles(
-    spec: &ComputeSpec,
-    jwks_roles: &HashSet<String>,
-    me: &str,
-    snap: &mut Snapshot,
-) -> Vec<Stmt> {
+pub fn create_and_alter_roles(spec: &ComputeSpec, jwks: &HashSet<String>, me: &str, snap: &mut Snapshot) -> Vec<Stmt> {
     let mut out = Vec::new();
-    for role in &spec.cluster.roles {
-        if super::privileged::ignored(&role.name) {
-            continue;
-        }
+    for role in super::privileged::managed(spec) {
         let keep_password = role.name == me && role.encrypted_password.is_none();
         let want_password = match &role.encrypted_password {
             Some(p) => Some(stored_password(p)),
-            None if keep_password => snap.roles.get(&role.name).and_then(|r| r.password.clone()),
-            None => None,
+            None => snap.roles.get(&role.name).filter(|_| keep_password).and_then(|r| r.password.clone()),
         };
         let opts = role.options.as_deref().unwrap_or_default();
         let wants_login = !opts.iter().any(|o| o.name.eq_ignore_ascii_case("NOLOGIN"));
-        let (mut options, shown) = role_options(role);
-        if keep_password {
-            options = shown.clone();
-        }
+        let (options, shown) = role_options(role);
+        let options = if keep_password { shown.clone() } else { options };
         let name = quote_ident(&role.name);
         match snap.roles.get(&role.name) {
             Some(row) => {
@@ -279,7 +263,7 @@ pub fn create_and_alter_roles(
                     format!("ALTER ROLE {name} {shown} PASSWORD <redacted>"),
                 ));
             }
-            None if jwks_roles.contains(&role.name) => out.push(Stmt::secret(
+            None if jwks.contains(&role.name) => out.push(Stmt::secret(
                 format!("CREATE ROLE {name} {options}"),
                 format!("CREATE ROLE {name} {shown} PASSWORD <redacted>"),
             )),

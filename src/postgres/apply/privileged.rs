@@ -10,7 +10,7 @@
 
 use super::catalog::NEON_SUPERUSER;
 use crate::error::{Error, Result};
-use crate::spec::ComputeSpec;
+use crate::spec::{ComputeSpec, Role};
 
 /// Refuses a spec that would take the superuser's powers away or rename or delete one of the
 /// privileged roles.
@@ -52,13 +52,15 @@ pub fn check(spec: &ComputeSpec, superuser: &str) -> Result<()> {
     Ok(())
 }
 
-/// True for a spec role the apply must not create or alter.
-pub fn ignored(name: &str) -> bool {
-    if name == NEON_SUPERUSER {
-        log::warn!("cluster.roles: {NEON_SUPERUSER:?} is managed by compute_ctl; the spec entry is ignored");
-        return true;
-    }
-    false
+/// The spec roles the apply creates and alters: all but `neon_superuser` (warned about).
+pub fn managed(spec: &ComputeSpec) -> impl Iterator<Item = &Role> {
+    spec.cluster.roles.iter().filter(|r| {
+        let ours = r.name == NEON_SUPERUSER;
+        if ours {
+            log::warn!("cluster.roles: {NEON_SUPERUSER:?} is managed by compute_ctl; the spec entry is ignored");
+        }
+        !ours
+    })
 }
 
 #[cfg(test)]
