@@ -104,7 +104,7 @@ pub struct Snapshot {
 }
 
 /// Neon's `ComputeStatusResponse`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StatusBody {
     pub start_time: String,
     pub tenant: Option<String>,
@@ -147,7 +147,7 @@ impl Shared {
 
     fn lock(&self) -> MutexGuard<'_, Snapshot> {
         // A poisoned lock means a panic while copying fields; the data is still consistent.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::locks::lock(&self.0)
     }
 
     pub fn get(&self) -> Snapshot {

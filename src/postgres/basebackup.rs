@@ -98,7 +98,7 @@ pub fn fetch(req: &Request<'_>, dir: &Path, interrupted: &AtomicBool) -> Result<
             let req = Request { connstr: &connstr, token: token.as_deref(), ..owned };
             let _ = tx.send(fetch_here(&req, &dir, &stop2));
         })
-        .map_err(|e| Error::Basebackup(format!("cannot start the basebackup thread: {e}")))?;
+        .map_err(|e| Error::system("cannot start the basebackup thread", e))?;
     loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(result) => return result,
@@ -109,7 +109,10 @@ pub fn fetch(req: &Request<'_>, dir: &Path, interrupted: &AtomicBool) -> Result<
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(Error::Basebackup("the basebackup thread ended without an answer".into()));
+                return Err(Error::Basebackup {
+                    what: "the basebackup thread ended without an answer".into(),
+                    source: None,
+                });
             }
         }
     }
@@ -117,7 +120,7 @@ pub fn fetch(req: &Request<'_>, dir: &Path, interrupted: &AtomicBool) -> Result<
 
 fn fetch_here(req: &Request<'_>, dir: &Path, interrupted: &AtomicBool) -> Result<Fetched, Error> {
     let mut config: postgres::Config =
-        req.connstr.parse().map_err(|e| Error::Basebackup(format!("invalid pageserver connection string: {e}")))?;
+        req.connstr.parse().map_err(|e| Error::basebackup("invalid pageserver connection string", e))?;
     if let Some(t) = req.token {
         config.password(t);
     }
@@ -127,13 +130,13 @@ fn fetch_here(req: &Request<'_>, dir: &Path, interrupted: &AtomicBool) -> Result
     let started = Instant::now();
     let mut client = config
         .connect(postgres::NoTls)
-        .map_err(|e| Error::Basebackup(format!("cannot connect to {}: {}", req.server(), db_error_text(&e))))?;
+        .map_err(|e| Error::basebackup(format!("cannot connect to {}", req.server()), e))?;
     let connect_micros = started.elapsed().as_micros() as u64;
     let started = Instant::now();
     let reader = client
         .copy_out(req.command().as_str())
-        .map_err(|e| Error::Basebackup(format!("{} refused: {}", req.command(), db_error_text(&e))))?;
-    let bytes = unpack(reader, dir, interrupted).map_err(|e| Error::Basebackup(e.to_string()))?;
+        .map_err(|e| Error::basebackup(format!("{} refused", req.command()), e))?;
+    let bytes = unpack(reader, dir, interrupted).map_err(|e| Error::basebackup("cannot unpack the basebackup", e))?;
     Ok(Fetched { connect_micros, bytes, ms: started.elapsed().as_millis() as u64 })
 }
 

@@ -2,6 +2,7 @@
 //! refusing to touch a directory that is not a PGDATA.
 
 use super::process::RunAs;
+use super::{Node, Stopped};
 use crate::error::{Error, Result};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -135,14 +136,11 @@ const STAGING: &str = ".compute_ctl-initdb";
 /// existing empty one gets a marker, initdb runs into a directory inside it, and the result is
 /// moved up with `PG_VERSION` last before the marker goes. What an interrupted initdb left
 /// (a sibling of a compute_ctl that is gone, or a PGDATA with the marker) is removed first;
-/// nothing without the marker is ever removed. SIGTERM (`interrupted`) kills initdb at once.
-pub fn initdb(
-    bindir: &Path,
-    pgdata: &Path,
-    superuser: &str,
-    run_as: Option<RunAs>,
-    interrupted: &AtomicBool,
-) -> Result<()> {
+/// nothing without the marker is ever removed. A termination request (`node.interrupted`)
+/// kills initdb at once. Postgres must not run (`Stopped`); the superuser is `--connstr`'s user.
+pub fn initdb(_proof: &Stopped, node: &Node) -> Result<()> {
+    let (bindir, pgdata, run_as) = (&node.bindir, &node.pgdata, node.run_as);
+    let superuser = &super::sql::connstr_user(&node.connstr)?;
     remove_interrupted_siblings(pgdata);
     finish_or_undo_interrupted(pgdata)?;
     let state = inspect(pgdata)?;
@@ -174,7 +172,7 @@ pub fn initdb(
     if let Some(u) = run_as {
         cmd.uid(u.uid).gid(u.gid);
     }
-    let result = run_interruptible(cmd, "initdb", interrupted);
+    let result = run_interruptible(cmd, "initdb", &node.interrupted);
     match (result, state) {
         (Ok(()), PgdataState::Missing) => {
             std::fs::rename(&target, pgdata).map_err(|e| Error::io("cannot move the new PGDATA to", pgdata, e))
@@ -325,4 +323,28 @@ pub fn chown_tree(path: &Path, u: RunAs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// "Latest checkpoint location" from `pg_controldata` (as the Postgres user when we are root),
+/// i.e. the shutdown checkpoint's LSN after a fast shutdown. None if unreadable.
+pub fn checkpoint_lsn(node: &Node) -> Option<String> {
+    let mut cmd = Command::new(node.bindir.join("pg_controldata"));
+    cmd.arg(&node.pgdata).env("LC_ALL", "C").stdin(Stdio::null());
+    if let Some(u) = node.run_as {
+        cmd.uid(u.uid).gid(u.gid);
+    }
+    let out = match cmd.output() {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            log::warn!("pg_controldata failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+            return None;
+        }
+        Err(e) => {
+            log::warn!("cannot run pg_controldata: {e}");
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lsn = text.lines().find_map(|l| l.strip_prefix("Latest checkpoint location:")).map(|v| v.trim().to_string());
+    lsn.filter(|v| v.split_once('/').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty()))
 }
