@@ -57,7 +57,8 @@ pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
     let mut boot = Boot { ctx, spec, proof: Stopped::minted_by_boot(), guard: None };
     // A spec that would weaken compute_ctl's own roles is refused before PGDATA is touched.
     let superuser = sql::connstr_user(&boot.ctx.node.connstr);
-    let checked = superuser.and_then(|me| apply::privileged::check(boot.spec.spec(), &me));
+    let privileged = boot.ctx.node.privileged_role.clone();
+    let checked = superuser.and_then(|me| apply::privileged::check(boot.spec.spec(), &me, &privileged));
     if let Err(error) = checked.and_then(|()| boot.prepare_pgdata()).and_then(|()| boot.check_interrupted()) {
         return Err(abort(Aborted { ctx: boot.ctx, spec: boot.spec, postmaster: None, error }));
     }
@@ -117,7 +118,12 @@ impl Boot {
         }
         // Written here in both modes: pageserver mode wrote it before the sync too, but a
         // basebackup may carry the source's own postgresql.conf, which must not win.
-        let text = conf::render(&self.spec, node.internal_http_port, self.spec.spec().drop_subscriptions_before_start);
+        let text = conf::render(
+            &self.spec,
+            node.internal_http_port,
+            self.spec.spec().drop_subscriptions_before_start,
+            &node.privileged_role,
+        );
         conf::write_postgres_conf(pgdata, &text)?;
         conf::line_in_file(&pgdata.join("pg_hba.conf"), conf::PG_HBA_ALL_MD5)?;
         conf::write_atomically(&pgdata.join(conf::TEMP_OVERRIDE), b"")?;
@@ -199,7 +205,16 @@ impl Ready {
         if spec.skip_pg_catalog_updates || spec.mode != ComputeMode::Primary {
             return Ok(());
         }
-        apply::apply_spec(&self.ctx.node.connstr, &self.spec, apply::Concurrency::AtStart, warm.as_ref())
+        let node = &self.ctx.node;
+        apply::apply_spec(
+            &node.connstr,
+            &self.spec,
+            &node.privileged_role,
+            apply::Concurrency::AtStart,
+            warm.as_ref(),
+        )?;
+        crate::postgres::migrations::run(&node.connstr, &node.privileged_role);
+        Ok(())
     }
 
     /// Lets subscriptions created from now on replicate.
@@ -218,9 +233,9 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
         return Err(Error::PostgresStart { reason: "postgres is not running".into(), log_tail: pm.log_tail() });
     }
     let node = &ctx.node;
-    apply::privileged::check(spec.spec(), &sql::connstr_user(&node.connstr)?)?;
+    apply::privileged::check(spec.spec(), &sql::connstr_user(&node.connstr)?, &node.privileged_role)?;
     // A running compute never re-arms the subscriber guard: nothing here drops subscriptions.
-    let text = conf::render(spec, node.internal_http_port, false);
+    let text = conf::render(spec, node.internal_http_port, false, &node.privileged_role);
     let path = node.pgdata.join("postgresql.conf");
     let old = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
     conf::write_postgres_conf(&node.pgdata, &text)?;
@@ -248,7 +263,8 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
     pm.reload();
     let s = spec.spec();
     if !s.skip_pg_catalog_updates && s.mode == ComputeMode::Primary {
-        apply::apply_spec(&node.connstr, spec, apply::Concurrency::Reconfigure(s.reconfigure_concurrency), None)?;
+        let concurrency = apply::Concurrency::Reconfigure(s.reconfigure_concurrency);
+        apply::apply_spec(&node.connstr, spec, &node.privileged_role, concurrency, None)?;
         pm.reload();
     }
     log::info!(

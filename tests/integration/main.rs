@@ -12,5 +12,6 @@ mod faults_signals;
 mod harness;
 mod http;
 mod lifecycle;
+mod neon2026;
 mod storage;
 mod subscriptions;
