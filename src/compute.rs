@@ -90,6 +90,9 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
     let shared = app.shared.clone();
     let bindir = app.bindir.clone();
     let run_as = pgdata::postgres_identity(&args.pg_user)?;
+    let a = &args.autoscaling;
+    let path = std::env::var("PATH").ok();
+    crate::cgroup::set(crate::cgroup::Placement::new(a.enabled, &a.cgroup, a.cgroup_root.as_deref(), path.as_deref())?);
     // The spec is read and validated before anything on disk is touched.
     let initial = match &args.spec {
         SpecSource::Inline(json) => Some(ParsedSpec::parse(json)?),
@@ -156,6 +159,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
         if let State::Running(running) = &state {
             last_spec = Some(running.spec().clone());
             crate::monitor::ensure_started(&shared, &args.connstr);
+            crate::vm_monitor::ensure_started(&args, running.spec().spec().disable_lfc_resizing != Some(true));
         }
         state = match state {
             State::Empty(empty) => match rx.recv() {
@@ -176,7 +180,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
                 Ok(Event::PostgresExited) => State::Empty(empty),
                 Err(_) => return Ok(1),
             },
-            State::Running(running) => match rx.recv() {
+            State::Running(running) => match stop_vm_monitor_before_stop(rx.recv(), true) {
                 Ok(Event::Configure { spec, reply }) => {
                     let next = live_configure(running.reconfigure(spec));
                     answer(&reply, &next);
@@ -204,7 +208,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
                     return Ok(if synced { status.code().unwrap_or(1) } else { 1 });
                 }
             },
-            State::Failed(failed) if failed.postgres_running() => match rx.recv() {
+            State::Failed(failed) if failed.postgres_running() => match stop_vm_monitor_before_stop(rx.recv(), false) {
                 Ok(Event::Configure { spec, reply }) => {
                     let next = match failed.reconfigure(spec) {
                         Ok(pending) => live_configure(pending),
@@ -248,6 +252,24 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
             }
         };
     }
+}
+
+/// Signals, Postgres's exit and (where it is accepted) `/terminate` end with Postgres
+/// stopping or gone: the vm-monitor is stopped first, so the agent never talks to a Postgres
+/// on its way down.
+fn stop_vm_monitor_before_stop(
+    event: std::result::Result<Event, mpsc::RecvError>,
+    terminate_stops: bool,
+) -> std::result::Result<Event, mpsc::RecvError> {
+    let stops = match &event {
+        Ok(Event::Configure { .. }) => false,
+        Ok(Event::Terminate { .. }) => terminate_stops,
+        Ok(Event::Signal(_) | Event::PostgresExited) | Err(_) => true,
+    };
+    if stops {
+        crate::vm_monitor::stop();
+    }
+    event
 }
 
 /// A Primary in pageserver mode syncs its safekeepers again once Postgres has exited

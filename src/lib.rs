@@ -13,6 +13,7 @@
 #![allow(missing_debug_implementations)]
 
 pub mod args;
+pub mod cgroup;
 pub mod compute;
 pub mod control_plane;
 pub mod error;
@@ -26,5 +27,6 @@ pub mod postgres;
 pub mod spec;
 mod sys;
 pub mod time;
+pub mod vm_monitor;
 
 pub use error::{Error, Result};

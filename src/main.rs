@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let command = match args::parse(&argv, |k| std::env::var(k).ok()) {
+    let command = match args::parse(&argv, |k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("compute_ctl: {e}");

@@ -135,7 +135,8 @@ impl Postmaster {
         env: &[(&str, &str)],
         on_exit: Box<dyn FnOnce(ExitStatus) + Send>,
     ) -> Result<Postmaster> {
-        let mut cmd = Command::new(pgbin);
+        // In the memory cgroup when AUTOSCALING is set (see `cgroup`).
+        let mut cmd = crate::cgroup::command(pgbin)?;
         cmd.arg("-D").arg(pgdata).stdin(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
