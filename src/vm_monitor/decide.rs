@@ -41,7 +41,7 @@ pub fn cache_size(total: u64) -> u64 {
 
 pub fn mib(bytes: u64) -> String {
     let v = bytes as f64 / MIB as f64;
-    if bytes % MIB == 0 { format!("{v:.0} MiB") } else { format!("{v:.1} MiB") }
+    if bytes.is_multiple_of(MIB) { format!("{v:.0} MiB") } else { format!("{v:.1} MiB") }
 }
 
 /// The last [`HISTORY`] samples of non-reclaimable memory (`active_anon + inactive_anon`).

@@ -52,8 +52,10 @@ pub struct Info {
     pub enabled: bool,
     pub listening: Option<String>,
     pub bind_error: Option<String>,
-    /// The generation of the connected agent's session, if one is connected.
+    /// The generation of the connected agent's session, once set up.
     pub connected: Option<u64>,
+    /// The generation of the newest session, from its first byte to its end (set-up included).
+    pub active: Option<u64>,
     pub threshold: Option<u64>,
     /// `(kind, result, status text)` of the latest decision.
     pub last_decision: Option<(&'static str, &'static str, String)>,
@@ -96,6 +98,7 @@ static MONITOR: Monitor = Monitor {
         listening: None,
         bind_error: None,
         connected: None,
+        active: None,
         threshold: None,
         last_decision: None,
         upscale_requests_sent: 0,
@@ -176,7 +179,7 @@ pub fn stop() {
     }
     MONITOR.generation.fetch_add(1, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(1);
-    while info().connected.is_some() && Instant::now() < deadline {
+    while info().active.is_some() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
     log::info!("vm-monitor stopped");

@@ -19,33 +19,45 @@ struct Session {
 }
 
 /// Runs a connection to its end. Never panics on anything the agent sends.
-pub fn run(mut ws: WebSocket, generation: u64, config: &Config) {
+pub fn run(ws: WebSocket, generation: u64, config: &Config) {
     log::info!("vm-monitor: agent connected");
-    let mut session = match setup(&mut ws, config) {
+    info().active = Some(generation);
+    let why = run_session(ws, generation, config);
+    let mut i = info();
+    if i.active == Some(generation) {
+        i.active = None;
+    }
+    if i.connected == Some(generation) {
+        i.connected = None;
+    }
+    drop(i);
+    log::info!("vm-monitor: agent connection ended: {why}");
+}
+
+fn run_session(mut ws: WebSocket, generation: u64, config: &Config) -> String {
+    let mut session = match setup(&mut ws, generation, config) {
         Ok(parts) => Session { ws, generation, parts },
         Err((code, reason)) => {
             log::warn!("vm-monitor: agent connection setup failed: {reason}");
             ws.close(code, &reason);
-            return;
+            return reason;
         }
     };
-    if current_generation() != generation {
-        session.ws.close(code::GOING_AWAY, "replaced by a newer agent connection");
-        return;
-    }
     {
         let mut i = info();
         i.connected = Some(generation);
         i.threshold = Some(session.parts.threshold);
     }
-    let why = session.serve();
-    {
-        let mut i = info();
-        if i.connected == Some(generation) {
-            i.connected = None;
-        }
+    session.serve()
+}
+
+/// Why a session whose generation is no longer current must end.
+fn superseded() -> &'static str {
+    if super::MONITOR.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+        "postgres is stopping"
+    } else {
+        "replaced by a newer agent connection"
     }
-    log::info!("vm-monitor: agent connection ended: {why}");
 }
 
 type SetupError = (u16, String);
@@ -63,8 +75,11 @@ struct Parts {
     last_sample_error: Option<Instant>,
 }
 
-fn setup(ws: &mut WebSocket, config: &Config) -> Result<Parts, SetupError> {
+fn setup(ws: &mut WebSocket, generation: u64, config: &Config) -> Result<Parts, SetupError> {
     let deadline = Instant::now() + SETUP_DEADLINE;
+    let current = || {
+        if current_generation() == generation { Ok(()) } else { Err((code::GOING_AWAY, superseded().to_string())) }
+    };
     let left = || deadline.saturating_duration_since(Instant::now());
     let late = || (code::POLICY, format!("setup not completed within {} s", SETUP_DEADLINE.as_secs()));
     // 1. The version range, the first message.
@@ -86,6 +101,7 @@ fn setup(ws: &mut WebSocket, config: &Config) -> Result<Parts, SetupError> {
             return Err((code::PROTOCOL_ERROR, format!("version negotiation failed: {reply}")));
         }
     }
+    current()?;
     // 2. The memory the VM has now.
     let mem_total = mem_total().map_err(|e| (code::INTERNAL_ERROR, e))?;
     // 3. The file cache, sized for it.
@@ -101,6 +117,7 @@ fn setup(ws: &mut WebSocket, config: &Config) -> Result<Parts, SetupError> {
             Err(e) => return Err((code::INTERNAL_ERROR, format!("file cache: {e}"))),
         },
     };
+    current()?;
     // 4. The cgroup's memory, readable now.
     let stat_path = config.cgroup_dir.join("memory.stat");
     read_sample(&stat_path).map_err(|e| (code::INTERNAL_ERROR, e))?;
@@ -145,11 +162,7 @@ impl Session {
         let mut next_tick = Instant::now();
         loop {
             if current_generation() != self.generation {
-                let why = if info().enabled && super::MONITOR.stopped.load(std::sync::atomic::Ordering::SeqCst) {
-                    "postgres is stopping"
-                } else {
-                    "replaced by a newer agent connection"
-                };
+                let why = superseded();
                 self.ws.close(code::GOING_AWAY, why);
                 return why.into();
             }

@@ -3,6 +3,7 @@
 mod support;
 
 mod api;
+mod autoscaling;
 mod catalog;
 mod http;
 mod lifecycle;
