@@ -281,8 +281,8 @@ fn terminate_closes_the_agent_connection_first() {
 
 #[test]
 fn bind_failure_is_shown_in_status_and_metrics_and_postgres_runs() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
+    let port = support::free_port();
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let mut x = Auto::start_with("vm-bind", |args| {
         let i = args.iter().position(|a| a == "--vm-monitor-addr").unwrap();
         args[i + 1] = format!("127.0.0.1:{port}");
