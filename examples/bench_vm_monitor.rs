@@ -8,7 +8,10 @@
 //!
 //! Run: `cargo build --release && cargo run --release --example bench_vm_monitor`
 //! (needs PostgreSQL 15 in /usr/lib/postgresql/15/bin; as root, Postgres runs as `postgres`).
-//! The binary under test is `$COMPUTE_CTL_BIN`, else target/<profile>/compute_ctl.
+//! The binary under test is `$COMPUTE_CTL_BIN`, else target/release/compute_ctl (built first).
+
+#[path = "support/mod.rs"]
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,27 +20,19 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const N: usize = 10_000;
-const PGBIN: &str = "/usr/lib/postgresql/15/bin/postgres";
 
 fn main() {
-    let bin = match std::env::var_os("COMPUTE_CTL_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let exe = std::env::current_exe().expect("the example knows its path");
-            exe.parent().and_then(Path::parent).map(|d| d.join("compute_ctl")).expect("target/<profile>/examples/..")
-        }
-    };
-    assert!(bin.exists(), "{} is missing: run `cargo build --release` first", bin.display());
+    let bin = support::compute_ctl_binary();
     let dir = std::env::temp_dir().join(format!("bench_vm_monitor-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let cgroup = dir.join("cgroup/neon-postgres");
     std::fs::create_dir_all(&cgroup).unwrap();
     std::fs::create_dir_all(dir.join("sock")).unwrap();
-    chmod(&dir, 0o755);
-    chmod(&dir.join("sock"), 0o777);
+    support::chmod(&dir, 0o755);
+    support::chmod(&dir.join("sock"), 0o777);
     std::fs::write(cgroup.join("cgroup.procs"), "").unwrap();
     std::fs::write(cgroup.join("memory.stat"), "active_anon 5242880\ninactive_anon 5242880\n").unwrap();
-    let (http_port, pg_port, vm_port) = (free_port(), free_port(), free_port());
+    let (http_port, pg_port, vm_port) = (support::free_port(), support::free_port(), support::free_port());
     let spec = serde_json::json!({
         "format_version": 1.0,
         "tenant_id": "b0554b632bd4d547a63b86c3630317e8",
@@ -56,7 +51,16 @@ fn main() {
     let child = Command::new(&bin)
         .args(["-D", dir.join("pgdata").to_str().unwrap(), "-C"])
         .arg(format!("postgresql://cloud_admin@127.0.0.1:{pg_port}/postgres"))
-        .args(["-b", PGBIN, "--http-bind", "127.0.0.1", "--exit-delay", "0", "-S", spec_path.to_str().unwrap()])
+        .args([
+            "-b",
+            &format!("{}/postgres", support::PGBIN_DIR),
+            "--http-bind",
+            "127.0.0.1",
+            "--exit-delay",
+            "0",
+            "-S",
+            spec_path.to_str().unwrap(),
+        ])
         .args(["--http-port", &http_port.to_string(), "--vm-monitor-addr", &format!("127.0.0.1:{vm_port}")])
         .args(["--cgroup-root", dir.join("cgroup").to_str().unwrap()])
         .env("AUTOSCALING", "1")
@@ -248,16 +252,6 @@ fn wait_listening(port: u16, child: &mut Child, dir: &Path) {
         assert!(Instant::now() < deadline, "vm-monitor not listening after 60 s; see {}", dir.display());
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn chmod(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// Stops compute_ctl (and so Postgres) and removes the directory, even on a panic.

@@ -79,9 +79,8 @@ impl Placement {
             Placement::Procs { name, dir } => {
                 let mut cmd = Command::new(program);
                 let procs = dir.join("cgroup.procs");
-                crate::sys::join_cgroup_before_exec(&mut cmd, &procs).map_err(|e| Error::Process {
-                    what: format!("cannot place {} in cgroup {name:?}", program.display()),
-                    detail: format!("{}: {e}", procs.display()),
+                crate::sys::join_cgroup_before_exec(&mut cmd, &procs).map_err(|e| {
+                    Error::io(format!("cannot place {} in cgroup {name:?}: cannot open", program.display()), &procs, e)
                 })?;
                 Ok(cmd)
             }

@@ -107,8 +107,7 @@ static MONITOR: Monitor = Monitor {
 };
 
 pub(crate) fn info() -> MutexGuard<'static, Info> {
-    // A poisoned lock means a panic while copying a few fields; they are still valid.
-    MONITOR.info.lock().unwrap_or_else(|p| p.into_inner())
+    crate::locks::lock(&MONITOR.info)
 }
 
 pub(crate) fn current_generation() -> u64 {
