@@ -65,8 +65,13 @@ pub struct Info {
 }
 
 impl Info {
-    pub(crate) fn decided(&mut self, kind: &'static str, result: &'static str, status: &str) {
-        self.last_decision = Some((kind, result, status.to_string()));
+    /// Records a decision; true when it differs from the previous one.
+    pub(crate) fn decided(&mut self, kind: &'static str, result: &'static str, status: &str) -> bool {
+        let changed =
+            self.last_decision.as_ref().is_none_or(|(k, r, s)| (*k, *r, s.as_str()) != (kind, result, status));
+        if changed {
+            self.last_decision = Some((kind, result, status.to_string()));
+        }
         let key = match (kind, result) {
             ("downscale", "approved") => "downscale_approved",
             ("downscale", "denied") => "downscale_denied",
@@ -78,6 +83,7 @@ impl Info {
             Some((_, n)) => *n += 1,
             None => self.decisions.push((key, 1)),
         }
+        changed
     }
 }
 

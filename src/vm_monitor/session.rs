@@ -285,8 +285,8 @@ impl Session {
         let p = &mut self.parts;
         match decide::downscale(&p.samples, Instant::now(), mem) {
             Downscale::Deny(status) => {
-                log::info!("vm-monitor: downscale to {} and {cpu} vCPU {status}", mib(mem));
-                info().decided("downscale", "denied", &status);
+                let line = format!("vm-monitor: downscale to {} and {cpu} vCPU {status}", mib(mem));
+                log_decision(info().decided("downscale", "denied", &status), &line);
                 Outbound::DownscaleResult { ok: false, status }
             }
             Downscale::Stale(why) => {
@@ -312,12 +312,25 @@ impl Session {
                     mib(threshold)
                 );
                 p.threshold = threshold;
-                log::info!("vm-monitor: downscale to {} and {cpu} vCPU {status}", mib(mem));
+                let line = format!("vm-monitor: downscale to {} and {cpu} vCPU {status}", mib(mem));
                 let mut i = info();
                 i.threshold = Some(threshold);
-                i.decided("downscale", "approved", &status);
+                let changed = i.decided("downscale", "approved", &status);
+                drop(i);
+                log_decision(changed, &line);
                 Outbound::DownscaleResult { ok: true, status }
             }
         }
+    }
+}
+
+/// A decision is logged at info when it differs from the previous one, at debug when an agent
+/// repeats a request and gets the same answer (it retries every few seconds; the log line
+/// would otherwise be most of the log, and writing it most of the round trip).
+fn log_decision(changed: bool, line: &str) {
+    if changed {
+        log::info!("{line}");
+    } else {
+        log::debug!("{line}");
     }
 }
