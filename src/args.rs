@@ -1,7 +1,7 @@
 //! The command line, parsed by hand and compatible with Neon's compute_ctl flags.
 
 use crate::error::{Error, Result};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -44,6 +44,22 @@ pub struct Args {
     pub installed_extensions_interval: Duration,
     /// `--dev`: on a termination signal, leave pgbouncer and local_proxy alone.
     pub dev: bool,
+    pub autoscaling: Autoscaling,
+}
+
+/// What `AUTOSCALING` turns on: Postgres in the memory cgroup, and the vm-monitor.
+#[derive(Debug, Clone)]
+pub struct Autoscaling {
+    /// The `AUTOSCALING` environment variable is set (to anything, even empty), as in Neon.
+    pub enabled: bool,
+    /// `--cgroup`: the memory cgroup Postgres runs in and the monitor watches.
+    pub cgroup: String,
+    /// `--cgroup-root`: replaces `/sys/fs/cgroup` (for tests).
+    pub cgroup_root: Option<PathBuf>,
+    /// `--filecache-connstr`: the monitor's connection for file-cache resizing (default: -C).
+    pub filecache_connstr: Option<String>,
+    /// `--vm-monitor-addr`.
+    pub vm_monitor_addr: SocketAddr,
 }
 
 /// The privileged role of Neon (`--privileged-role-name` default).
@@ -95,16 +111,25 @@ Options:
       --pg-user NAME            OS user Postgres runs as when compute_ctl is root (default postgres)
       --exit-delay SECONDS      keep answering /status this long after terminate or a failed
                                 start before exiting (default 30)
+      --vm-monitor-addr ADDR    with AUTOSCALING: where the vm-monitor listens for the
+                                autoscaler-agent (default 0.0.0.0:10301)
+      --cgroup NAME             with AUTOSCALING: the memory cgroup Postgres runs in and the
+                                vm-monitor watches (default neon-postgres)
+      --filecache-connstr STR   with AUTOSCALING: the vm-monitor's connection for resizing the
+                                file cache (default: the -C connection)
+      --cgroup-root DIR         for tests: the cgroup v2 mount (default /sys/fs/cgroup), or a
+                                directory imitating it (cgroup.procs, memory.stat files)
       --probe [PORT]            health check: exit 0 when the compute on PORT (default 3080)
                                 reports running
   -h, --help                    print this help
   -V, --version                 print the version
 
+Environment: AUTOSCALING (any value) runs Postgres in the memory cgroup and starts the vm-monitor.
+
 Neon flags that are accepted and ignored with a warning, because the feature is internal to
-Neon's VMs or to Databricks' lakebase mode: --cgroup, --filecache-connstr, --vm-monitor-addr,
---set-disk-quota-for-fs (each with a value), --resize-swap-on-bind, --lakebase-mode BOOL
-(true runs in Neon's mode all the same), --pg-init-timeout SECONDS (lakebase only), and the
-old --remote-ext-config.
+Neon's VMs or to Databricks' lakebase mode: --set-disk-quota-for-fs (with a value),
+--resize-swap-on-bind, --lakebase-mode BOOL (true runs in Neon's mode all the same),
+--pg-init-timeout SECONDS (lakebase only), and the old --remote-ext-config.
 ";
 
 fn usage(msg: String) -> Error {
@@ -127,6 +152,10 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let mut pg_user = None;
     let mut token_file = None;
     let mut exit_delay = None;
+    let mut cgroup = None;
+    let mut cgroup_root = None;
+    let mut filecache_connstr = None;
+    let mut vm_monitor_addr = None;
     let mut config = None;
     let mut lakebase_http_port = None;
     let mut privileged_role = None;
@@ -224,13 +253,23 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
                     .ok_or_else(|| usage(format!("{flag}: expected seconds, got {v:?}")))?;
                 exit_delay = Some(Duration::from_secs_f64(secs));
             }
+            "--cgroup" => cgroup = Some(value(flag)?),
+            "--cgroup-root" => cgroup_root = Some(PathBuf::from(value(flag)?)),
+            "--filecache-connstr" => filecache_connstr = Some(value(flag)?),
+            "--vm-monitor-addr" => {
+                let v = value(flag)?;
+                vm_monitor_addr = Some(
+                    v.parse::<SocketAddr>()
+                        .map_err(|_| usage(format!("{flag}: expected IP:PORT (no host names), got {v:?}")))?,
+                );
+            }
             "--remote-ext-config" => {
                 value(flag)?;
                 log::warn!("{flag} was renamed to --remote-ext-base-url in Neon; accepted and ignored");
             }
-            "--cgroup" | "--filecache-connstr" | "--vm-monitor-addr" | "--set-disk-quota-for-fs" => {
+            "--set-disk-quota-for-fs" => {
                 value(flag)?;
-                log::warn!("{flag} configures Neon's VM monitor, which this build does not have; ignored");
+                log::warn!("{flag} is internal to Neon's VMs; accepted and ignored");
             }
             "--resize-swap-on-bind" => {
                 log::warn!("{flag} configures Neon's VM swap, which this build does not manage; ignored")
@@ -283,6 +322,13 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         pg_user: pg_user.unwrap_or_else(|| "postgres".into()),
         http_auth_token_file: token_file,
         exit_delay: exit_delay.unwrap_or(Duration::from_secs(30)),
+        autoscaling: Autoscaling {
+            enabled: env("AUTOSCALING").is_some(),
+            cgroup: cgroup.unwrap_or_else(|| crate::cgroup::DEFAULT_NAME.into()),
+            cgroup_root,
+            filecache_connstr,
+            vm_monitor_addr: vm_monitor_addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 10301))),
+        },
         privileged_role_name: privileged_role.unwrap_or_else(|| DEFAULT_PRIVILEGED_ROLE.into()),
         remote_ext_base_url: remote_ext,
         installed_extensions_interval: ext_interval.unwrap_or(Duration::from_secs(3600)),
@@ -413,6 +459,25 @@ mod tests {
         let mut v = BASE.to_vec();
         v.extend(["-s", "{}", "-S", "f"]);
         assert!(run(&v).unwrap_err().to_string().contains("at most one"));
+    }
+
+    #[test]
+    fn autoscaling_flags() {
+        let a = args(&BASE);
+        assert!(!a.autoscaling.enabled);
+        assert_eq!(a.autoscaling.cgroup, "neon-postgres");
+        assert_eq!(a.autoscaling.vm_monitor_addr.to_string(), "0.0.0.0:10301");
+        let mut v = BASE.to_vec();
+        v.extend(["--cgroup", "pg", "--vm-monitor-addr=127.0.0.1:4000", "--cgroup-root", "/tmp/cg"]);
+        let argv: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        let Command::Run(a) = parse(&argv, |k| (k == "AUTOSCALING").then(String::new)).unwrap() else { panic!() };
+        assert!(a.autoscaling.enabled, "an empty AUTOSCALING counts, as in Neon");
+        assert_eq!(a.autoscaling.cgroup, "pg");
+        assert_eq!(a.autoscaling.vm_monitor_addr.port(), 4000);
+        assert_eq!(a.autoscaling.cgroup_root, Some(PathBuf::from("/tmp/cg")));
+        let mut v = BASE.to_vec();
+        v.extend(["--vm-monitor-addr", "localhost:10301"]);
+        assert!(run(&v).unwrap_err().to_string().contains("--vm-monitor-addr"));
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub fn run(args: Args) -> Result<i32> {
 
 fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result<i32> {
     let tx = crate::locks::lock(&app.events).clone();
+    // With AUTOSCALING, Postgres runs in the memory cgroup; a missing one fails here.
+    let a = &args.autoscaling;
+    let path = std::env::var("PATH").ok();
+    crate::cgroup::set(crate::cgroup::Placement::new(a.enabled, &a.cgroup, a.cgroup_root.as_deref(), path.as_deref())?);
     // The spec is read and validated before anything on disk is touched.
     let initial = match &args.spec {
         SpecSource::Config(path) => {
@@ -133,6 +137,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
         if let State::Running(running) = &state {
             crate::monitor::set_extensions_interval(args.installed_extensions_interval, running.spec().spec());
             crate::monitor::ensure_started(&app.shared, &app.node.connstr);
+            crate::vm_monitor::ensure_started(&args, running.spec().spec().disable_lfc_resizing != Some(true));
         }
         let message = match state.exit() {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -152,6 +157,9 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
         // signal.
         let Message { event, reply } = message.unwrap_or(Message { event: Event::Signal(0), reply: None });
         let configure = matches!(event, Event::Configure(_));
+        if stops_postgres(&state, &event) {
+            crate::vm_monitor::stop();
+        }
         let (next, answer) = lifecycle::step(state, event);
         state = next;
         if let Some(reply) = reply {
@@ -162,6 +170,17 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
             };
             let _ = reply.send(answer);
         }
+    }
+}
+
+/// Whether `step` will stop Postgres (or find it gone) for this event: the vm-monitor is
+/// stopped first, so the agent never talks to a Postgres on its way down.
+fn stops_postgres(state: &State, event: &Event) -> bool {
+    match (state, event) {
+        (State::Running(_), Event::Terminate(_) | Event::Signal(_) | Event::PostgresExited) => true,
+        (State::Failed(f), Event::Signal(_)) => f.postgres_running(),
+        (State::Failed(f), Event::PostgresExited) => !f.postgres_running(),
+        _ => false,
     }
 }
 
@@ -209,6 +228,8 @@ fn spawn_signal_thread(
                 // ends every session at once, so an apply or reconfigure in progress stops at
                 // its running statement instead of finishing a long plan first.
                 if first && let Some(pm) = &pm {
+                    // The agent is told first, so it never talks to a Postgres on its way down.
+                    crate::vm_monitor::stop();
                     pm.stop(StopMode::Fast);
                 }
             }

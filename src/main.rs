@@ -7,7 +7,7 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     // Before parsing, so that the warnings about ignored Neon flags are seen.
     compute_ctl::logger::init(std::env::var("RUST_LOG").ok().as_deref());
-    let command = match args::parse(&argv, |k| std::env::var(k).ok()) {
+    let command = match args::parse(&argv, |k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("compute_ctl: {e}");

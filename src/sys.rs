@@ -120,3 +120,44 @@ pub fn spawn_orphan_reaper(is_ours: impl Fn(u32) -> bool + Send + 'static) -> io
     })?;
     Ok(())
 }
+
+/// Makes `cmd`'s child join the cgroup whose `cgroup.procs` is `procs` before it execs: the
+/// file is opened here, in the parent (so the open is checked with our credentials, before
+/// the child drops to the Postgres user), and the child writes its own pid into it.
+///
+/// The closure registered below does only async-signal-safe things with memory prepared
+/// before the fork (getpid, write to an already open descriptor), so the function is safe for
+/// every caller: nothing a caller passes can make the child allocate or lock. The descriptor
+/// is close-on-exec and closed in the parent when `cmd` is dropped.
+pub fn join_cgroup_before_exec(cmd: &mut std::process::Command, procs: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::OpenOptions::new().append(true).open(procs)?;
+    let hook = move || {
+        let fd = file.as_raw_fd();
+        // SAFETY: getpid(2) takes nothing; `digits` is a stack buffer.
+        let mut pid = unsafe { libc::getpid() } as u32;
+        let mut digits = [0u8; 12];
+        let mut at = digits.len() - 1;
+        digits[at] = b'\n';
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (pid % 10) as u8;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        let line = &digits[at..];
+        // SAFETY: write(2) of a stack buffer to a descriptor we own; both outlive the call.
+        let n = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+        if n == line.len() as isize { Ok(()) } else { Err(io::Error::last_os_error()) }
+    };
+    // SAFETY: `hook` runs between fork and exec, where only async-signal-safe calls are
+    // allowed: it calls getpid and write on memory that exists before the fork, and nothing
+    // else (no allocation, no lock, no panic path: the arithmetic cannot overflow).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+    Ok(())
+}

@@ -4,6 +4,7 @@ pub mod request;
 pub mod response;
 pub mod routes;
 pub mod server;
+pub mod websocket;
 
 /// `--probe PORT`: the Docker health check. Exit 0 when `GET /status` on 127.0.0.1:PORT says
 /// `running`, 1 otherwise (the image has no curl).

@@ -225,7 +225,18 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
 }
 
 fn status(app: &App) -> Response {
-    Response::json(200, &app.shared.get().body())
+    let body = app.shared.get().body();
+    match crate::vm_monitor::status_json() {
+        // With AUTOSCALING: the monitor's state (a bind failure, say) beside Neon's fields.
+        Some(vm) => match serde_json::to_value(&body) {
+            Ok(mut v) => {
+                v["vm_monitor"] = vm;
+                Response::json(200, &v)
+            }
+            Err(_) => Response::json(200, &body),
+        },
+        None => Response::json(200, &body),
+    }
 }
 
 /// Neon's `/info`: the CPUs this compute may use.

@@ -195,9 +195,18 @@ fn serve_connection(mut stream: TcpStream, handler: &Handler, active: &AtomicUsi
         let keep_alive = req.keep_alive();
         let head_only = req.method == "HEAD";
         CLIENT.set(stream.try_clone().ok());
-        let resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&req)))
+        let mut resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&req)))
             .unwrap_or_else(|_| Response::error(500, "internal error while handling the request"));
         CLIENT.set(None);
+        if let Some(upgrade) = resp.take_upgrade() {
+            // The connection now speaks another protocol; its new owner gets the socket.
+            if resp.write_to(&mut stream, false, false).is_ok() {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    upgrade(stream, std::mem::take(&mut buf))
+                }));
+            }
+            return;
+        }
         if resp.write_to(&mut stream, keep_alive, head_only).is_err() || !keep_alive {
             return;
         }

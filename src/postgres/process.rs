@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -142,7 +142,8 @@ impl Postmaster {
         on_exit: Box<dyn FnOnce(ExitStatus) + Send>,
     ) -> Result<Postmaster> {
         let (pgbin, pgdata, run_as) = (node.postgres_bin(), &node.pgdata, node.run_as);
-        let mut cmd = Command::new(&pgbin);
+        // In the memory cgroup when AUTOSCALING is set (see `cgroup`).
+        let mut cmd = crate::cgroup::command(&pgbin)?;
         cmd.arg("-D").arg(pgdata).stdin(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);

@@ -3,6 +3,7 @@
 mod support;
 
 mod api;
+mod autoscaling;
 mod catalog;
 mod faults_config;
 mod faults_http;

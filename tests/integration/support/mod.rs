@@ -3,6 +3,7 @@
 //! HTTP client.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod http;
 pub mod pageserver;
 pub mod publisher;
@@ -346,11 +347,16 @@ static LOG_N: AtomicUsize = AtomicUsize::new(0);
 
 impl Compute {
     pub fn spawn(args: &[String], http_port: u16) -> Compute {
+        Compute::spawn_env(args, http_port, &[])
+    }
+
+    /// With extra environment variables (`AUTOSCALING`, say).
+    pub fn spawn_env(args: &[String], http_port: u16, env: &[(&str, &str)]) -> Compute {
         let log = run_root().join(format!("compute-{}.log", LOG_N.fetch_add(1, Ordering::SeqCst)));
         let f = std::fs::File::create(&log).unwrap();
-        let child =
-            Command::new(BIN).args(args).stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
-        Compute { child: Some(child), http_port, log }
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).envs(env.iter().copied()).stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f);
+        Compute { child: Some(cmd.spawn().unwrap()), http_port, log }
     }
 
     pub fn pid(&self) -> u32 {
