@@ -6,7 +6,7 @@
 
 use crate::args::{Args, SpecSource};
 use crate::error::{Error, Result};
-use crate::http::{routes, server};
+use crate::http::{listen, routes};
 use crate::lifecycle::{
     Configuration, ConfigurationPending, Context, ContextData, Empty, Failed, Init, Live, Running, Shared, Status,
     Terminated,
@@ -14,7 +14,6 @@ use crate::lifecycle::{
 use crate::postgres::process::StopMode;
 use crate::postgres::{pgdata, storage};
 use crate::spec::ParsedSpec;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -65,14 +64,12 @@ enum Ending {
 /// Runs compute_ctl to the end and returns the process exit code.
 pub fn run(args: Args) -> Result<i32> {
     let (tx, rx) = mpsc::channel::<Event>();
-    let auth_token = args.http_auth_token_file.as_deref().map(routes::Token::from_file).transpose()?;
     let app = Arc::new(routes::App {
         shared: Shared::new(),
         events: Mutex::new(tx),
         live_config_allowed: !matches!(args.spec, SpecSource::Inline(_)),
         connstr: args.connstr.clone(),
         bindir: pgdata::bindir(&args.pgbin)?,
-        auth_token,
         in_flight: AtomicUsize::new(0),
     });
     let result = supervise(args, app.clone(), rx);
@@ -99,6 +96,14 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
         }
         SpecSource::ControlPlane(_) | SpecSource::Wait => None,
     };
+    // The control plane's answer carries the JWT keys, which decide the servers' addresses:
+    // asked before they start, as Neon does.
+    let fetched = match &args.spec {
+        SpecSource::ControlPlane(uri) => Some(crate::control_plane::fetch_spec(uri, &args.compute_id)?),
+        _ => None,
+    };
+    let (external_auth, internal_auth) =
+        listen::authorizers(&args, fetched.as_ref().and_then(|f| f.compute_ctl_config.as_ref()))?;
 
     let exit_tx = Mutex::new(tx.clone());
     let ctx = Context::new(ContextData {
@@ -123,32 +128,19 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
         log::info!("running as PID 1: reaping orphaned processes");
     }
 
-    // Internal first: once the external server answers, both are up.
-    for (port, which, name) in [
-        (args.internal_http_port, routes::Server::Internal, "internal"),
-        (args.external_http_port, routes::Server::External, "external"),
-    ] {
-        let addr = SocketAddr::new(args.http_bind, port);
-        server::spawn(addr, name, routes::handler(app.clone(), which))
-            .map_err(|e| Error::Usage(format!("cannot bind the {name} HTTP server to {addr}: {e}")))?;
-    }
+    listen::start(&args, &app, external_auth, internal_auth)?;
     drop(tx);
 
     // The spec Postgres last ran with, for the safekeeper sync after it exits.
     let mut last_spec: Option<ParsedSpec> = None;
     let empty = Empty::new(ctx.clone());
-    let mut state = match initial {
+    let mut state = match initial.or_else(|| fetched.and_then(|f| f.spec)) {
         Some(spec) => start(empty.init(spec)),
         None => {
-            if let SpecSource::ControlPlane(uri) = &args.spec {
-                match crate::control_plane::fetch_spec(uri, &args.compute_id)? {
-                    Some(spec) => start(empty.init(spec)),
-                    None => State::Empty(empty),
-                }
-            } else {
+            if !matches!(args.spec, SpecSource::ControlPlane(_)) {
                 log::info!("no spec given: waiting for POST /configure");
-                State::Empty(empty)
             }
+            State::Empty(empty)
         }
     };
 

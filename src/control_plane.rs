@@ -27,9 +27,8 @@ struct SpecResponse {
     #[serde(default)]
     spec: Option<ComputeSpec>,
     status: CplaneStatus,
-    /// JWKS for local_proxy; received and not used, as in Neon.
+    /// Holds `jwks`, the keys that verify the control plane's JWTs (fixed at start).
     #[serde(default)]
-    #[allow(dead_code)]
     compute_ctl_config: Option<serde_json::Value>,
 }
 
@@ -42,12 +41,21 @@ enum CplaneStatus {
 
 /// What one attempt came to.
 enum Attempt {
-    Done(Option<ParsedSpec>),
+    Done(Fetched),
     Retry(String),
 }
 
-/// `GET {uri}/compute/api/v2/computes/{id}/spec`; `Ok(None)` means "wait for /configure".
-pub fn fetch_spec(uri: &str, compute_id: &str) -> Result<Option<ParsedSpec>> {
+/// The control plane's answer.
+#[derive(Debug)]
+pub struct Fetched {
+    /// None means "wait for /configure".
+    pub spec: Option<ParsedSpec>,
+    /// `compute_ctl_config` as sent (None when absent).
+    pub compute_ctl_config: Option<serde_json::Value>,
+}
+
+/// `GET {uri}/compute/api/v2/computes/{id}/spec`.
+pub fn fetch_spec(uri: &str, compute_id: &str) -> Result<Fetched> {
     if uri.starts_with("https://") {
         return Err(Error::ControlPlane(format!(
             "{uri}: https is not supported by this build; use an http:// URI (e.g. a local TLS proxy)"
@@ -105,14 +113,17 @@ fn fetch_once(url: &str, token: &str) -> Result<Attempt> {
         Ok(p) => p,
         Err(e) => return Ok(Attempt::Retry(format!("cannot decode the response body: {e}"))),
     };
+    let compute_ctl_config = parsed.compute_ctl_config;
     match (parsed.status, parsed.spec) {
         (CplaneStatus::Empty, _) => {
             log::info!("the control plane has no spec for this compute yet: waiting for POST /configure");
-            Ok(Attempt::Done(None))
+            Ok(Attempt::Done(Fetched { spec: None, compute_ctl_config }))
         }
         (CplaneStatus::Attached, None) => {
             Err(Error::ControlPlane("the compute is attached, but the control plane sent no spec".into()))
         }
-        (CplaneStatus::Attached, Some(spec)) => Ok(Attempt::Done(Some(ParsedSpec::validate(spec)?))),
+        (CplaneStatus::Attached, Some(spec)) => {
+            Ok(Attempt::Done(Fetched { spec: Some(ParsedSpec::validate(spec)?), compute_ctl_config }))
+        }
     }
 }

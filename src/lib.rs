@@ -13,6 +13,7 @@
 #![allow(missing_debug_implementations)]
 
 pub mod args;
+pub mod auth;
 pub mod compute;
 pub mod control_plane;
 pub mod error;

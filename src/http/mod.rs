@@ -1,5 +1,7 @@
 //! A hand-rolled HTTP/1.1 server on `std::net`: a pure request parser, the accept loop, routes.
 
+pub mod gate;
+pub mod listen;
 mod pg_routes;
 pub mod request;
 pub mod response;
