@@ -10,7 +10,7 @@
 use super::{Context, Failed, Running, clear_handle, elapsed_ms};
 use crate::error::{Error, Result};
 use crate::postgres::process::Postmaster;
-use crate::postgres::{apply, conf, pgdata, sql, storage, subscriptions};
+use crate::postgres::{apply, conf, hba, pgdata, sql, storage, subscriptions};
 use crate::spec::{ComputeMode, ParsedSpec, StorageMode};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -86,6 +86,7 @@ impl Boot {
                 let superuser = sql::connstr_user(&args.connstr)?;
                 pgdata::initdb(&self.ctx.bindir, pgdata, &superuser, self.ctx.run_as)?;
                 pgdata::ensure_owned(pgdata, self.ctx.run_as)?;
+                hba::restrict_local(pgdata, &superuser)?;
             }
             StorageMode::Pageserver { .. } => {
                 storage::prepare_from_pageserver(&self.ctx, &self.spec)?;

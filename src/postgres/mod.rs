@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod basebackup;
 pub mod conf;
+pub mod hba;
 pub mod pgdata;
 pub mod process;
 pub mod safekeepers;

@@ -3,7 +3,7 @@
 //! file beside it; refusals decided from the request head; nothing in the log.
 
 use crate::support::http::{self, StandIn};
-use crate::support::{Compute, Setup};
+use crate::support::{self, Compute, Setup};
 use compute_ctl::auth::base64url;
 use ed25519_compact::{KeyPair, Seed};
 use serde_json::{Value, json};
@@ -253,4 +253,47 @@ fn a_token_file_others_can_read_gives_a_warning() {
     assert!(c.log_text().contains("can be read by group or others (mode 644)"), "{}", c.log_text());
     c.signal("TERM");
     c.wait_exit(Duration::from_secs(20));
+}
+
+fn refused_for_its_password(r: Result<postgres::Client, postgres::Error>, who: &str) {
+    let e = r.err().unwrap_or_else(|| panic!("{who} got in"));
+    let code = e.code().map(|c| c.code().to_string());
+    assert_eq!(code.as_deref(), Some("28P01"), "{who}: {e}");
+}
+
+#[test]
+fn local_mode_roles_log_in_with_their_password_and_old_trust_lines_are_fixed_once() {
+    let s = Setup::new("auth-hba");
+    // The template was made by `initdb --auth=trust`, as earlier versions made every PGDATA.
+    let hba = s.pgdata.join("pg_hba.conf");
+    let mine = "host    all    all    192.0.2.1/32    trust   # added by hand";
+    let before = std::fs::read_to_string(&hba).unwrap();
+    assert!(before.contains("127.0.0.1/32            trust"), "{before}");
+    std::fs::write(&hba, format!("{before}{mine}\n")).unwrap();
+
+    let mut c = s.spawn();
+    c.wait_running();
+    let mut su = s.client();
+    su.batch_execute("CREATE ROLE alice LOGIN PASSWORD 'right-pw'; CREATE ROLE bob LOGIN").unwrap();
+    let port = s.pg_port;
+    refused_for_its_password(support::pg_connect_with_password(port, "alice", "wrong-pw"), "alice, wrong password");
+    support::pg_connect_with_password(port, "alice", "right-pw").unwrap().batch_execute("SELECT 1").unwrap();
+    refused_for_its_password(support::pg_connect_with_password(port, "bob", ""), "bob, no password");
+    refused_for_its_password(support::pg_connect_with_password(port, "bob", "anything"), "bob, no password set");
+    let fixed = std::fs::read_to_string(&hba).unwrap();
+    assert!(fixed.contains(&format!("\n{mine}\n")), "a hand-made line changed:\n{fixed}");
+    assert!(fixed.contains("host\tall\t\"cloud_admin\"\t127.0.0.1/32\ttrust"), "{fixed}");
+    let fix_line = "trust line(s) for every role now trust only";
+    assert_eq!(c.log_text().matches(fix_line).count(), 1, "{}", c.log_text());
+    assert_eq!(http::request(s.http_port, "POST", "/terminate", &[], b"").unwrap().status, 200);
+    c.wait_exit(Duration::from_secs(30));
+
+    // The next start finds nothing to fix and changes nothing.
+    let mut c = s.spawn();
+    c.wait_running();
+    assert_eq!(std::fs::read_to_string(&hba).unwrap(), fixed);
+    assert!(!c.log_text().contains(fix_line), "{}", c.log_text());
+    support::pg_connect_with_password(port, "alice", "right-pw").unwrap().batch_execute("SELECT 1").unwrap();
+    refused_for_its_password(support::pg_connect_with_password(port, "alice", "right-pw2"), "alice after restart");
+    s.client().batch_execute("SELECT 1").unwrap();
 }
