@@ -37,7 +37,7 @@ pub fn trust_only(text: &str, superuser: &str) -> Result<(String, usize)> {
     for line in text.split_inclusive('\n') {
         let body = line.trim_end_matches(['\n', '\r']);
         let fields: Vec<&str> = body.split_whitespace().collect();
-        if INITDB_TRUST.iter().any(|t| *t == fields.as_slice()) {
+        if INITDB_TRUST.contains(&fields.as_slice()) {
             // Quoted, so that a name like `all` or `+group` means just that role.
             let mut f: Vec<String> = fields.iter().map(|s| s.to_string()).collect();
             f[2] = format!("\"{superuser}\"");
