@@ -73,6 +73,11 @@ fn with_auth(port: u16, method: &str, path: &str, auth: Option<&str>, body: &[u8
     http::request(port, method, path, &headers, body).unwrap()
 }
 
+fn probe(port: u16) -> Option<i32> {
+    let out = std::process::Command::new(support::BIN).args(["--probe", &port.to_string()]).output().unwrap();
+    out.status.code()
+}
+
 fn status_with(port: u16, token: &str) -> Value {
     let r = with_auth(port, "GET", "/status", Some(&format!("Bearer {token}")), b"");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -160,9 +165,12 @@ fn each_bad_token_gets_neons_code_and_a_refused_configure_applies_nothing() {
     assert_eq!(with_auth(s.http_port, "GET", "/no_such_route", None, b"").status, 404);
     assert_eq!(with_auth(s.http_port, "GET", "/metrics.json", None, b"").status, 400);
 
+    // The Docker health check needs no token: it reads the public /metrics.
+    assert_eq!(probe(s.http_port), Some(1), "empty is not healthy");
     let r = with_auth(s.http_port, "POST", "/configure", Some(&format!("Bearer {valid}")), &configure);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "running");
+    assert_eq!(probe(s.http_port), Some(0));
     let r = with_auth(s.http_port, "POST", "/terminate", Some(&format!("Bearer {admin}")), b"");
     assert_eq!(r.status, 200, "{}", r.text());
     c.wait_exit(Duration::from_secs(30));
