@@ -10,7 +10,7 @@ pub mod jwks;
 pub mod jwt;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 pub use jwks::KeySet;
 pub use jwt::Refusal;
@@ -78,7 +78,9 @@ const CACHE_ENTRIES: usize = 256;
 struct Jwt {
     keys: KeySet,
     compute_id: String,
-    cache: Mutex<HashMap<Box<[u8]>, jwt::Verified>>,
+    /// Read-locked on every request, write-locked only to add or drop a token: concurrent
+    /// requests with cached tokens never wait for each other.
+    cache: RwLock<HashMap<Box<[u8]>, jwt::Verified>>,
 }
 
 /// The decision rule of one HTTP server, fixed at start.
@@ -105,7 +107,7 @@ impl Authorizer {
     /// `token`: the static token; `keys`: the JWT keys (None: JWTs are not configured) for
     /// the compute `compute_id`. With both, either one lets a request in.
     pub fn new(token: Option<Token>, keys: Option<KeySet>, compute_id: &str) -> Authorizer {
-        let jwt = keys.map(|keys| Jwt { keys, compute_id: compute_id.to_string(), cache: Mutex::new(HashMap::new()) });
+        let jwt = keys.map(|keys| Jwt { keys, compute_id: compute_id.to_string(), cache: RwLock::new(HashMap::new()) });
         Authorizer { token, jwt }
     }
 
@@ -142,17 +144,22 @@ impl Authorizer {
 
 impl Jwt {
     fn check(&self, token: &[u8], now: u64) -> Result<(), Refusal> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = cache.get(token) {
-            if v.live_at(now) {
-                return Ok(());
-            }
-            cache.remove(token);
+        let cached = self.cache.read().unwrap_or_else(|p| p.into_inner()).get(token).copied();
+        if cached.is_some_and(|v| v.live_at(now)) {
+            return Ok(());
         }
         // Verified without the lock: other requests' cache hits need not wait for it.
-        drop(cache);
-        let verified = jwt::verify(token, &self.keys.keys, &self.compute_id, now)?;
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let verified = jwt::verify(token, &self.keys.keys, &self.compute_id, now);
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        let verified = match verified {
+            Ok(v) => v,
+            Err(r) => {
+                if cached.is_some() {
+                    cache.remove(token);
+                }
+                return Err(r);
+            }
+        };
         if cache.len() >= CACHE_ENTRIES {
             cache.retain(|_, v| v.live_at(now));
             if cache.len() >= CACHE_ENTRIES {
@@ -227,10 +234,10 @@ mod tests {
         let t = jwt::sign(&json!({"alg": "EdDSA"}), &json!({"compute_id": "c1", "exp": 1000}), &pair.sk);
         let h = format!("Bearer {t}");
         assert_eq!(a.check(Some(&h), 1000), Ok(()));
-        assert_eq!(a.jwt.as_ref().unwrap().cache.lock().unwrap().len(), 1);
+        assert_eq!(a.jwt.as_ref().unwrap().cache.read().unwrap().len(), 1);
         assert_eq!(a.check(Some(&h), 1060), Ok(()));
         assert_eq!(a.check(Some(&h), 1061).unwrap_err().status, 401, "the cache does not outlive exp");
-        assert!(a.jwt.as_ref().unwrap().cache.lock().unwrap().is_empty());
+        assert!(a.jwt.as_ref().unwrap().cache.read().unwrap().is_empty());
     }
 
     #[test]

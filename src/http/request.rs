@@ -140,11 +140,16 @@ impl Head {
         Ok(())
     }
 
-    /// The whole request once `buf` holds all of its body; None while it does not.
-    pub fn complete(&self, buf: &[u8]) -> Option<(Request, usize)> {
+    /// Whether `buf` holds all of the body.
+    pub fn is_complete(&self, buf: &[u8]) -> bool {
+        self.head_len.checked_add(self.body_len).is_some_and(|t| t <= buf.len())
+    }
+
+    /// The whole request and the bytes it used; None while `buf` does not hold all of its body.
+    pub fn complete(self, buf: &[u8]) -> Option<(Request, usize)> {
         let total = self.head_len.checked_add(self.body_len)?;
         let body = buf.get(self.head_len..total)?;
-        let mut req = self.request.clone();
+        let mut req = self.request;
         req.body = body.to_vec();
         Some((req, total))
     }
@@ -280,6 +285,7 @@ mod tests {
         assert_eq!(head.request.header("authorization"), Some("Bearer x"));
         assert_eq!((head.head_len, head.body_len), (text.len() - 1, 999_999_999_999));
         assert!(matches!(head.check_body_len(&Limits::default()), Err(ParseError::Reject(413, _))));
+        assert!(!head.is_complete(text.as_bytes()));
         assert_eq!(head.complete(text.as_bytes()), None);
     }
 

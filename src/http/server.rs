@@ -130,7 +130,9 @@ fn read_request(
                 Err(e) => return Err(reject(e)),
             }
         }
-        if let Some((req, used)) = head.as_ref().and_then(|h| h.complete(buf)) {
+        if head.as_ref().is_some_and(|h| h.is_complete(buf))
+            && let Some((req, used)) = head.take().and_then(|h| h.complete(buf))
+        {
             buf.drain(..used);
             return Ok(Some(req));
         }
