@@ -5,6 +5,7 @@ mod support;
 mod api;
 mod auth;
 mod catalog;
+mod harness;
 mod http;
 mod lifecycle;
 mod storage;
