@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 const CLIENTS: usize = 64;
 const UPLOAD: usize = 50_000_000;
 const RUN: Duration = Duration::from_secs(3);
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const PGBIN: &str = "/usr/lib/postgresql/15/bin/postgres";
 const COMPUTE_ID: &str = "bench-compute";
 
@@ -82,33 +82,49 @@ fn main() {
     println!("RESULT auth/rss_peak_flood {:.2} MiB target=16", mib(hwm));
     println!("RESULT auth/flood_last_answer {:.1} ms", flood.last_answer.as_secs_f64() * 1e3);
 
-    // 2. /status with and without a JWT, alternated.
+    // 2. /status with and without a JWT, alternated; the third series sends the same header
+    // to the compute without keys (which ignores it), to tell the cost of the longer request
+    // from the cost of checking it.
     let mut open_runs = Vec::new();
     let mut jwt_runs = Vec::new();
+    let mut header_runs = Vec::new();
     for _ in 0..ROUNDS {
         open_runs.push(measure(open.port, None));
         jwt_runs.push(measure(guarded.port, Some(&auth)));
+        header_runs.push(measure(open.port, Some(&auth)));
     }
     let med = |runs: &[Stats], f: fn(&Stats) -> f64| {
         let mut v: Vec<f64> = runs.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (o_rps, j_rps) = (med(&open_runs, |s| s.rps), med(&jwt_runs, |s| s.rps));
-    let (o_p99, j_p99) = (med(&open_runs, |s| s.p99_ms), med(&jwt_runs, |s| s.p99_ms));
-    let (o_p50, j_p50) = (med(&open_runs, |s| s.p50_ms), med(&jwt_runs, |s| s.p50_ms));
-    let errors: u64 = open_runs.iter().chain(&jwt_runs).map(|s| s.errors).sum();
+    let (o_rps, j_rps, h_rps) = (med(&open_runs, |s| s.rps), med(&jwt_runs, |s| s.rps), med(&header_runs, |s| s.rps));
+    let (o_p99, j_p99, h_p99) =
+        (med(&open_runs, |s| s.p99_ms), med(&jwt_runs, |s| s.p99_ms), med(&header_runs, |s| s.p99_ms));
+    let (o_p50, j_p50, h_p50) =
+        (med(&open_runs, |s| s.p50_ms), med(&jwt_runs, |s| s.p50_ms), med(&header_runs, |s| s.p50_ms));
+    let errors: u64 = open_runs.iter().chain(&jwt_runs).chain(&header_runs).map(|s| s.errors).sum();
     println!(
         "GET /status, {CLIENTS} keep-alive clients, {ROUNDS} alternated runs of {} s each (medians):",
         RUN.as_secs()
     );
-    println!("  no authorization: {o_rps:.0} req/s, p50 {o_p50:.3} ms, p99 {o_p99:.3} ms");
-    println!("  valid JWT:        {j_rps:.0} req/s, p50 {j_p50:.3} ms, p99 {j_p99:.3} ms");
+    println!("  no authorization:                 {o_rps:.0} req/s, p50 {o_p50:.3} ms, p99 {o_p99:.3} ms");
+    println!("  valid JWT, checked:               {j_rps:.0} req/s, p50 {j_p50:.3} ms, p99 {j_p99:.3} ms");
+    println!("  same header, no keys (unchecked): {h_rps:.0} req/s, p50 {h_p50:.3} ms, p99 {h_p99:.3} ms");
     println!(
         "  p99 difference {:+.3} ms (target within 1 ms), req/s ratio {:.2}, errors {errors}",
         j_p99 - o_p99,
         j_rps / o_rps
     );
+    let p99s = |runs: &[Stats]| runs.iter().map(|s| format!("{:.1}", s.p99_ms)).collect::<Vec<_>>().join(", ");
+    println!(
+        "  p99 of each run (ms): none {}; JWT {}; header unchecked {}",
+        p99s(&open_runs),
+        p99s(&jwt_runs),
+        p99s(&header_runs)
+    );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("  load average after the runs: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     let (verify_us, cached_ns) = check_cost(&kp);
     println!("in this process: one check without the cache {verify_us:.1} us; with the cache {cached_ns:.0} ns");
     println!("RESULT auth/open_rps {o_rps:.0} req_per_s");
@@ -116,6 +132,7 @@ fn main() {
     println!("RESULT auth/open_p99 {o_p99:.3} ms");
     println!("RESULT auth/jwt_p99 {j_p99:.3} ms baseline=auth/open_p99");
     println!("RESULT auth/jwt_p99_minus_open {:.3} ms target=1", (j_p99 - o_p99).max(0.0));
+    println!("RESULT auth/header_unchecked_p99 {h_p99:.3} ms baseline=auth/open_p99");
     println!("RESULT auth/verify_uncached {verify_us:.1} us");
     println!("RESULT auth/check_cached {cached_ns:.0} ns");
     println!("RESULT auth/errors {errors} count target=0");
