@@ -50,12 +50,16 @@ fn jwks() -> Value {
 /// A compute in `empty` whose control plane sent the test keys; returns it once its public
 /// `/metrics` answers.
 fn start_with_keys(s: &Setup, extra: &[&str]) -> (Compute, StandIn) {
+    start_with_keys_env(s, extra, &[])
+}
+
+fn start_with_keys_env(s: &Setup, extra: &[&str], env: &[(&str, &str)]) -> (Compute, StandIn) {
     let body = json!({"status": "empty", "spec": null, "compute_ctl_config": jwks()}).to_string();
     let cp = StandIn::start(vec![(200, body)]);
     let mut args = s.base_args();
     args.extend(["-p".into(), cp.uri(), "-i".into(), COMPUTE_ID.into()]);
     args.extend(extra.iter().map(|a| a.to_string()));
-    let mut c = Compute::spawn(&args, s.http_port);
+    let mut c = http::spawn_with_env(&args, s.http_port, env, s.dir.join("compute.log"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while http::request(s.http_port, "GET", "/metrics", &[], b"").map(|r| r.status).ok() != Some(200) {
         assert!(c.try_wait().is_none(), "compute_ctl exited: {}", c.log_text());
@@ -228,6 +232,17 @@ fn an_unauthorized_upload_is_answered_before_its_body() {
     c.signal("TERM");
     c.wait_exit(Duration::from_secs(20));
     assert!(!c.log_text().contains("static-tok"), "the token reached the log");
+}
+
+#[test]
+fn instance_id_does_not_turn_authorization_off() {
+    let s = Setup::empty("auth-instance");
+    let (mut c, _cp) = start_with_keys_env(&s, &[], &[("INSTANCE_ID", "hadron-1")]);
+    assert_eq!(with_auth(s.http_port, "GET", "/status", None, b"").status, 400);
+    assert_eq!(with_auth(s.http_port, "POST", "/terminate", Some("Bearer x.y.z"), b"").status, 401);
+    assert!(c.log_text().contains("INSTANCE_ID is set"), "{}", c.log_text());
+    c.signal("TERM");
+    c.wait_exit(Duration::from_secs(20));
 }
 
 #[test]
