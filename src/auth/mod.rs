@@ -188,9 +188,13 @@ pub fn now() -> u64 {
 /// the JWT's JSON parts and signature), with a key set of one made-up key.
 #[doc(hidden)]
 pub fn fuzz_check(header: &str) {
-    let seed = ed25519_compact::Seed::new([3; 32]);
-    let key = jwks::Key { name: "fuzz".into(), key: ed25519_compact::KeyPair::from_seed(seed).pk };
-    let auth = Authorizer::new(None, Some(KeySet { keys: vec![key], skipped: Vec::new() }), "compute-1");
+    // Made once: deriving the key is most of the cost of an input otherwise.
+    static AUTH: std::sync::OnceLock<Authorizer> = std::sync::OnceLock::new();
+    let auth = AUTH.get_or_init(|| {
+        let seed = ed25519_compact::Seed::new([3; 32]);
+        let key = jwks::Key { name: "fuzz".into(), key: ed25519_compact::KeyPair::from_seed(seed).pk };
+        Authorizer::new(None, Some(KeySet { keys: vec![key], skipped: Vec::new() }), "compute-1")
+    });
     let decision = auth.check(Some(header), 1_800_000_000);
     if let Err(d) = decision {
         assert!(matches!(d.status, 400 | 401 | 403), "{d:?}");
