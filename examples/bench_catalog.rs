@@ -12,48 +12,20 @@
 //! (`catalog/noop_reapply_after_restart`). Results are printed as `RESULT` lines (see
 //! examples/bench.rs); a panic (nothing measured) exits non-zero.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use compute_ctl::postgres::apply::{self, Concurrency, catalog};
 use compute_ctl::spec::ParsedSpec;
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{PGBIN_DIR, as_postgres, chown, free_port, ms};
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
 const ROLES: usize = 1000;
 const DBS: usize = 100;
-
-/// uid/gid of the `postgres` OS user when we run as root (Postgres refuses to run as root).
-fn pg_ids() -> Option<(u32, u32)> {
-    if std::fs::read_to_string("/proc/self/status")
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("Uid:"))?
-        .split_whitespace()
-        .nth(1)?
-        != "0"
-    {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    let f: Vec<&str> = passwd.lines().find(|l| l.starts_with("postgres:"))?.split(':').collect();
-    Some((f[2].parse().ok()?, f[3].parse().ok()?))
-}
-
-fn as_pg(cmd: &mut Command) -> &mut Command {
-    if let Some((u, g)) = pg_ids() {
-        cmd.uid(u).gid(g);
-    }
-    cmd
-}
-
-fn chown(p: &Path) {
-    if let Some((u, g)) = pg_ids() {
-        std::os::unix::fs::chown(p, Some(u), Some(g)).unwrap();
-    }
-}
 
 /// A Postgres started from `pgdata`, stopped (fast) by pid on drop.
 struct Pg {
@@ -63,7 +35,7 @@ struct Pg {
 
 impl Pg {
     fn start(pgdata: &Path, sock: &Path, port: u16) -> Pg {
-        let child = as_pg(Command::new(format!("{BIN}/postgres")).arg("-D").arg(pgdata).args([
+        let child = as_postgres(Command::new(format!("{PGBIN_DIR}/postgres")).arg("-D").arg(pgdata).args([
             "-c",
             &format!("port={port}"),
             "-c",
@@ -102,10 +74,6 @@ fn connstr(port: u16) -> String {
     format!("postgresql://cloud_admin@127.0.0.1:{port}/postgres")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn spec() -> ParsedSpec {
     let roles: Vec<serde_json::Value> = (0..ROLES)
         .map(|i| serde_json::json!({"name": format!("role_{i}"), "encrypted_password": format!("{i:032x}")}))
@@ -133,9 +101,9 @@ fn psql_script(spec: &ParsedSpec) -> String {
             let _ = writeln!(out, "{};", st.sql);
         }
     };
-    push(catalog::create_superuser(s, &mut snap), &mut out);
-    push(catalog::create_and_alter_roles(s, &HashSet::new(), &mut snap), &mut out);
-    push(catalog::create_and_alter_databases(s, &mut snap), &mut out);
+    push(catalog::create_superuser(s, catalog::NEON_SUPERUSER, &mut snap), &mut out);
+    push(catalog::create_and_alter_roles(s, catalog::NEON_SUPERUSER, &HashSet::new(), &mut snap), &mut out);
+    push(catalog::create_and_alter_databases(s, catalog::NEON_SUPERUSER, &mut snap), &mut out);
     out.push_str("CREATE SCHEMA IF NOT EXISTS neon;\n");
     for db in &s.cluster.databases {
         let _ = writeln!(out, "\\c {}", db.name);
@@ -169,7 +137,7 @@ fn main() {
     let _cleanup = RemoveDir(root.clone());
     chown(&root);
     let a = root.join("a");
-    let out = as_pg(Command::new(format!("{BIN}/initdb")).arg("-D").arg(&a).args([
+    let out = as_postgres(Command::new(format!("{PGBIN_DIR}/initdb")).arg("-D").arg(&a).args([
         "-U",
         "cloud_admin",
         "--auth=trust",
@@ -193,7 +161,7 @@ fn main() {
     let psql_time = {
         let pg = Pg::start(&b, &root, free_port());
         let started = Instant::now();
-        let out = as_pg(Command::new(format!("{BIN}/psql")).args([
+        let out = as_postgres(Command::new(format!("{PGBIN_DIR}/psql")).args([
             "-X",
             "-q",
             "-v",
@@ -218,16 +186,15 @@ fn main() {
 
     let pg = Pg::start(&a, &root, free_port());
     let cs = connstr(pg.port);
-    let first = apply::apply(&cs, spec.spec(), Concurrency::AtStart).unwrap();
+    let first = apply::apply(&cs, spec.spec(), catalog::NEON_SUPERUSER, Concurrency::AtStart).unwrap();
     // What a live reconfigure with the same spec costs (databases already verified by this
     // process are not connected to again) ...
-    let second = apply::apply(&cs, spec.spec(), Concurrency::Reconfigure(1)).unwrap();
+    let second = apply::apply(&cs, spec.spec(), catalog::NEON_SUPERUSER, Concurrency::Reconfigure(1)).unwrap();
     // ... and what a restart costs (a new process checks every database once).
     apply::per_db::forget_verified(None);
-    let third = apply::apply(&cs, spec.spec(), Concurrency::AtStart).unwrap();
+    let third = apply::apply(&cs, spec.spec(), catalog::NEON_SUPERUSER, Concurrency::AtStart).unwrap();
     drop(pg);
 
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let lines = psql_script(&spec).lines().filter(|l| !l.starts_with('\\')).count();
     println!(
         "catalog apply: {ROLES} roles, {DBS} databases, {} workers at start",

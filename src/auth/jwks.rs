@@ -40,6 +40,12 @@ pub fn from_compute_ctl_config(config: &Value) -> Option<KeySet> {
         set.skipped.push(("jwks".into(), "has no \"keys\" array; no token can be verified".into()));
         return Some(set);
     };
+    Some(from_keys(keys))
+}
+
+/// The usable keys among `keys` (the JWKS's `keys` array), and what was skipped and why.
+pub fn from_keys(keys: &[Value]) -> KeySet {
+    let mut set = KeySet::default();
     for (i, jwk) in keys.iter().enumerate() {
         let name = match jwk.get("kid").and_then(Value::as_str) {
             Some(kid) => format!("{kid:?}"),
@@ -50,7 +56,7 @@ pub fn from_compute_ctl_config(config: &Value) -> Option<KeySet> {
             Err(why) => set.skipped.push((name, why)),
         }
     }
-    Some(set)
+    set
 }
 
 fn usable(jwk: &Value) -> Result<ed25519_compact::PublicKey, String> {

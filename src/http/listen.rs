@@ -11,14 +11,16 @@ use super::{gate, server};
 use crate::args::Args;
 use crate::auth::{Authorizer, Token, jwks};
 use crate::error::{Error, Result};
+use crate::spec::ComputeCtlConfig;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 /// The authorizers of the external and internal servers, from `--http-auth-token-file` and
-/// the `compute_ctl_config` received at start (None when there was none).
-pub fn authorizers(args: &Args, compute_ctl_config: Option<&serde_json::Value>) -> Result<(Authorizer, Authorizer)> {
+/// the `compute_ctl_config` received at start (of `-c` or the control plane; None when there
+/// was none).
+pub fn authorizers(args: &Args, compute_ctl_config: Option<&ComputeCtlConfig>) -> Result<(Authorizer, Authorizer)> {
     let token = args.http_auth_token_file.as_deref().map(Token::from_file).transpose()?;
-    let keys = compute_ctl_config.and_then(jwks::from_compute_ctl_config);
+    let keys = compute_ctl_config.map(|c| jwks::from_keys(&c.jwks.keys));
     if let Some(set) = &keys {
         for (name, why) in &set.skipped {
             log::warn!("JWKS key {name} skipped: {why}");
@@ -68,7 +70,7 @@ pub fn start(args: &Args, app: &Arc<App>, external: Authorizer, internal: Author
             Server::External => "external",
         };
         server::spawn(addr, name, gate::gate(Arc::new(auth), which), routes::handler(app.clone(), which))
-            .map_err(|e| Error::Usage(format!("cannot bind the {name} HTTP server to {addr}: {e}")))?;
+            .map_err(|source| Error::Bind { server: name, addr, source })?;
     }
     Ok(())
 }

@@ -2,7 +2,6 @@
 
 pub mod gate;
 pub mod listen;
-mod pg_routes;
 pub mod request;
 pub mod response;
 pub mod routes;

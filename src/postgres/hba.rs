@@ -8,8 +8,8 @@
 //! PGDATA made by an earlier version, which still has those lines, is fixed on its next start,
 //! once: after that there is nothing left to recognise.
 
+use super::{Node, Stopped};
 use crate::error::{Error, Result};
-use std::path::Path;
 
 /// Lets any role with a password in over the local socket (the TCP line is `conf::PG_HBA_ALL_MD5`).
 pub const LOCAL_ALL_MD5: &str = "local\tall\t\tall\t\t\t\t\tmd5";
@@ -53,8 +53,10 @@ pub fn trust_only(text: &str, superuser: &str) -> Result<(String, usize)> {
 
 /// Applies [`trust_only`] to `PGDATA/pg_hba.conf` (written whole, atomically) and makes sure
 /// roles with passwords can use the socket. Returns how many trust lines were rewritten.
-pub fn restrict_local(pgdata: &Path, superuser: &str) -> Result<usize> {
-    let path = pgdata.join("pg_hba.conf");
+/// Postgres must not run (`Stopped`): it would not see the change before a reload anyway.
+pub fn restrict_local(_proof: &Stopped, node: &Node) -> Result<usize> {
+    let superuser = &super::sql::connstr_user(&node.connstr)?;
+    let path = node.pgdata.join("pg_hba.conf");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io("cannot read", &path, e))?;
     let (fixed, changed) = trust_only(&text, superuser)?;
     if changed > 0 {

@@ -7,7 +7,7 @@
 //! a second apply of the same spec sends no DDL at all. Per-database phases run on a bounded
 //! pool of threads ([`per_db`]).
 //!
-//! Phases, in order: `neon_superuser`; drop invalid databases; rename roles; create and alter
+//! Phases, in order: the privileged role (`--privileged-role-name`, default `neon_superuser`); drop invalid databases; rename roles; create and alter
 //! roles; rename and delete databases (a deleted database's subscriptions are dropped first,
 //! leaving the publisher's slots alone); create databases and fix owners; schema `neon`; per
 //! database: references of deleted roles, schema `public`; `pg_stat_statements` when
@@ -24,13 +24,13 @@ pub mod per_db;
 pub mod settings;
 
 use crate::error::{Error, Result};
-use crate::escape::{quote_ident, quote_literal};
+use crate::escape::quote_ident;
 use crate::postgres::sql::Warm;
 use crate::postgres::{conf, sql};
 use crate::spec::{ComputeSpec, Database, ParsedSpec, Role};
 use catalog::{DbDelta, Snapshot, Stmt};
 use per_db::{DbTask, Exec};
-use postgres::{Client, NoTls};
+use postgres::Client;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -44,29 +44,21 @@ pub enum Concurrency {
     Reconfigure(usize),
 }
 
-/// Start-up options of every maintenance connection (see the module docs).
-const MAINTENANCE_OPTIONS: &str = "-c role=none -c default_transaction_read_only=off -c search_path=public \
-     -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0";
-
-/// A connection string that cannot connect: a subscription about to be dropped gets it, so
-/// `DROP SUBSCRIPTION` cannot reach the publisher to drop table-sync slots.
-const UNREACHABLE_CONNINFO: &str = "host=/nonexistent/compute_ctl/dropped-subscription port=1 connect_timeout=1";
-
 /// Statements run, per phase, for the log line at the end (and for tests and the benchmark).
 #[derive(Debug, Default)]
 pub struct Counter(Mutex<BTreeMap<&'static str, u64>>);
 
 impl Counter {
     pub fn add(&self, phase: &'static str, n: u64) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(phase).or_default() += n;
+        *crate::locks::lock(&self.0).entry(phase).or_default() += n;
     }
 
     pub fn total(&self) -> u64 {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
+        crate::locks::lock(&self.0).values().sum()
     }
 
     pub fn by_phase(&self) -> BTreeMap<&'static str, u64> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::locks::lock(&self.0).clone()
     }
 }
 
@@ -78,18 +70,30 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-/// Applies the spec's catalog.
-pub fn apply_spec(connstr: &str, spec: &ParsedSpec, concurrency: Concurrency, warm: Option<&Warm>) -> Result<()> {
-    apply_with(connstr, spec.spec(), concurrency, warm).map(|_| ())
+/// Applies the spec's catalog; `privileged` is `--privileged-role-name`.
+pub fn apply_spec(
+    connstr: &str,
+    spec: &ParsedSpec,
+    privileged: &str,
+    concurrency: Concurrency,
+    warm: Option<&Warm>,
+) -> Result<()> {
+    apply_with(connstr, spec.spec(), privileged, concurrency, warm).map(|_| ())
 }
 
 /// Applies the spec's catalog and says how many statements each phase ran.
-pub fn apply(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency) -> Result<Report> {
-    apply_with(connstr, spec, concurrency, None)
+pub fn apply(connstr: &str, spec: &ComputeSpec, privileged: &str, concurrency: Concurrency) -> Result<Report> {
+    apply_with(connstr, spec, privileged, concurrency, None)
 }
 
 /// [`apply`], first using connections an earlier step left open (see [`Warm`]).
-pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, warm: Option<&Warm>) -> Result<Report> {
+pub fn apply_with(
+    connstr: &str,
+    spec: &ComputeSpec,
+    privileged: &str,
+    concurrency: Concurrency,
+    warm: Option<&Warm>,
+) -> Result<Report> {
     let started = Instant::now();
     let workers = match concurrency {
         Concurrency::AtStart => start_concurrency(spec),
@@ -108,7 +112,7 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
         .collect();
 
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
-    let superuser = catalog::create_superuser(spec, &mut snap);
+    let superuser = catalog::create_superuser(spec, privileged, &mut snap);
     if !superuser.is_empty() {
         // Default privileges checked before were for a neon_superuser that is gone.
         per_db::forget_verified(Some(connstr));
@@ -116,7 +120,7 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
     run(&mut sys, "create_superuser", superuser)?;
     run(&mut sys, "drop_invalid_databases", catalog::drop_invalid_databases(&mut snap))?;
     run(&mut sys, "rename_roles", catalog::rename_roles(spec, &mut snap))?;
-    run(&mut sys, "create_and_alter_roles", catalog::create_and_alter_roles(spec, &jwks_roles, &mut snap))?;
+    run(&mut sys, "create_and_alter_roles", catalog::create_and_alter_roles(spec, privileged, &jwks_roles, &mut snap))?;
     for delta in catalog::rename_and_delete_databases(spec, &mut snap) {
         match delta {
             DbDelta::Rename(s) => sys.run("rename_and_delete_databases", &s)?,
@@ -126,14 +130,20 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
             }
         }
     }
-    run(&mut sys, "create_and_alter_databases", catalog::create_and_alter_databases(spec, &mut snap))?;
+    run(&mut sys, "create_and_alter_databases", catalog::create_and_alter_databases(spec, privileged, &mut snap))?;
     if !state.neon_schema {
         sys.run("create_schema_neon", &stmt("CREATE SCHEMA IF NOT EXISTS neon"))?;
     }
 
     let roles_to_delete = catalog::roles_to_delete(spec, &snap);
     let tasks = db_tasks(spec, &snap, &system_db, &state.current_user);
-    let shared = per_db::Shared { connstr, roles_to_delete: &roles_to_delete, counter: &counter, warm };
+    let shared = per_db::Shared {
+        connstr,
+        roles_to_delete: &roles_to_delete,
+        privileged_role: privileged,
+        counter: &counter,
+        warm,
+    };
     per_db::run_all(&tasks, workers, &shared)?;
 
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
@@ -202,7 +212,7 @@ pub fn start_concurrency(spec: &ComputeSpec) -> usize {
 /// A maintenance connection (see the module docs) to `db`, or to the database of the
 /// connection string.
 pub fn maintenance_client(connstr: &str, db: Option<&str>) -> Result<Client> {
-    maintenance_client_named(connstr, db, sql::APP_APPLY)
+    sql::connect_maintenance(connstr, db, sql::APP_APPLY)
 }
 
 /// A connection to `db` left open by an earlier step of the start, else a new
@@ -212,25 +222,6 @@ pub fn maintenance_client_from(warm: Option<&Warm>, connstr: &str, db: &str) -> 
         Some(client) => Ok(client),
         None => maintenance_client(connstr, Some(db)),
     }
-}
-
-/// [`maintenance_client`] under another application name.
-pub fn maintenance_client_named(connstr: &str, db: Option<&str>, app: &str) -> Result<Client> {
-    let mut config = sql::config(connstr)?;
-    if let Some(db) = db {
-        config.dbname(db);
-    }
-    config.application_name(app);
-    let options = match config.get_options() {
-        Some(o) if !o.trim().is_empty() => format!("{o} {MAINTENANCE_OPTIONS}"),
-        _ => MAINTENANCE_OPTIONS.to_string(),
-    };
-    config.options(&options);
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
-    let name = config.get_dbname().or(config.get_user()).unwrap_or("postgres").to_string();
-    config.connect(NoTls).map_err(|e| Error::sql("connect", name, e))
 }
 
 /// What the cluster-wide phases after the roles and databases look at, read once.
@@ -260,9 +251,7 @@ impl SystemState {
         Ok(SystemState {
             current_user: row.get(0),
             neon_schema: row.get(1),
-            pg_stat_statements_preloaded: preload
-                .split(',')
-                .any(|l| l.trim().trim_matches('"') == "pg_stat_statements"),
+            pg_stat_statements_preloaded: conf::preloads(&preload, "pg_stat_statements"),
             pg_stat_statements_installed: row.get(3),
             neon_available: row.get(4),
             neon_installed: row.get(5),
@@ -330,11 +319,9 @@ fn drop_subscriptions_of(sys: &mut Exec<'_>, connstr: &str, db: &str, allow_conn
         .map(|r| r.get(0))
         .collect();
     for name in names {
-        let s = quote_ident(&name);
-        exec.run(PHASE, &stmt(&format!("ALTER SUBSCRIPTION {s} DISABLE")))?;
-        exec.run(PHASE, &stmt(&format!("ALTER SUBSCRIPTION {s} CONNECTION {}", quote_literal(UNREACHABLE_CONNINFO))))?;
-        exec.run(PHASE, &stmt(&format!("ALTER SUBSCRIPTION {s} SET (slot_name = NONE)")))?;
-        exec.run(PHASE, &stmt(&format!("DROP SUBSCRIPTION {s}")))?;
+        for sql in sql::detach_and_drop(&name) {
+            exec.run(PHASE, &stmt(&sql))?;
+        }
     }
     Ok(())
 }
