@@ -23,11 +23,11 @@ pub fn probe(port: u16) -> std::process::ExitCode {
         Ok(text)
     })();
     match result {
-        Ok(text) if text.lines().any(|l| l == "compute_ctl_up{status=\"running\"} 1") => {
+        Ok(text) if text.lines().any(|l| up_line(l) && l.contains("status=\"running\"")) => {
             std::process::ExitCode::SUCCESS
         }
         Ok(text) => {
-            let status = text.lines().find(|l| l.starts_with("compute_ctl_up{") && l.ends_with("} 1"));
+            let status = text.lines().find(|l| up_line(l));
             eprintln!("compute_ctl --probe: not running: {}", status.or(text.lines().next()).unwrap_or(""));
             std::process::ExitCode::from(1)
         }
@@ -36,4 +36,9 @@ pub fn probe(port: u16) -> std::process::ExitCode {
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// A `compute_ctl_up{...} 1` sample: the current status (its labels vary, `build_tag` too).
+fn up_line(line: &str) -> bool {
+    line.starts_with("compute_ctl_up{") && line.ends_with("} 1")
 }

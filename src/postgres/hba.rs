@@ -57,7 +57,13 @@ pub fn trust_only(text: &str, superuser: &str) -> Result<(String, usize)> {
 pub fn restrict_local(_proof: &Stopped, node: &Node) -> Result<usize> {
     let superuser = &super::sql::connstr_user(&node.connstr)?;
     let path = node.pgdata.join("pg_hba.conf");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        // initdb always writes one; without it there is nothing to restrict, and the line
+        // below makes the file.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io("cannot read", &path, e)),
+    };
     let (fixed, changed) = trust_only(&text, superuser)?;
     if changed > 0 {
         super::conf::write_atomically(&path, fixed.as_bytes())?;
