@@ -14,12 +14,15 @@
 //! test is `$COMPUTE_CTL_BIN`, else target/<profile>/compute_ctl. Prints `RESULT` lines (see
 //! examples/bench.rs); compute_ctl is stopped and its directory removed, also on a panic.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use compute_ctl::auth::{Authorizer, KeySet, base64url, jwks, jwt};
 use ed25519_compact::{KeyPair, Seed};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,18 +32,10 @@ const CLIENTS: usize = 64;
 const UPLOAD: usize = 50_000_000;
 const RUN: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 5;
-const PGBIN: &str = "/usr/lib/postgresql/15/bin/postgres";
 const COMPUTE_ID: &str = "bench-compute";
 
 fn main() {
-    let bin = match std::env::var_os("COMPUTE_CTL_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let exe = std::env::current_exe().expect("the example knows its path");
-            exe.parent().and_then(Path::parent).map(|d| d.join("compute_ctl")).expect("target/<profile>/examples/..")
-        }
-    };
-    assert!(bin.exists(), "{} is missing: run `cargo build --release` first", bin.display());
+    let bin = support::compute_ctl_binary();
     let dir = std::env::temp_dir().join(format!("bench_auth-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -93,11 +88,7 @@ fn main() {
         jwt_runs.push(measure(guarded.port, Some(&auth)));
         header_runs.push(measure(open.port, Some(&auth)));
     }
-    let med = |runs: &[Stats], f: fn(&Stats) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let med = |runs: &[Stats], f: fn(&Stats) -> f64| support::median(&runs.iter().map(f).collect::<Vec<_>>());
     let (o_rps, j_rps, h_rps) = (med(&open_runs, |s| s.rps), med(&jwt_runs, |s| s.rps), med(&header_runs, |s| s.rps));
     let (o_p99, j_p99, h_p99) =
         (med(&open_runs, |s| s.p99_ms), med(&jwt_runs, |s| s.p99_ms), med(&header_runs, |s| s.p99_ms));
@@ -341,22 +332,33 @@ fn control_plane(body: String) -> u16 {
 struct Compute {
     child: Child,
     port: u16,
+    /// Holds the claim on the port pair for as long as the compute runs.
+    _claim: std::fs::File,
 }
 
 impl Compute {
     fn start(bin: &Path, dir: &Path, control_plane: Option<u16>) -> Compute {
         std::fs::create_dir_all(dir).unwrap();
-        let port = free_port();
+        let (port, claim) = support::claim_port_pair();
         let mut cmd = Command::new(bin);
         cmd.args(["-D", dir.join("pgdata").to_str().unwrap(), "-C", "postgresql://cloud_admin@127.0.0.1:9/postgres"])
-            .args(["-b", PGBIN, "--http-bind", "127.0.0.1", "--exit-delay", "0", "-i", COMPUTE_ID])
+            .args([
+                "-b",
+                &format!("{}/postgres", support::PGBIN_DIR),
+                "--http-bind",
+                "127.0.0.1",
+                "--exit-delay",
+                "0",
+                "-i",
+                COMPUTE_ID,
+            ])
             .args(["--http-port", &port.to_string()]);
         if let Some(cp) = control_plane {
             cmd.args(["-p", &format!("http://127.0.0.1:{cp}")]);
         }
         let log = std::fs::File::create(dir.join("compute.log")).unwrap();
         let child = cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
-        let mut c = Compute { child, port };
+        let mut c = Compute { child, port, _claim: claim };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(c.child.try_wait().unwrap().is_none(), "compute_ctl exited; see {}", dir.display());
@@ -375,16 +377,5 @@ impl Drop for Compute {
     fn drop(&mut self) {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        drop(l);
-        if port < 65535 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
     }
 }

@@ -3,7 +3,7 @@
 //! A key this build cannot use (RS256, which only Databricks' deployment sends; a curve other
 //! than Ed25519; an `x` that is not 32 bytes of base64url, as in Neon's own docker-compose
 //! config) is skipped with a warning naming its `kid`. It never fails the start and is never
-//! used. A set left with no usable key refuses every token, as Neon's empty set does.
+//! used. A set left with no usable key turns JWT authorization off (`http::listen` decides).
 
 use super::base64url;
 use serde_json::Value;

@@ -20,14 +20,17 @@ use std::sync::Arc;
 /// was none).
 pub fn authorizers(args: &Args, compute_ctl_config: Option<&ComputeCtlConfig>) -> Result<(Authorizer, Authorizer)> {
     let token = args.http_auth_token_file.as_deref().map(Token::from_file).transpose()?;
-    let keys = compute_ctl_config.map(|c| jwks::from_keys(&c.jwks.keys));
+    let mut keys = compute_ctl_config.map(|c| jwks::from_keys(&c.jwks.keys));
     if let Some(set) = &keys {
         for (name, why) in &set.skipped {
             log::warn!("JWKS key {name} skipped: {why}");
         }
         let names: Vec<&str> = set.keys.iter().map(|k| k.name.as_str()).collect();
         if names.is_empty() {
-            log::warn!("compute_ctl_config.jwks has no usable key: every authenticated route answers 401");
+            // Unlike Neon (whose empty set refuses every token): no key means no JWT check,
+            // and the external server is then unauthenticated, so it binds loopback by default.
+            log::warn!("compute_ctl_config.jwks has no usable key: JWT authorization is off");
+            keys = None;
         } else {
             log::info!("JWT authorization with {} key(s): {}", names.len(), names.join(", "));
         }

@@ -307,9 +307,7 @@ fn a_missing_token_file_stops_the_start_with_a_clear_error() {
 }
 
 fn attached(spec: &serde_json::Value) -> String {
-    // No `jwks`: JWT authorization is not configured (an empty key set would refuse every
-    // request, as in Neon).
-    serde_json::json!({"status": "attached", "spec": spec, "compute_ctl_config": {}}).to_string()
+    serde_json::json!({"status": "attached", "spec": spec, "compute_ctl_config": {"jwks": {"keys": []}}}).to_string()
 }
 
 fn cplane_args(s: &Setup, uri: &str) -> Vec<String> {
