@@ -21,6 +21,7 @@
 
 pub mod catalog;
 pub mod per_db;
+pub mod privileged;
 pub mod settings;
 
 use crate::error::{Error, Result};
@@ -111,6 +112,8 @@ pub fn apply_with(
         .flat_map(|j| j.role_names.iter().cloned())
         .collect();
 
+    // Before any statement: a spec that would weaken compute_ctl's own roles changes nothing.
+    privileged::check(spec, &state.current_user, privileged)?;
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
     let superuser = catalog::create_superuser(spec, privileged, &mut snap);
     if !superuser.is_empty() {
@@ -120,7 +123,8 @@ pub fn apply_with(
     run(&mut sys, "create_superuser", superuser)?;
     run(&mut sys, "drop_invalid_databases", catalog::drop_invalid_databases(&mut snap))?;
     run(&mut sys, "rename_roles", catalog::rename_roles(spec, &mut snap))?;
-    run(&mut sys, "create_and_alter_roles", catalog::create_and_alter_roles(spec, privileged, &jwks_roles, &mut snap))?;
+    let roles = catalog::create_and_alter_roles(spec, privileged, &jwks_roles, &state.current_user, &mut snap);
+    run(&mut sys, "create_and_alter_roles", roles)?;
     for delta in catalog::rename_and_delete_databases(spec, &mut snap) {
         match delta {
             DbDelta::Rename(s) => sys.run("rename_and_delete_databases", &s)?,
