@@ -30,7 +30,11 @@ pub struct Args {
     pub pgbin: PathBuf,
     pub external_http_port: u16,
     pub internal_http_port: u16,
-    pub http_bind: IpAddr,
+    /// `--http-bind`: the external server's address when given; otherwise all addresses
+    /// when requests are authorized, loopback when they are not.
+    pub http_bind: Option<IpAddr>,
+    /// `--internal-http-bind`: the internal server's address (default loopback).
+    pub internal_http_bind: IpAddr,
     pub compute_id: String,
     pub pg_user: String,
     pub http_auth_token_file: Option<PathBuf>,
@@ -105,9 +109,13 @@ Options:
                                 3600; the spec's suspend_timeout_seconds replaces it)
       --dev                     on a termination signal leave pgbouncer and local_proxy alone
                                 (compute_ctl never stops them, so this changes nothing)
-      --http-bind ADDR          address both HTTP servers bind (default ::, as Neon)
+      --http-bind ADDR          address of the external HTTP server (default :: when JWT keys
+                                or a token file authorize requests, else 127.0.0.1 only)
+      --internal-http-bind ADDR address of the internal HTTP server (default 127.0.0.1; it has
+                                no authorization, as in Neon)
       --http-auth-token-file F  require `Authorization: Bearer <token in F>` on every route
-                                except GET /metrics
+                                except GET /metrics (besides JWTs when compute_ctl_config.jwks
+                                has keys)
       --pg-user NAME            OS user Postgres runs as when compute_ctl is root (default postgres)
       --exit-delay SECONDS      keep answering /status this long after terminate or a failed
                                 start before exiting (default 30)
@@ -149,6 +157,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let mut ext_port = None;
     let mut int_port = None;
     let mut http_bind = None;
+    let mut internal_bind = None;
     let mut pg_user = None;
     let mut token_file = None;
     let mut exit_delay = None;
@@ -238,10 +247,8 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
                 log::warn!("{flag} is enforced only in Neon's lakebase mode; accepted and ignored");
             }
             "--internal-http-port" => int_port = Some(port_value(flag, &value(flag)?)?),
-            "--http-bind" => {
-                let v = value(flag)?;
-                http_bind = Some(v.parse::<IpAddr>().map_err(|_| usage(format!("{flag}: not an IP address: {v:?}")))?);
-            }
+            "--http-bind" => http_bind = Some(ip_value(flag, &value(flag)?)?),
+            "--internal-http-bind" => internal_bind = Some(ip_value(flag, &value(flag)?)?),
             "--pg-user" => pg_user = Some(value(flag)?),
             "--http-auth-token-file" => token_file = Some(PathBuf::from(value(flag)?)),
             "--exit-delay" => {
@@ -317,7 +324,8 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         pgbin,
         external_http_port,
         internal_http_port,
-        http_bind: http_bind.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+        http_bind,
+        internal_http_bind: internal_bind.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
         compute_id,
         pg_user: pg_user.unwrap_or_else(|| "postgres".into()),
         http_auth_token_file: token_file,
@@ -348,6 +356,10 @@ fn ext_base_url(flag: &str, v: &str) -> Result<String> {
         return Err(usage(format!("{flag}: {v:?} must not have query parameters")));
     }
     Ok(format!("{}/", v.trim_end_matches('/')))
+}
+
+fn ip_value(flag: &str, v: &str) -> Result<IpAddr> {
+    v.parse::<IpAddr>().map_err(|_| usage(format!("{flag}: not an IP address: {v:?}")))
 }
 
 fn port_value(flag: &str, v: &str) -> Result<u16> {
@@ -381,6 +393,20 @@ mod tests {
         assert_eq!(a.spec, SpecSource::Wait);
         assert_eq!(a.pg_user, "postgres");
         assert!(a.compute_id.starts_with("compute-"));
+        assert_eq!(a.http_bind, None, "decided at start from whether requests are authorized");
+        assert_eq!(a.internal_http_bind, IpAddr::from([127, 0, 0, 1]));
+    }
+
+    #[test]
+    fn bind_addresses() {
+        let mut v = BASE.to_vec();
+        v.extend(["--http-bind", "::", "--internal-http-bind=0.0.0.0"]);
+        let a = args(&v);
+        assert_eq!(a.http_bind, Some(IpAddr::from([0u16; 8])));
+        assert_eq!(a.internal_http_bind, IpAddr::from([0, 0, 0, 0]));
+        let mut v = BASE.to_vec();
+        v.extend(["--internal-http-bind", "localhost"]);
+        assert!(run(&v).unwrap_err().to_string().contains("--internal-http-bind: not an IP address"));
     }
 
     #[test]

@@ -9,12 +9,11 @@
 
 use crate::args::{Args, SpecSource};
 use crate::error::{Error, Result};
-use crate::http::{routes, server};
+use crate::http::{listen, routes};
 use crate::lifecycle::{self, Event, Message, Parts, Reply, Shared, State};
 use crate::postgres::process::StopMode;
 use crate::postgres::{Node, pgdata};
 use crate::spec::ParsedSpec;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -24,7 +23,6 @@ use std::time::{Duration, Instant};
 pub fn run(args: Args) -> Result<i32> {
     log::info!("compute build_tag: {}", crate::metrics::BUILD_TAG);
     let (tx, rx) = mpsc::channel::<Message>();
-    let auth_token = args.http_auth_token_file.as_deref().map(routes::Token::from_file).transpose()?;
     let node = Node {
         // A symlinked PGDATA is resolved once; everything works on the real directory.
         pgdata: pgdata::resolve(&args.pgdata),
@@ -40,7 +38,6 @@ pub fn run(args: Args) -> Result<i32> {
         events: Mutex::new(tx),
         live_config_allowed: !matches!(args.spec, SpecSource::Inline(_)),
         node,
-        auth_token,
         compute_ctl_config: std::sync::OnceLock::new(),
         in_flight: AtomicUsize::new(0),
     });
@@ -78,8 +75,18 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
             let json = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read spec file", path, e))?;
             Some(ParsedSpec::parse(&json)?)
         }
-        SpecSource::ControlPlane(_) | SpecSource::Wait => None,
+        // The control plane's answer carries the JWT keys, which decide the servers'
+        // addresses: asked before they start, as Neon does.
+        SpecSource::ControlPlane(uri) => {
+            let (spec, ctl) = crate::control_plane::fetch_config(uri, &args.compute_id)?;
+            if let Some(ctl) = ctl {
+                let _ = app.compute_ctl_config.set(ctl);
+            }
+            spec
+        }
+        SpecSource::Wait => None,
     };
+    let (external_auth, internal_auth) = listen::authorizers(&args, app.compute_ctl_config.get())?;
 
     let exit_tx = Mutex::new(tx.clone());
     let postmaster = Arc::new(Mutex::new(None));
@@ -91,18 +98,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
         log::info!("running as PID 1: reaping orphaned processes");
     }
 
-    // Internal first: once the external server answers, both are up.
-    for (port, which, name) in [
-        (args.internal_http_port, routes::Server::Internal, "internal"),
-        (args.external_http_port, routes::Server::External, "external"),
-    ] {
-        let addr = SocketAddr::new(args.http_bind, port);
-        server::spawn(addr, name, routes::handler(app.clone(), which)).map_err(|source| Error::Bind {
-            server: name,
-            addr,
-            source,
-        })?;
-    }
+    listen::start(&args, &app, external_auth, internal_auth)?;
     drop(tx);
 
     let mut state = State::new(Parts {
@@ -113,20 +109,9 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
             let _ = crate::locks::lock(&exit_tx).send(Message { event: Event::PostgresExited, reply: None });
         }),
     });
-    let initial = match (initial, &args.spec) {
-        (Some(spec), _) => Some(spec),
-        (None, SpecSource::ControlPlane(uri)) => {
-            let (spec, ctl) = crate::control_plane::fetch_config(uri, &args.compute_id)?;
-            if let Some(ctl) = ctl {
-                let _ = app.compute_ctl_config.set(ctl);
-            }
-            spec
-        }
-        (None, _) => {
-            log::info!("no spec yet: waiting for POST /configure");
-            None
-        }
-    };
+    if initial.is_none() && !matches!(args.spec, SpecSource::ControlPlane(_)) {
+        log::info!("no spec yet: waiting for POST /configure");
+    }
     if let Some(spec) = initial {
         state = lifecycle::step(state, Event::Init(spec)).0;
     }

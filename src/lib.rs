@@ -20,6 +20,7 @@
 #![allow(missing_debug_implementations)]
 
 pub mod args;
+pub mod auth;
 pub mod cgroup;
 pub mod compute;
 pub mod control_plane;

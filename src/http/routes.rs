@@ -1,5 +1,6 @@
-//! Routes of the external and internal servers, with Neon's methods, bodies and codes, and the
-//! optional bearer-token check in front of them.
+//! Routes of the external and internal servers, with Neon's methods, bodies and codes.
+//! Authorization happens before a request gets here (`gate`, which consults the tables below:
+//! a route missing from them is treated as unknown, and unknown paths need no token).
 //!
 //! Differences from Neon, on purpose: unknown paths (404) and wrong methods (405) get a JSON
 //! `{"error": …}` body like every other error; `/terminate` also works from `empty` and answers
@@ -27,8 +28,6 @@ pub struct App {
     /// before `-c`).
     pub live_config_allowed: bool,
     pub node: Node,
-    /// `--http-auth-token-file`'s token; every route but `GET /metrics` then needs it.
-    pub auth_token: Option<Token>,
     /// `compute_ctl_config` of the `-c` file or of the control plane's answer, set once before
     /// the compute starts (a `/configure` body's copy is ignored, as in Neon); unset with
     /// `-s`, `-S` or no spec source.
@@ -36,37 +35,6 @@ pub struct App {
     /// Requests being handled; the owner waits for them before the process exits so that
     /// the last answers (to `/terminate`, say) are written.
     pub in_flight: AtomicUsize,
-}
-
-/// A bearer token. Its `Debug` never shows it, so it cannot leak into a log line.
-pub struct Token(Vec<u8>);
-
-impl Token {
-    /// Reads the token file: the token is its content without surrounding whitespace.
-    pub fn from_file(path: &std::path::Path) -> crate::Result<Token> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| crate::Error::io("cannot read --http-auth-token-file", path, e))?;
-        let token = text.trim();
-        if token.is_empty() {
-            return Err(crate::Error::Usage(format!("--http-auth-token-file {}: the file is empty", path.display())));
-        }
-        Ok(Token(token.as_bytes().to_vec()))
-    }
-
-    /// Compares in time that depends only on the lengths, never on where the bytes differ.
-    pub fn matches(&self, given: &[u8]) -> bool {
-        let mut diff = self.0.len() ^ given.len();
-        for (i, b) in self.0.iter().enumerate() {
-            diff |= usize::from(b ^ given.get(i).copied().unwrap_or(!b));
-        }
-        std::hint::black_box(diff) == 0
-    }
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
 }
 
 impl App {
@@ -109,7 +77,7 @@ pub enum Server {
 }
 
 impl Server {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Server::External => "external",
             Server::Internal => "internal",
@@ -170,8 +138,17 @@ fn route(app: &App, server: Server, req: &Request) -> Response {
     resp
 }
 
+/// The route `path` names on `server`, if any (also the metrics label).
+pub(super) fn known_path(server: Server, path: &str) -> Option<&'static str> {
+    let table = match server {
+        Server::External => EXTERNAL,
+        Server::Internal => INTERNAL,
+    };
+    table.iter().find(|(p, _)| *p == path).map(|(p, _)| *p)
+}
+
 /// A random (version 4) UUID from the kernel's generator; a request id needs no more.
-fn uuid_v4() -> String {
+pub(super) fn uuid_v4() -> String {
     use std::io::Read;
     let mut b = [0u8; 16];
     if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
@@ -190,14 +167,6 @@ fn uuid_v4() -> String {
 
 fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&str])>) -> Response {
     let m = req.method.as_str();
-    let public = server == Server::External && req.path == "/metrics" && (m == "GET" || m == "HEAD");
-    if !public && let Some(token) = &app.auth_token {
-        let given = req.header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
-        if !given.is_some_and(|g| token.matches(g.as_bytes())) {
-            return Response::error(401, "missing or invalid bearer token")
-                .with_header("WWW-Authenticate", "Bearer".into());
-        }
-    }
     let Some((path, methods)) = known else {
         return Response::error(404, format!("no route for {}", req.path));
     };
@@ -472,21 +441,5 @@ fn grants(app: &App, req: &Request) -> Response {
     match queries::grant_on_schema(&app.node, &body.database, &body.schema, &list, &body.role) {
         Ok(()) => Response::json(201, &body),
         Err(e) => failure("failed to grant role privileges to the schema", &e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_compare() {
-        let t = Token(b"s3cret".to_vec());
-        assert!(t.matches(b"s3cret"));
-        assert!(!t.matches(b"s3cres"));
-        assert!(!t.matches(b"s3cret2"));
-        assert!(!t.matches(b"s3cre"));
-        assert!(!t.matches(b""));
-        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
     }
 }

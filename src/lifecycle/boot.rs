@@ -15,7 +15,7 @@ use super::states::{Failed, Running, synced_after_exit};
 use crate::error::{Error, Result};
 use crate::postgres::process::Postmaster;
 use crate::postgres::subscriptions::{self, Guard};
-use crate::postgres::{Stopped, apply, conf, pgdata, sql, storage};
+use crate::postgres::{Stopped, apply, conf, hba, pgdata, sql, storage};
 use crate::spec::{ComputeMode, ParsedSpec, StorageMode};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -105,6 +105,7 @@ impl Boot {
             StorageMode::Local => {
                 pgdata::initdb(&self.proof, node)?;
                 pgdata::ensure_owned(pgdata, node.run_as)?;
+                hba::restrict_local(&self.proof, node)?;
             }
             StorageMode::Pageserver { .. } => {
                 let t = storage::prepare_from_pageserver(&self.proof, node, &self.spec)?;

@@ -13,6 +13,7 @@ pub mod apply;
 pub mod basebackup;
 pub mod conf;
 pub mod dump;
+pub mod hba;
 pub mod migrations;
 pub mod pgdata;
 pub mod process;

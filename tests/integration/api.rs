@@ -158,8 +158,8 @@ fn insights_lists_user_statements_from_pg_stat_statements() {
     let n: i64 =
         db.query_one("SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'", &[]).unwrap().get(0);
     assert_eq!(n, 1);
-    db.batch_execute("CREATE ROLE alice LOGIN").unwrap();
-    let mut alice = support::pg_client_as(s.pg_port, "alice", "postgres");
+    db.batch_execute("CREATE ROLE alice LOGIN PASSWORD 'alice-pw'").unwrap();
+    let mut alice = support::pg_connect_with_password(s.pg_port, "alice", "alice-pw").unwrap();
     alice.batch_execute("SELECT 4242 AS insight_marker").unwrap();
     db.batch_execute("SELECT 1717 AS superuser_marker").unwrap();
     let r = http::get(s.http_port, "/insights");
@@ -389,7 +389,7 @@ fn last_active_follows_clients_not_compute_ctl() {
     c.wait_running();
     // compute_ctl's own work and the --connstr superuser (Neon's cloud_admin) do not count.
     let mut db = s.client();
-    db.batch_execute("CREATE ROLE alice LOGIN").unwrap();
+    db.batch_execute("CREATE ROLE alice LOGIN PASSWORD 'alice-pw'").unwrap();
     let p = s.http_port;
     assert_eq!(http::request(p, "POST", "/check_writability", &[], b"").unwrap().status, 200);
     assert_eq!(http::get(p, "/insights").status, 200);
@@ -403,7 +403,7 @@ fn last_active_follows_clients_not_compute_ctl() {
     busy.join().unwrap();
     assert_eq!(last_active(&c), None, "activity of compute_ctl or its superuser counted");
 
-    let mut alice = support::pg_client_as(s.pg_port, "alice", "postgres");
+    let mut alice = support::pg_connect_with_password(s.pg_port, "alice", "alice-pw").unwrap();
     alice.batch_execute("SELECT 1").unwrap();
     let first = poll(Duration::from_secs(5), "last_active", || last_active(&c));
     // A later query moves it forward.

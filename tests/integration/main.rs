@@ -3,6 +3,7 @@
 mod support;
 
 mod api;
+mod auth;
 mod autoscaling;
 mod catalog;
 mod faults_config;

@@ -324,6 +324,18 @@ pub fn pg_client(port: u16, db: &str) -> postgres::Client {
     pg_client_as(port, SUPERUSER, db)
 }
 
+/// Connects over TCP to 127.0.0.1 as `user` with `password`; the error when refused.
+pub fn pg_connect_with_password(port: u16, user: &str, password: &str) -> Result<postgres::Client, postgres::Error> {
+    postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(5))
+        .connect(postgres::NoTls)
+}
+
 pub fn pg_client_as(port: u16, user: &str, db: &str) -> postgres::Client {
     postgres::Config::new()
         .host("127.0.0.1")
