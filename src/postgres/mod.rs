@@ -9,3 +9,4 @@ pub mod safekeepers;
 pub mod sql;
 pub mod storage;
 pub mod subscriptions;
+pub mod version;

@@ -8,3 +8,4 @@ mod http;
 mod lifecycle;
 mod storage;
 mod subscriptions;
+mod versions;

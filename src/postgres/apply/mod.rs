@@ -26,6 +26,7 @@ pub mod settings;
 use crate::error::{Error, Result};
 use crate::escape::{quote_ident, quote_literal};
 use crate::postgres::sql::Warm;
+use crate::postgres::version::PgVersion;
 use crate::postgres::{conf, sql};
 use crate::spec::{ComputeSpec, Database, ParsedSpec, Role};
 use catalog::{DbDelta, Snapshot, Stmt};
@@ -114,6 +115,19 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
         per_db::forget_verified(Some(connstr));
     }
     run(&mut sys, "create_superuser", superuser)?;
+    run(&mut sys, "create_superuser", catalog::privileged_role_memberships(state.version, &mut snap))?;
+    if state.version.md5_deprecated() {
+        // 18 deprecates md5 verifiers (setting one draws a WARNING; a later major may drop
+        // them). They still work, so the apply goes on and says so once.
+        let md5 = catalog::md5_roles(spec);
+        if !md5.is_empty() {
+            log::warn!(
+                "{}: md5 password verifiers are deprecated; roles {:?} still get theirs (give them SCRAM-SHA-256 verifiers)",
+                state.version,
+                md5
+            );
+        }
+    }
     run(&mut sys, "drop_invalid_databases", catalog::drop_invalid_databases(&mut snap))?;
     run(&mut sys, "rename_roles", catalog::rename_roles(spec, &mut snap))?;
     run(&mut sys, "create_and_alter_roles", catalog::create_and_alter_roles(spec, &jwks_roles, &mut snap))?;
@@ -126,6 +140,7 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
             }
         }
     }
+    catalog::check_database_options(spec, &snap, state.version)?;
     run(&mut sys, "create_and_alter_databases", catalog::create_and_alter_databases(spec, &mut snap))?;
     if !state.neon_schema {
         sys.run("create_schema_neon", &stmt("CREATE SCHEMA IF NOT EXISTS neon"))?;
@@ -160,6 +175,9 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
             "create_availability_check",
             &stmt("INSERT INTO health_check VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET updated_at = now()"),
         )?;
+    }
+    if state.version.at_least(16) {
+        hand_over_admin_of_deleted_roles(&mut sys, &roles_to_delete)?;
     }
     run(&mut sys, "drop_roles", catalog::drop_roles(&roles_to_delete, &mut snap))?;
 
@@ -233,8 +251,50 @@ pub fn maintenance_client_named(connstr: &str, db: Option<&str>, app: &str) -> R
     config.connect(NoTls).map_err(|e| Error::sql("connect", name, e))
 }
 
+/// The roles a role about to be dropped holds the ADMIN OPTION on, that `neon_superuser`
+/// can take over: not itself, not a superuser, not a member of it (a membership loop), not
+/// dropped too, not already administered by it.
+const ADMIN_HELD_BY_DELETED: &str = "
+SELECT DISTINCT r.rolname::text FROM pg_catalog.pg_auth_members m
+  JOIN pg_catalog.pg_roles r ON r.oid = m.roleid
+ WHERE m.admin_option
+   AND m.member IN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY($1))
+   AND r.rolname <> ALL($1) AND r.rolname <> 'neon_superuser' AND NOT r.rolsuper
+   AND NOT pg_catalog.pg_has_role(r.oid, 'neon_superuser', 'MEMBER')
+   AND NOT EXISTS (SELECT FROM pg_catalog.pg_auth_members p JOIN pg_catalog.pg_roles s ON s.oid = p.member
+                    WHERE p.roleid = r.oid AND s.rolname = 'neon_superuser' AND p.admin_option)
+ ORDER BY 1";
+
+/// 16+ only: from 16 a `CREATEROLE` role may alter, grant and drop only the roles it holds
+/// the ADMIN OPTION on, which it gets for the roles it creates. Before 16 `CREATEROLE` alone
+/// let every spec role manage every non-superuser role. When `delete_role` drops a role,
+/// the roles it created would be left with nobody but the superuser able to manage them;
+/// `neon_superuser` takes its ADMIN OPTION over first (without INHERIT or SET, so it gains
+/// none of their privileges), so the spec roles, its members, keep managing them as on 15.
+fn hand_over_admin_of_deleted_roles(sys: &mut Exec<'_>, deleting: &[String]) -> Result<()> {
+    const PHASE: &str = "drop_roles";
+    if deleting.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = sys
+        .client
+        .query(ADMIN_HELD_BY_DELETED, &[&deleting])
+        .map_err(|e| Error::sql(PHASE, sys.db, e))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    for name in names {
+        let sql = format!("GRANT {} TO neon_superuser WITH ADMIN TRUE, INHERIT FALSE, SET FALSE", quote_ident(&name));
+        sys.run(PHASE, &stmt(&sql))?;
+    }
+    Ok(())
+}
+
 /// What the cluster-wide phases after the roles and databases look at, read once.
 struct SystemState {
+    /// `server_version_num`: read here, once per apply, for every statement that differs
+    /// between majors.
+    version: PgVersion,
     current_user: String,
     neon_schema: bool,
     pg_stat_statements_preloaded: bool,
@@ -253,11 +313,15 @@ impl SystemState {
                     EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_stat_statements'),
                     (SELECT default_version FROM pg_catalog.pg_available_extensions WHERE name = 'neon'),
                     (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'neon'),
-                    EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE tablename = 'health_check')",
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE tablename = 'health_check'),
+                    pg_catalog.current_setting('server_version_num')",
             &[],
         )?;
         let preload: String = row.get(2);
+        let version: String = row.get(7);
         Ok(SystemState {
+            // Always digits; a value that is not would be a server bug, read as the oldest major.
+            version: PgVersion(version.trim().parse().unwrap_or(140000)),
             current_user: row.get(0),
             neon_schema: row.get(1),
             pg_stat_statements_preloaded: preload

@@ -58,7 +58,7 @@ pub fn skip_unless_major(major: u32, test: &str) -> bool {
     if pg_major() == major {
         return false;
     }
-    println!("SKIPPED: {test}: needs PostgreSQL {major}, this run uses {} ({})", pg_major(), pg_bin_dir());
+    skipped(&format!("{test}: needs PostgreSQL {major}, this run uses {} ({})", pg_major(), pg_bin_dir()));
     true
 }
 
@@ -73,8 +73,15 @@ pub fn skip_without_extension(ext: &str, test: &str) -> bool {
     if control.as_deref().is_some_and(Path::exists) {
         return false;
     }
-    println!("SKIPPED: {test}: PostgreSQL {} at {} has no extension {ext}", pg_major(), pg_bin_dir());
+    skipped(&format!("{test}: PostgreSQL {} at {} has no extension {ext}", pg_major(), pg_bin_dir()));
     true
+}
+
+/// Prints `SKIPPED: what` where it is always seen: straight to the process's stdout, which
+/// the test harness does not capture (it captures only the print macros).
+pub fn skipped(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "SKIPPED: {what}");
 }
 
 pub fn pgbin() -> String {
