@@ -8,12 +8,11 @@
 pub struct PgVersion(pub u32);
 
 impl PgVersion {
-    /// Reads `server_version_num` (one round trip).
-    pub fn read(client: &mut postgres::Client) -> Result<PgVersion, postgres::Error> {
-        let text: String = client.query_one("SELECT pg_catalog.current_setting('server_version_num')", &[])?.get(0);
-        // The server always sends digits; a value that is not would be a server bug, and the
-        // oldest supported behaviour is the safe reading of it.
-        Ok(PgVersion(text.trim().parse().unwrap_or(140000)))
+    /// From the text of `server_version_num`. The server always sends digits; anything else
+    /// would be a server bug, read as the oldest major compute_ctl knows (14), whose
+    /// statements are the conservative ones.
+    pub fn parse(server_version_num: &str) -> PgVersion {
+        PgVersion(server_version_num.trim().parse().unwrap_or(140000))
     }
 
     /// The major version: 15, 16, 18, …
@@ -91,5 +90,7 @@ mod tests {
         assert_eq!(PgVersion::create_database_option_needs("TEMPLATE", Some("template0")), None);
         assert!(!PgVersion(170000).md5_deprecated() && PgVersion(180000).md5_deprecated());
         assert_eq!(PgVersion(160002).to_string(), "PostgreSQL 16");
+        assert_eq!(PgVersion::parse("180006").major(), 18);
+        assert_eq!(PgVersion::parse("x").major(), 14);
     }
 }

@@ -5,9 +5,7 @@
 //! Every statement is built here from [`crate::escape`] helpers; names are never spliced raw, and no
 //! `DO` block is used, so a name can never meet a dollar quote.
 
-use crate::error::{Error, Result};
 use crate::escape::{quote_ident, quote_ident_list, quote_literal, sql_option};
-use crate::postgres::version::PgVersion;
 use crate::spec::{ComputeSpec, Database, GenericOption, Role};
 use std::collections::{HashMap, HashSet};
 
@@ -44,7 +42,7 @@ pub struct RoleRow {
     pub bypassrls: bool,
     pub connlimit: i32,
     /// `neon_superuser` is a direct member of this role (for the predefined roles it is
-    /// granted by version, see [`privileged_role_memberships`]).
+    /// granted by major, see [`super::by_version::privileged_role_memberships`]).
     pub granted_to_privileged: bool,
 }
 
@@ -143,60 +141,6 @@ pub fn create_superuser(spec: &ComputeSpec, snap: &mut Snapshot) -> Vec<Stmt> {
         )));
     }
     out
-}
-
-/// The predefined roles `neon_superuser` gets by major (see
-/// [`PgVersion::privileged_role_extra_memberships`]) that it is not a member of yet: granted
-/// whether the role was just created or came from an older major (after `pg_upgrade`).
-pub fn privileged_role_memberships(version: PgVersion, snap: &mut Snapshot) -> Vec<Stmt> {
-    let missing: Vec<&str> = version
-        .privileged_role_extra_memberships()
-        .into_iter()
-        .filter(|r| snap.roles.get(*r).is_some_and(|row| !row.granted_to_privileged))
-        .collect();
-    if missing.is_empty() {
-        return Vec::new();
-    }
-    for r in &missing {
-        if let Some(row) = snap.roles.get_mut(*r) {
-            row.granted_to_privileged = true;
-        }
-    }
-    vec![Stmt::new(format!("GRANT {} TO {NEON_SUPERUSER}", missing.join(", ")))]
-}
-
-/// The options of databases this apply will create that the server's major does not know
-/// yet: refused with the option, the database and the major named, rather than the server's
-/// bare syntax error. The same spec works on every major that has the option.
-pub fn check_database_options(spec: &ComputeSpec, snap: &Snapshot, version: PgVersion) -> Result<()> {
-    for db in spec.cluster.databases.iter().filter(|d| !snap.dbs.contains_key(&d.name)) {
-        for o in db.options.iter().flatten() {
-            match PgVersion::create_database_option_needs(&o.name, o.value.as_deref()) {
-                Some(major) if !version.at_least(major) => {
-                    return Err(Error::invalid(
-                        format!("cluster.databases[{:?}].options", db.name),
-                        format!(
-                            "CREATE DATABASE option {} {} needs PostgreSQL {major} or later; this server runs {version}",
-                            o.name,
-                            o.value.as_deref().unwrap_or_default()
-                        ),
-                    ));
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Spec roles whose password is an md5 hash (for the deprecation warning on 18).
-pub fn md5_roles(spec: &ComputeSpec) -> Vec<&str> {
-    spec.cluster
-        .roles
-        .iter()
-        .filter(|r| r.encrypted_password.as_deref().is_some_and(|p| !p.starts_with("SCRAM-SHA-256$")))
-        .map(|r| r.name.as_str())
-        .collect()
 }
 
 /// Databases a crashed `DROP DATABASE` left behind (`datconnlimit = -2`).

@@ -5,7 +5,8 @@
 //! alone, and only delta operations delete. The apply reads the catalog once, plans each
 //! phase as a list of statements from the difference (see [`catalog`]), and runs only those:
 //! a second apply of the same spec sends no DDL at all. Per-database phases run on a bounded
-//! pool of threads ([`per_db`]).
+//! pool of threads ([`per_db`]). Where PostgreSQL majors differ, the statements are chosen
+//! by the server's `server_version_num`, read once per apply ([`by_version`]).
 //!
 //! Phases, in order: `neon_superuser`; drop invalid databases; rename roles; create and alter
 //! roles; rename and delete databases (a deleted database's subscriptions are dropped first,
@@ -19,6 +20,7 @@
 //! `search_path`, `statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout`).
 //! Options from the client override `ALTER DATABASE … SET`, and no statement is needed.
 
+pub mod by_version;
 pub mod catalog;
 pub mod per_db;
 pub mod settings;
@@ -108,6 +110,9 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
         .flat_map(|j| j.role_names.iter().cloned())
         .collect();
 
+    // Before any DDL: a database option this major lacks fails the apply with nothing done.
+    by_version::check_database_options(spec, &snap, state.version)?;
+
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
     let superuser = catalog::create_superuser(spec, &mut snap);
     if !superuser.is_empty() {
@@ -115,19 +120,8 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
         per_db::forget_verified(Some(connstr));
     }
     run(&mut sys, "create_superuser", superuser)?;
-    run(&mut sys, "create_superuser", catalog::privileged_role_memberships(state.version, &mut snap))?;
-    if state.version.md5_deprecated() {
-        // 18 deprecates md5 verifiers (setting one draws a WARNING; a later major may drop
-        // them). They still work, so the apply goes on and says so once.
-        let md5 = catalog::md5_roles(spec);
-        if !md5.is_empty() {
-            log::warn!(
-                "{}: md5 password verifiers are deprecated; roles {:?} still get theirs (give them SCRAM-SHA-256 verifiers)",
-                state.version,
-                md5
-            );
-        }
-    }
+    run(&mut sys, "create_superuser", by_version::privileged_role_memberships(state.version, &mut snap))?;
+    by_version::warn_md5(spec, state.version);
     run(&mut sys, "drop_invalid_databases", catalog::drop_invalid_databases(&mut snap))?;
     run(&mut sys, "rename_roles", catalog::rename_roles(spec, &mut snap))?;
     run(&mut sys, "create_and_alter_roles", catalog::create_and_alter_roles(spec, &jwks_roles, &mut snap))?;
@@ -140,7 +134,6 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
             }
         }
     }
-    catalog::check_database_options(spec, &snap, state.version)?;
     run(&mut sys, "create_and_alter_databases", catalog::create_and_alter_databases(spec, &mut snap))?;
     if !state.neon_schema {
         sys.run("create_schema_neon", &stmt("CREATE SCHEMA IF NOT EXISTS neon"))?;
@@ -176,9 +169,7 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
             &stmt("INSERT INTO health_check VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET updated_at = now()"),
         )?;
     }
-    if state.version.at_least(16) {
-        hand_over_admin_of_deleted_roles(&mut sys, &roles_to_delete)?;
-    }
+    by_version::hand_over_admin_of_deleted_roles(&mut sys, state.version, &roles_to_delete)?;
     run(&mut sys, "drop_roles", catalog::drop_roles(&roles_to_delete, &mut snap))?;
 
     let report = Report { statements: counter.by_phase(), total: counter.total(), elapsed: started.elapsed() };
@@ -251,45 +242,6 @@ pub fn maintenance_client_named(connstr: &str, db: Option<&str>, app: &str) -> R
     config.connect(NoTls).map_err(|e| Error::sql("connect", name, e))
 }
 
-/// The roles a role about to be dropped holds the ADMIN OPTION on, that `neon_superuser`
-/// can take over: not itself, not a superuser, not a member of it (a membership loop), not
-/// dropped too, not already administered by it.
-const ADMIN_HELD_BY_DELETED: &str = "
-SELECT DISTINCT r.rolname::text FROM pg_catalog.pg_auth_members m
-  JOIN pg_catalog.pg_roles r ON r.oid = m.roleid
- WHERE m.admin_option
-   AND m.member IN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY($1))
-   AND r.rolname <> ALL($1) AND r.rolname <> 'neon_superuser' AND NOT r.rolsuper
-   AND NOT pg_catalog.pg_has_role(r.oid, 'neon_superuser', 'MEMBER')
-   AND NOT EXISTS (SELECT FROM pg_catalog.pg_auth_members p JOIN pg_catalog.pg_roles s ON s.oid = p.member
-                    WHERE p.roleid = r.oid AND s.rolname = 'neon_superuser' AND p.admin_option)
- ORDER BY 1";
-
-/// 16+ only: from 16 a `CREATEROLE` role may alter, grant and drop only the roles it holds
-/// the ADMIN OPTION on, which it gets for the roles it creates. Before 16 `CREATEROLE` alone
-/// let every spec role manage every non-superuser role. When `delete_role` drops a role,
-/// the roles it created would be left with nobody but the superuser able to manage them;
-/// `neon_superuser` takes its ADMIN OPTION over first (without INHERIT or SET, so it gains
-/// none of their privileges), so the spec roles, its members, keep managing them as on 15.
-fn hand_over_admin_of_deleted_roles(sys: &mut Exec<'_>, deleting: &[String]) -> Result<()> {
-    const PHASE: &str = "drop_roles";
-    if deleting.is_empty() {
-        return Ok(());
-    }
-    let names: Vec<String> = sys
-        .client
-        .query(ADMIN_HELD_BY_DELETED, &[&deleting])
-        .map_err(|e| Error::sql(PHASE, sys.db, e))?
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect();
-    for name in names {
-        let sql = format!("GRANT {} TO neon_superuser WITH ADMIN TRUE, INHERIT FALSE, SET FALSE", quote_ident(&name));
-        sys.run(PHASE, &stmt(&sql))?;
-    }
-    Ok(())
-}
-
 /// What the cluster-wide phases after the roles and databases look at, read once.
 struct SystemState {
     /// `server_version_num`: read here, once per apply, for every statement that differs
@@ -320,8 +272,7 @@ impl SystemState {
         let preload: String = row.get(2);
         let version: String = row.get(7);
         Ok(SystemState {
-            // Always digits; a value that is not would be a server bug, read as the oldest major.
-            version: PgVersion(version.trim().parse().unwrap_or(140000)),
+            version: PgVersion::parse(&version),
             current_user: row.get(0),
             neon_schema: row.get(1),
             pg_stat_statements_preloaded: preload
