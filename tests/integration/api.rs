@@ -107,6 +107,10 @@ fn postgres_routes_on_a_running_compute() {
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
     let dump = r.text();
     assert!(dump.contains("CREATE TABLE public.only_in_tricky"), "{dump}");
+    // The pg_dump beside -b: the dump and the server are of the major under test.
+    let major = support::pg_major();
+    assert!(dump.contains(&format!("-- Dumped from database version {major}.")), "{dump}");
+    assert!(dump.contains(&format!("-- Dumped by pg_dump version {major}.")), "{dump}");
     let r = http::get(p, "/database_schema?database=postgres");
     assert!(!r.text().contains("only_in_tricky"));
     let r = http::get(p, "/database_schema?database=no_such_db");
