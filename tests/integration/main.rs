@@ -4,6 +4,7 @@ mod support;
 
 mod api;
 mod catalog;
+mod harness;
 mod http;
 mod lifecycle;
 mod storage;
