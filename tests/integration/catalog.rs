@@ -411,7 +411,9 @@ fn deleting_a_database_with_a_subscription_keeps_the_publishers_slot() {
     ))
     .unwrap();
     drop(sub);
-    assert_eq!(publisher.slot_names(), vec!["sub_slot".to_string()]);
+    // The table-sync worker's own slot (pg_<sub>_sync_<rel>_<sysid>) may still be there until its
+    // copy ends (seen on 18 under load): only the subscription's slot is certain.
+    assert!(publisher.slot_names().contains(&"sub_slot".to_string()), "{:?}", publisher.slot_names());
 
     let mut spec = cat.spec();
     spec["cluster"]["databases"] = json!([]);
