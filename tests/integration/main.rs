@@ -7,6 +7,7 @@ mod catalog;
 mod harness;
 mod http;
 mod lifecycle;
+mod neon2026;
 mod storage;
 mod subscriptions;
 mod versions;
