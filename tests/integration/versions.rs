@@ -54,8 +54,10 @@ fn privileged_role_gets_the_predefined_roles_of_its_major() {
     if major() >= 17 {
         want.push("pg_maintain");
     }
-    want.sort();
-    assert_eq!(privileged_memberships(&mut pg), want);
+    // The migrations (running in the background) add others (pg_monitor, pg_signal_backend).
+    let got = privileged_memberships(&mut pg);
+    assert!(want.iter().all(|w| got.iter().any(|g| g == w)), "{got:?} lacks some of {want:?}");
+    assert_eq!(got.iter().any(|g| g == "pg_maintain"), major() >= 17, "{got:?}");
 
     // 16+: a spec role subscribes without being a superuser (15 lets only superusers).
     let mut app = support::pg_client_as(cat.s.pg_port, "app", "appdb");

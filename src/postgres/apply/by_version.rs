@@ -3,7 +3,7 @@
 //! ([`PgVersion`]); each branch names the version and the reason. The README's "PostgreSQL
 //! versions" table lists every known difference.
 
-use super::catalog::{NEON_SUPERUSER, Snapshot, Stmt};
+use super::catalog::{Snapshot, Stmt};
 use super::per_db::Exec;
 use crate::error::{Error, Result};
 use crate::escape::quote_ident;
@@ -14,7 +14,7 @@ use crate::spec::ComputeSpec;
 /// `pg_maintain`; see [`PgVersion::privileged_role_extra_memberships`]) that it is not a
 /// member of yet: granted whether the role was just created or came from an older major
 /// (after `pg_upgrade`), and never twice (the role query reads the memberships back).
-pub fn privileged_role_memberships(version: PgVersion, snap: &mut Snapshot) -> Vec<Stmt> {
+pub fn privileged_role_memberships(version: PgVersion, privileged: &str, snap: &mut Snapshot) -> Vec<Stmt> {
     let missing: Vec<&str> = version
         .privileged_role_extra_memberships()
         .into_iter()
@@ -28,7 +28,7 @@ pub fn privileged_role_memberships(version: PgVersion, snap: &mut Snapshot) -> V
             row.granted_to_privileged = true;
         }
     }
-    let sql = format!("GRANT {} TO {NEON_SUPERUSER}", missing.join(", "));
+    let sql = format!("GRANT {} TO {}", missing.join(", "), quote_ident(privileged));
     vec![Stmt { what: sql.clone(), sql }]
 }
 
@@ -100,10 +100,10 @@ SELECT DISTINCT r.rolname::text FROM pg_catalog.pg_auth_members m
   JOIN pg_catalog.pg_roles r ON r.oid = m.roleid
  WHERE m.admin_option
    AND m.member IN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY($1))
-   AND r.rolname <> ALL($1) AND r.rolname <> 'neon_superuser' AND NOT r.rolsuper
-   AND NOT pg_catalog.pg_has_role(r.oid, 'neon_superuser', 'MEMBER')
+   AND r.rolname <> ALL($1) AND r.rolname <> $2::text AND NOT r.rolsuper
+   AND NOT pg_catalog.pg_has_role(r.oid, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $2::text), 'MEMBER')
    AND NOT EXISTS (SELECT FROM pg_catalog.pg_auth_members p JOIN pg_catalog.pg_roles s ON s.oid = p.member
-                    WHERE p.roleid = r.oid AND s.rolname = 'neon_superuser' AND p.admin_option)
+                    WHERE p.roleid = r.oid AND s.rolname = $2::text AND p.admin_option)
  ORDER BY 1";
 
 /// 16+ only: from 16 a `CREATEROLE` role may alter, grant and drop only the roles it holds
@@ -113,20 +113,29 @@ SELECT DISTINCT r.rolname::text FROM pg_catalog.pg_auth_members m
 /// `neon_superuser` first takes over its ADMIN OPTION (without INHERIT or SET: it gains none
 /// of their privileges), and the spec roles, its members, manage them as on 15. The
 /// `WITH ADMIN TRUE, INHERIT FALSE, SET FALSE` grant syntax is itself 16+.
-pub fn hand_over_admin_of_deleted_roles(sys: &mut Exec<'_>, version: PgVersion, deleting: &[String]) -> Result<()> {
+pub fn hand_over_admin_of_deleted_roles(
+    sys: &mut Exec<'_>,
+    version: PgVersion,
+    privileged: &str,
+    deleting: &[String],
+) -> Result<()> {
     const PHASE: &str = "drop_roles";
     if !version.at_least(16) || deleting.is_empty() {
         return Ok(());
     }
     let names: Vec<String> = sys
         .client
-        .query(ADMIN_HELD_BY_DELETED, &[&deleting])
+        .query(ADMIN_HELD_BY_DELETED, &[&deleting, &privileged])
         .map_err(|e| Error::sql(PHASE, sys.db, e))?
         .into_iter()
         .map(|r| r.get(0))
         .collect();
     for name in names {
-        let sql = format!("GRANT {} TO {NEON_SUPERUSER} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE", quote_ident(&name));
+        let sql = format!(
+            "GRANT {} TO {} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE",
+            quote_ident(&name),
+            quote_ident(privileged)
+        );
         sys.run(PHASE, &Stmt { what: sql.clone(), sql })?;
     }
     Ok(())
@@ -152,17 +161,17 @@ mod tests {
         for r in ["pg_create_subscription", "pg_maintain"] {
             snap.roles.insert(r.into(), RoleRow::default());
         }
-        assert!(privileged_role_memberships(PgVersion(150018), &mut snap).is_empty());
+        assert!(privileged_role_memberships(PgVersion(150018), "neon_superuser", &mut snap).is_empty());
         let sql = |v: Vec<Stmt>| v.into_iter().map(|s| s.sql).collect::<Vec<_>>();
         assert_eq!(
-            sql(privileged_role_memberships(PgVersion(160002), &mut snap)),
-            ["GRANT pg_create_subscription TO neon_superuser"]
+            sql(privileged_role_memberships(PgVersion(160002), "neon_superuser", &mut snap)),
+            ["GRANT pg_create_subscription TO \"neon_superuser\""]
         );
         assert_eq!(
-            sql(privileged_role_memberships(PgVersion(180006), &mut snap)),
-            ["GRANT pg_maintain TO neon_superuser"]
+            sql(privileged_role_memberships(PgVersion(180006), "neon_superuser", &mut snap)),
+            ["GRANT pg_maintain TO \"neon_superuser\""]
         );
-        assert!(privileged_role_memberships(PgVersion(180006), &mut snap).is_empty());
+        assert!(privileged_role_memberships(PgVersion(180006), "neon_superuser", &mut snap).is_empty());
     }
 
     #[test]

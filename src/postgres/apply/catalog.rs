@@ -42,7 +42,7 @@ pub struct RoleRow {
     pub replication: bool,
     pub bypassrls: bool,
     pub connlimit: i32,
-    /// `neon_superuser` is a direct member of this role (for the predefined roles it is
+    /// The privileged role is a direct member of this role (for the predefined roles it is
     /// granted by major, see [`super::by_version::privileged_role_memberships`]).
     pub granted_to_privileged: bool,
 }
@@ -70,15 +70,16 @@ pub struct Snapshot {
 pub const ROLES_QUERY: &str = "SELECT a.rolname::text, a.rolpassword, a.rolcanlogin, a.rolsuper, a.rolinherit, \
      a.rolcreaterole, a.rolcreatedb, a.rolreplication, a.rolbypassrls, a.rolconnlimit, \
      EXISTS (SELECT FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_authid s ON s.oid = m.member \
-             WHERE m.roleid = a.oid AND s.rolname = 'neon_superuser') \
+             WHERE m.roleid = a.oid AND s.rolname = $1::text) \
      FROM pg_catalog.pg_authid a";
 pub const DBS_QUERY: &str = "SELECT datname::text, pg_catalog.pg_get_userbyid(datdba)::text, NOT datallowconn, \
      datconnlimit = -2, datistemplate, oid, datconnlimit FROM pg_catalog.pg_database";
 
 impl Snapshot {
-    pub fn load(client: &mut postgres::Client) -> Result<Snapshot, postgres::Error> {
+    /// `privileged`: the privileged role, whose memberships the role rows report.
+    pub fn load(client: &mut postgres::Client, privileged: &str) -> Result<Snapshot, postgres::Error> {
         let mut snap = Snapshot::default();
-        for r in client.query(ROLES_QUERY, &[])? {
+        for r in client.query(ROLES_QUERY, &[&privileged])? {
             let row = RoleRow {
                 password: r.get(1),
                 login: r.get(2),

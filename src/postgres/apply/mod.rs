@@ -105,7 +105,7 @@ pub fn apply_with(
     let system_db = sql::connstr_dbname(connstr)?;
     let counter = Counter::default();
     let mut client = maintenance_client_from(warm, connstr, &system_db)?;
-    let mut snap = Snapshot::load(&mut client).map_err(|e| Error::sql("read catalog", &system_db, e))?;
+    let mut snap = Snapshot::load(&mut client, privileged).map_err(|e| Error::sql("read catalog", &system_db, e))?;
     let state = SystemState::load(&mut client).map_err(|e| Error::sql("read catalog", &system_db, e))?;
     let jwks_roles: HashSet<String> = spec
         .local_proxy_config
@@ -124,7 +124,7 @@ pub fn apply_with(
         per_db::forget_verified(Some(connstr));
     }
     run(&mut sys, "create_superuser", superuser)?;
-    run(&mut sys, "create_superuser", by_version::privileged_role_memberships(state.version, &mut snap))?;
+    run(&mut sys, "create_superuser", by_version::privileged_role_memberships(state.version, privileged, &mut snap))?;
     by_version::warn_md5(spec, state.version);
     run(&mut sys, "drop_invalid_databases", catalog::drop_invalid_databases(&mut snap))?;
     run(&mut sys, "rename_roles", catalog::rename_roles(spec, &mut snap))?;
@@ -179,7 +179,7 @@ pub fn apply_with(
             &stmt("INSERT INTO health_check VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET updated_at = now()"),
         )?;
     }
-    by_version::hand_over_admin_of_deleted_roles(&mut sys, state.version, &roles_to_delete)?;
+    by_version::hand_over_admin_of_deleted_roles(&mut sys, state.version, privileged, &roles_to_delete)?;
     run(&mut sys, "drop_roles", catalog::drop_roles(&roles_to_delete, &mut snap))?;
 
     let report = Report { statements: counter.by_phase(), total: counter.total(), elapsed: started.elapsed() };
@@ -346,7 +346,7 @@ fn drop_subscriptions_of(sys: &mut Exec<'_>, connstr: &str, db: &str, allow_conn
 pub fn dbs_and_roles(connstr: &str) -> Result<serde_json::Value> {
     let mut client = sql::connect(connstr, None, sql::APP_STATUS)?;
     let db = sql::connstr_dbname(connstr)?;
-    let snap = Snapshot::load(&mut client).map_err(|e| Error::sql("dbs_and_roles", &db, e))?;
+    let snap = Snapshot::load(&mut client, catalog::NEON_SUPERUSER).map_err(|e| Error::sql("dbs_and_roles", &db, e))?;
     let mut roles: Vec<Role> =
         snap.roles.keys().map(|name| Role { name: name.clone(), encrypted_password: None, options: None }).collect();
     roles.sort_by(|a, b| a.name.cmp(&b.name));
