@@ -10,7 +10,7 @@
 use crate::args::{Args, SpecSource};
 use crate::error::{Error, Result};
 use crate::http::{routes, server};
-use crate::lifecycle::{self, Event, Message, Parts, Shared, State};
+use crate::lifecycle::{self, Event, Message, Parts, Reply, Shared, State};
 use crate::postgres::process::StopMode;
 use crate::postgres::{Node, pgdata};
 use crate::spec::ParsedSpec;
@@ -26,7 +26,8 @@ pub fn run(args: Args) -> Result<i32> {
     let (tx, rx) = mpsc::channel::<Message>();
     let auth_token = args.http_auth_token_file.as_deref().map(routes::Token::from_file).transpose()?;
     let node = Node {
-        pgdata: args.pgdata.clone(),
+        // A symlinked PGDATA is resolved once; everything works on the real directory.
+        pgdata: pgdata::resolve(&args.pgdata),
         bindir: pgdata::bindir(&args.pgbin)?,
         connstr: args.connstr.clone(),
         run_as: pgdata::postgres_identity(&args.pg_user)?,
@@ -150,24 +151,32 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
         // Nobody can reach the owner any more (not expected: it holds a sender): end as on a
         // signal.
         let Message { event, reply } = message.unwrap_or(Message { event: Event::Signal(0), reply: None });
+        let configure = matches!(event, Event::Configure(_));
         let (next, answer) = lifecycle::step(state, event);
         state = next;
         if let Some(reply) = reply {
+            // A /configure that ran gets the status it left, read before the next event runs.
+            let answer = match answer {
+                Reply::Done if configure => Reply::Configured(app.shared.get().body()),
+                other => other,
+            };
             let _ = reply.send(answer);
         }
     }
 }
 
-/// SIGTERM, SIGINT, SIGQUIT: the first one interrupts a start and asks the owner for a fast
-/// shutdown; any further one escalates to an immediate shutdown right here, so a stuck fast
-/// shutdown can always be cut short.
+/// SIGTERM, SIGINT, SIGQUIT: the first one interrupts a start, asks the owner for a fast
+/// shutdown and starts it right here (so a catalog apply in progress stops at its running
+/// statement); any further one escalates to an immediate shutdown, so a stuck fast shutdown
+/// can always be cut short. SIGHUP (whose default action would kill compute_ctl and, through
+/// the parent-death signal, Postgres) is forwarded to Postgres as a reload.
 fn spawn_signal_thread(
     interrupted: &Arc<AtomicBool>,
     postmaster: &Arc<Mutex<Option<crate::postgres::process::PostmasterHandle>>>,
     tx: Sender<Message>,
 ) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP])
         .map_err(|e| Error::system("cannot install signal handlers", e))?;
     let interrupted = interrupted.clone();
     let postmaster = postmaster.clone();
@@ -176,15 +185,32 @@ fn spawn_signal_thread(
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
+                let pm = crate::locks::lock(&postmaster).clone();
+                if sig == SIGHUP {
+                    match pm.filter(|pm| !pm.has_exited()) {
+                        Some(pm) => {
+                            log::info!("received SIGHUP: reloading the configuration of postgres (pid {})", pm.pid());
+                            pm.reload();
+                        }
+                        None => log::info!("received SIGHUP: no postgres running, nothing to reload"),
+                    }
+                    continue;
+                }
                 log::info!("received termination signal {sig}");
                 interrupted.store(true, Ordering::SeqCst);
-                if count.fetch_add(1, Ordering::SeqCst) > 0
-                    && let Some(pm) = crate::locks::lock(&postmaster).as_ref()
-                {
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                if !first && let Some(pm) = &pm {
                     log::warn!("second signal: immediate shutdown of postgres (pid {})", pm.pid());
                     pm.stop(StopMode::Immediate);
                 }
+                // Queued before Postgres can exit, so the owner sees the signal before the exit.
                 let _ = tx.send(Message { event: Event::Signal(sig), reply: None });
+                // The fast shutdown starts now rather than when the owner gets to the event: it
+                // ends every session at once, so an apply or reconfigure in progress stops at
+                // its running statement instead of finishing a long plan first.
+                if first && let Some(pm) = &pm {
+                    pm.stop(StopMode::Fast);
+                }
             }
         })
         .map_err(|e| Error::system("cannot start the signal thread", e))?;

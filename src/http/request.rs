@@ -123,6 +123,11 @@ fn is_token(s: &str) -> bool {
 pub fn parse(buf: &[u8], limits: &Limits) -> Result<(Request, usize), ParseError> {
     let head_end = match find(buf, b"\r\n\r\n") {
         Some(i) => i,
+        // A client that ends lines with a bare LF would otherwise wait for a blank CRLF line
+        // that never comes, until the head deadline.
+        None if has_bare_lf(&buf[..buf.len().min(limits.max_head_bytes)]) => {
+            return Err(reject(400, "request lines must end with CRLF, not a bare LF"));
+        }
         None => {
             // A line or head right at its limit may be followed by part of its terminator
             // (`\r`, `\r\n`, `\r\n\r`); those bytes do not count, or a request would be
@@ -140,6 +145,9 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<(Request, usize), ParseError
     };
     if head_end > limits.max_head_bytes {
         return Err(reject(431, "request header fields too large"));
+    }
+    if has_bare_lf(&buf[..head_end]) {
+        return Err(reject(400, "request lines must end with CRLF, not a bare LF"));
     }
     let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| reject(400, "request head is not valid UTF-8"))?;
     let mut lines = head.split("\r\n");
@@ -215,6 +223,26 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<(Request, usize), ParseError
     Ok((req, total))
 }
 
+/// The head (request line and headers, without the blank line) when `buf` holds all of it.
+pub fn complete_head(buf: &[u8]) -> Option<&[u8]> {
+    find(buf, b"\r\n\r\n").map(|i| &buf[..i])
+}
+
+/// Whether a head asks for `100 Continue` before it sends its body (`Expect: 100-continue`).
+pub fn expects_continue(head: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(head) else { return false };
+    text.split("\r\n").skip(1).any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("expect") && value.trim().eq_ignore_ascii_case("100-continue")
+        })
+    })
+}
+
+/// True when a line feed in `head` is not preceded by a carriage return.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -274,6 +302,22 @@ mod tests {
         assert!(matches!(parse(&longer.as_bytes()[..22], &limits), Err(ParseError::Reject(414, _))));
         let longer = text.replacen("X: ", "X: b", 1);
         assert!(matches!(parse(longer.as_bytes(), &limits), Err(ParseError::Reject(431, _))));
+    }
+
+    #[test]
+    fn bare_lf_line_ends_are_refused_at_once() {
+        for text in
+            ["GET /status HTTP/1.1\nHost: a\n\n", "GET /status HTTP/1.1\n", "GET / HTTP/1.1\r\nA: b\nC: d\r\n\r\n"]
+        {
+            assert!(matches!(p(text), Err(ParseError::Reject(400, _))), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn expect_continue_is_recognised() {
+        let head = complete_head(b"POST /c HTTP/1.1\r\nEXPECT:  100-Continue\r\nContent-Length: 9\r\n\r\n").unwrap();
+        assert!(expects_continue(head));
+        assert!(!expects_continue(complete_head(b"POST /c HTTP/1.1\r\nX: 100-continue\r\n\r\n").unwrap()));
     }
 
     #[test]

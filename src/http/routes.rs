@@ -82,7 +82,7 @@ impl App {
     /// The owner's leave for a route that works on Postgres: 412 unless `running`.
     fn admit(&self) -> Result<(), Response> {
         match self.ask(Event::Query)? {
-            Reply::Done | Reply::Terminated { .. } => Ok(()),
+            Reply::Done | Reply::Configured(_) | Reply::Terminated { .. } => Ok(()),
             Reply::WrongState(s) => Err(precondition(s)),
             Reply::Failed(msg) => Err(Response::error(500, msg)),
         }
@@ -94,6 +94,7 @@ impl App {
 fn failure(context: &str, e: &Error) -> Response {
     let code = match e {
         Error::NoSuchDatabase(_) => 404,
+        Error::LockTimeout(_) => 503,
         _ => 500,
     };
     let msg = e.report();
@@ -276,8 +277,15 @@ fn configure(app: &App, req: &Request) -> Response {
         Err(e) => return Response::error(400, e.report().to_string()),
     };
     match app.ask(Event::Configure(spec)) {
+        // The state this request left, taken by the owner before its next event: concurrent
+        // requests each get their own, never the next one's `configuration_pending`.
+        Ok(Reply::Configured(body)) => Response::json(200, &body),
         Ok(Reply::Done | Reply::Terminated { .. }) => status(app),
         Ok(Reply::WrongState(s)) => precondition(s),
+        // A termination signal cut the configuration short: not the spec's fault.
+        Ok(Reply::Failed(msg)) if app.shared.get().status == Status::TerminationPending => {
+            Response::error(503, format!("the compute is terminating: {msg}"))
+        }
         Ok(Reply::Failed(msg)) => Response::error(500, format!("compute configuration failed: {msg}")),
         Err(resp) => resp,
     }
@@ -291,7 +299,7 @@ fn terminate(app: &App, req: &Request) -> Response {
     };
     match app.ask(Event::Terminate(mode)) {
         Ok(Reply::Terminated { lsn }) => Response::json(200, &serde_json::json!({ "lsn": lsn })),
-        Ok(Reply::Done) => Response::json(200, &serde_json::json!({ "lsn": null })),
+        Ok(Reply::Done | Reply::Configured(_)) => Response::json(200, &serde_json::json!({ "lsn": null })),
         Ok(Reply::WrongState(Status::Terminated)) => Response::empty(201),
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::Failed(msg)) => Response::error(500, msg),
@@ -324,19 +332,65 @@ fn check_writability(app: &App) -> Response {
 
 /// `GET /database_schema?database=NAME`: `pg_dump --schema-only` of that database as a
 /// chunked response; 404 when it does not exist. A failure midway cuts the body short.
+///
+/// A dump waiting on a locked table holds a Postgres connection, so: at most [`MAX_DUMPS`] run
+/// at once (429 beyond), each waits at most `dump::LOCK_WAIT` for its locks (503 after), and a
+/// client that goes away before the dump starts writing gets its `pg_dump` killed.
 fn database_schema(app: &App, req: &Request) -> Response {
     let Some(database) = req.query_param("database") else {
         return Response::error(400, "missing query parameter `database`");
     };
-    match dump::schema(&app.node, &database) {
+    if database.is_empty() {
+        return Response::error(400, "query parameter `database` is empty");
+    }
+    let Some(slot) = DumpSlot::take() else {
+        return Response::error(
+            429,
+            format!("{MAX_DUMPS} /database_schema requests are running already; try again when one is done"),
+        );
+    };
+    match dump::schema(&app.node, &database, &super::server::client_gone) {
         Ok(None) => Response::text(200, "text/plain; charset=utf-8", String::new()),
         Ok(Some(stream)) => Response {
             status: 200,
             content_type: Some("text/plain; charset=utf-8"),
             headers: Vec::new(),
-            body: Body::Stream(Box::new(stream)),
+            body: Body::Stream(Box::new(SlotHeld { stream, _slot: slot })),
         },
         Err(e) => failure("", &e),
+    }
+}
+
+/// `pg_dump`s running at once for `/database_schema`; each holds a Postgres connection.
+pub const MAX_DUMPS: usize = 4;
+
+static DUMPS: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_DUMPS`] places, held until the response is written or dropped.
+struct DumpSlot(());
+
+impl DumpSlot {
+    fn take() -> Option<DumpSlot> {
+        DUMPS.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < MAX_DUMPS).then_some(n + 1)).ok()?;
+        Some(DumpSlot(()))
+    }
+}
+
+impl Drop for DumpSlot {
+    fn drop(&mut self) {
+        DUMPS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A dump's output, keeping its place until the stream is done.
+struct SlotHeld {
+    stream: dump::Dump,
+    _slot: DumpSlot,
+}
+
+impl std::io::Read for SlotHeld {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.read(buf)
     }
 }
 

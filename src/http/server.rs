@@ -1,18 +1,31 @@
 //! The accept loop: one thread per connection, bounded, with deadlines so that idle or slow
 //! clients can never starve `GET /status`.
+//!
+//! A slow client that trickles a request head (slowloris) holds a thread. Three things keep a
+//! crowd of them from taking every slot: a head must be whole within [`HEAD_DEADLINE`] of its
+//! first byte; one address may have at most [`HEADS_PER_ADDRESS`] connections waiting for a
+//! head (its oldest is closed to make room); and when all [`MAX_CONNECTIONS`] slots are taken, a
+//! new connection closes the oldest one still waiting for its head instead of being refused.
+//! A client that sends its request at once is never the oldest waiting, so it is served.
 
 use super::request::{self, Limits, ParseError, Request};
 use super::response::Response;
-use std::io::{self, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Connection threads at most; past it a connection gets a 503 and is closed.
+/// Connection threads at most; past it the oldest connection waiting for its head is closed,
+/// and when there is none, a new connection gets a 503 and is closed.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// A request must arrive whole within this time once its first byte is in (else 408).
+/// A request head must arrive whole within this time once its first byte is in (else 408).
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(3);
+/// A request must arrive whole (head and body) within this time once its first byte is in.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Connections from one address that may wait for their head at once.
+pub const HEADS_PER_ADDRESS: usize = 256;
 /// An idle keep-alive connection is closed after this.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Past this many connections, a connection idle for [`CROWDED_IDLE_TIMEOUT`] is closed, so
@@ -23,18 +36,124 @@ pub const CROWDED_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often an idle connection checks whether it should make room.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
 
+/// Connections waiting for a request head: the ones that may be closed to make room.
+#[derive(Default)]
+struct Heads {
+    next_id: AtomicU64,
+    waiting: Mutex<HashMap<u64, Waiting>>,
+}
+
+struct Waiting {
+    since: Instant,
+    ip: IpAddr,
+    /// A second handle on the socket; shutting it down wakes the reader at once.
+    stream: TcpStream,
+}
+
+impl Heads {
+    fn enter(&self, stream: &TcpStream) -> Option<u64> {
+        let ip = stream.peer_addr().ok()?.ip();
+        let clone = stream.try_clone().ok()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, Waiting { since: Instant::now(), ip, stream: clone });
+        Some(id)
+    }
+
+    fn leave(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiting>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self, ip: IpAddr) -> usize {
+        self.lock().values().filter(|w| w.ip == ip).count()
+    }
+
+    /// Closes the connection that has waited longest for its head (from `ip` only, when
+    /// given); false when there is none.
+    fn shed_oldest(&self, ip: Option<IpAddr>) -> bool {
+        let mut waiting = self.lock();
+        let oldest = waiting
+            .iter()
+            .filter(|(_, w)| ip.is_none_or(|ip| w.ip == ip))
+            .min_by_key(|(_, w)| w.since)
+            .map(|(id, _)| *id);
+        let Some(w) = oldest.and_then(|id| waiting.remove(&id)) else { return false };
+        let _ = w.stream.shutdown(Shutdown::Both);
+        true
+    }
+}
+
+/// Keeps a connection in [`Heads`] until its head is complete (or it goes).
+struct HeadWait<'a> {
+    heads: &'a Heads,
+    id: Option<u64>,
+}
+
+impl HeadWait<'_> {
+    fn done(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.heads.leave(id);
+        }
+    }
+}
+
+impl Drop for HeadWait<'_> {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
+
+thread_local! {
+    /// The client of the request this connection thread is handling, for [`client_gone`].
+    static CLIENT: std::cell::RefCell<Option<TcpStream>> = const { std::cell::RefCell::new(None) };
+}
+
+/// From inside a handler: true when the client of the request being handled has closed its
+/// connection (or it broke), so work done only for it (a `pg_dump` waiting on a lock, say)
+/// can stop. False outside a handler and while the client is still there.
+pub fn client_gone() -> bool {
+    CLIENT.with_borrow(|c| {
+        let Some(stream) = c else { return false };
+        // The read timeout is the connection's own, set again before every read of a request.
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(1)));
+        match stream.peek(&mut [0u8; 1]) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => {
+                !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
+            }
+        }
+    })
+}
 
 /// Binds `addr` and serves it on a background thread; returns the bound address.
 pub fn spawn(addr: SocketAddr, name: &str, handler: Handler) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     let active = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(Heads::default());
     let name = name.to_string();
     std::thread::Builder::new().name(format!("http-{name}")).spawn(move || {
         for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            let Ok(stream) = stream else {
+                // Out of file descriptors, say: do not spin.
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            if let Ok(peer) = stream.peer_addr()
+                && heads.count(peer.ip()) >= HEADS_PER_ADDRESS
+            {
+                heads.shed_oldest(Some(peer.ip()));
+            }
+            // A shed connection's thread ends on its own; until then it still counts, so the
+            // bound is soft by the connections being closed right now.
+            let n = active.fetch_add(1, Ordering::SeqCst);
+            if n >= MAX_CONNECTIONS && (n >= MAX_CONNECTIONS + HEADS_PER_ADDRESS || !heads.shed_oldest(None)) {
                 active.fetch_sub(1, Ordering::SeqCst);
                 let mut s = stream;
                 let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
@@ -43,9 +162,10 @@ pub fn spawn(addr: SocketAddr, name: &str, handler: Handler) -> io::Result<Socke
             }
             let handler = handler.clone();
             let active2 = active.clone();
+            let heads2 = heads.clone();
             let spawned =
                 std::thread::Builder::new().name("http-conn".into()).stack_size(256 * 1024).spawn(move || {
-                    serve_connection(stream, &handler, &active2);
+                    serve_connection(stream, &handler, &active2, &heads2);
                     active2.fetch_sub(1, Ordering::SeqCst);
                 });
             if spawned.is_err() {
@@ -57,13 +177,13 @@ pub fn spawn(addr: SocketAddr, name: &str, handler: Handler) -> io::Result<Socke
     Ok(local)
 }
 
-fn serve_connection(mut stream: TcpStream, handler: &Handler, active: &AtomicUsize) {
+fn serve_connection(mut stream: TcpStream, handler: &Handler, active: &AtomicUsize, heads: &Heads) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(REQUEST_DEADLINE));
     let limits = Limits::default();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
-        let req = match read_request(&mut stream, &mut buf, &limits, active) {
+        let req = match read_request(&mut stream, &mut buf, &limits, active, heads) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(resp) => {
@@ -74,8 +194,10 @@ fn serve_connection(mut stream: TcpStream, handler: &Handler, active: &AtomicUsi
         };
         let keep_alive = req.keep_alive();
         let head_only = req.method == "HEAD";
+        CLIENT.set(stream.try_clone().ok());
         let resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&req)))
             .unwrap_or_else(|_| Response::error(500, "internal error while handling the request"));
+        CLIENT.set(None);
         if resp.write_to(&mut stream, keep_alive, head_only).is_err() || !keep_alive {
             return;
         }
@@ -83,17 +205,22 @@ fn serve_connection(mut stream: TcpStream, handler: &Handler, active: &AtomicUsi
 }
 
 /// Reads one request; Ok(None) when the client closed or idled out between requests (or the
-/// server is crowded and an idle connection makes room).
+/// server is crowded and an idle connection makes room, or it was shed while waiting for its
+/// head).
 fn read_request(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     limits: &Limits,
     active: &AtomicUsize,
+    heads: &Heads,
 ) -> Result<Option<Request>, Response> {
     let mut started: Option<Instant> = if buf.is_empty() { None } else { Some(Instant::now()) };
     let idle_since = Instant::now();
     let mut chunk = [0u8; 16 * 1024];
+    let mut waiting = HeadWait { heads, id: heads.enter(stream) };
+    let mut continued = false;
     loop {
+        let mut head_done = false;
         if !buf.is_empty() {
             match request::parse(buf, limits) {
                 Ok((req, used)) => {
@@ -103,9 +230,19 @@ fn read_request(
                 Err(ParseError::Incomplete) => {}
                 Err(ParseError::Reject(code, msg)) => return Err(Response::error(code, msg)),
             }
+            if let Some(head) = request::complete_head(buf) {
+                head_done = true;
+                waiting.done();
+                // The head is accepted and the body is awaited: tell a client that waits for
+                // it to send the body (curl waits a second otherwise).
+                if !continued && request::expects_continue(head) {
+                    continued = true;
+                    let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+            }
         }
         let timeout = match started {
-            Some(t) => REQUEST_DEADLINE.checked_sub(t.elapsed()),
+            Some(t) => (if head_done { REQUEST_DEADLINE } else { HEAD_DEADLINE }).checked_sub(t.elapsed()),
             None => {
                 // Crowded: idle connections get a short leash (a new one still has that long
                 // to send its request), so the crowd drains and new clients get served.

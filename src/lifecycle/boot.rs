@@ -55,7 +55,11 @@ struct Aborted {
 pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
     let started = Instant::now();
     let mut boot = Boot { ctx, spec, proof: Stopped::minted_by_boot(), guard: None };
-    if let Err(error) = boot.prepare_pgdata().and_then(|()| boot.check_interrupted()) {
+    // A spec that would weaken compute_ctl's own roles is refused before PGDATA is touched.
+    let superuser = sql::connstr_user(&boot.ctx.node.connstr);
+    let privileged = boot.ctx.node.privileged_role.clone();
+    let checked = superuser.and_then(|me| apply::privileged::check(boot.spec.spec(), &me, &privileged));
+    if let Err(error) = checked.and_then(|()| boot.prepare_pgdata()).and_then(|()| boot.check_interrupted()) {
         return Err(abort(Aborted { ctx: boot.ctx, spec: boot.spec, postmaster: None, error }));
     }
     let mut ready = boot.start_postgres().map_err(|a| abort(*a))?;
@@ -69,7 +73,12 @@ pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
 }
 
 /// Stops the Postgres a failed start left running, syncs after it, and enters `Failed`.
-fn abort(a: Aborted) -> Failed {
+fn abort(mut a: Aborted) -> Failed {
+    // The sync after exit clears the termination flag: remember here that a signal ended it.
+    if a.ctx.node.interrupted.load(Ordering::SeqCst) && !matches!(a.error, Error::Interrupted) {
+        log::info!("after a termination signal: {}", a.error.report());
+        a.error = Error::Interrupted;
+    }
     if let Some(pm) = a.postmaster {
         log::info!("start failed: stopping postgres (pid {})", pm.pid());
         pm.shutdown(Duration::from_secs(10));
@@ -91,6 +100,7 @@ impl Boot {
     pub fn prepare_pgdata(&mut self) -> Result<()> {
         let node = &self.ctx.node;
         let pgdata = &node.pgdata;
+        pgdata::refuse_foreign_postmaster(pgdata)?;
         match self.spec.storage() {
             StorageMode::Local => {
                 pgdata::initdb(&self.proof, node)?;
@@ -223,6 +233,7 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
         return Err(Error::PostgresStart { reason: "postgres is not running".into(), log_tail: pm.log_tail() });
     }
     let node = &ctx.node;
+    apply::privileged::check(spec.spec(), &sql::connstr_user(&node.connstr)?, &node.privileged_role)?;
     // A running compute never re-arms the subscriber guard: nothing here drops subscriptions.
     let text = conf::render(spec, node.internal_http_port, false, &node.privileged_role);
     let path = node.pgdata.join("postgresql.conf");
@@ -242,6 +253,10 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
             return Err(e);
         }
     };
+    if let Err(e) = apply::settings::check_startable(&node.postgres_bin(), &node.pgdata, node.run_as) {
+        conf::write_atomically(&path, &old)?;
+        return Err(e);
+    }
     if !check.need_restart.is_empty() {
         log::warn!("reconfigure: {} take effect only after a restart", check.need_restart.join(", "));
     }

@@ -98,6 +98,11 @@ impl PostmasterHandle {
         signal_pid(self.pid, &self.exit, mode.signal());
     }
 
+    /// Asks the postmaster to reread its configuration (what `pg_ctl reload` does).
+    pub fn reload(&self) {
+        signal_pid(self.pid, &self.exit, sys::SIGHUP);
+    }
+
     pub fn has_exited(&self) -> bool {
         crate::locks::lock(&self.exit.status).is_some()
     }

@@ -126,6 +126,7 @@ fn fetch_with_retries(node: &Node, req: &Request<'_>, staging: &Path, conf_text:
         attempt += 1;
         match basebackup::fetch(req, staging, &node.interrupted) {
             Ok(f) => return Ok(f),
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
             Err(e) if attempt <= retries => {
                 log::warn!(
                     "basebackup try {attempt} of {} failed: {}; retrying in {} ms",

@@ -4,6 +4,11 @@ mod support;
 
 mod api;
 mod catalog;
+mod faults_config;
+mod faults_http;
+mod faults_pgdata;
+mod faults_schema;
+mod faults_signals;
 mod harness;
 mod http;
 mod lifecycle;

@@ -363,6 +363,23 @@ fn a_hanging_sync_is_stopped_by_sigterm_and_dies_with_a_killed_compute_ctl() {
     }
 }
 
+/// Regression (issue 17): SIGTERM during a basebackup the pageserver stopped sending waited
+/// for the stream, which never came.
+#[test]
+fn sigterm_interrupts_a_stalled_basebackup() {
+    let n = Neon::new("ps-stall", "Replica".into());
+    n.ps.set_faults(Faults { stall_at: Some(100_000), ..Faults::default() });
+    let mut c = n.spawn(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while n.ps.stalled() == 0 {
+        assert!(Instant::now() < deadline, "the basebackup never stalled; log:\n{}", c.log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.signal("TERM");
+    assert!(!c.wait_exit(Duration::from_secs(10)).success(), "log:\n{}", c.log_text());
+    assert!(c.log_text().contains("interrupted"), "{}", c.log_text());
+}
+
 #[test]
 fn sigterm_of_a_running_primary_syncs_safekeepers_after_postgres_exits() {
     if support::skip_unless_major(15, "storage::sigterm_of_a_running_primary_syncs_safekeepers_after_postgres_exits") {

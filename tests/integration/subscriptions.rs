@@ -85,6 +85,16 @@ fn parent(publisher: &PlainPostgres, name: &str, dbs: &[&str], rows: i64) -> Set
         let create = format!("CREATE SUBSCRIPTION sub_{db} CONNECTION '{}' PUBLICATION pub", publisher.connstr(db));
         run(&mut client, &["CREATE TABLE t (id int PRIMARY KEY, v text)", &create]);
         wait_until("the parent's initial sync", Duration::from_secs(30), || count(&mut client, "t") == rows);
+        // The rows are visible before the table-sync worker has handed over to the apply
+        // worker; a stop in between leaves the table waiting for a sync slot the publisher has
+        // already dropped, and the parent never catches up after its restart.
+        wait_until("the parent's table sync to finish", Duration::from_secs(30), || {
+            let pending: i64 = client
+                .query_one("SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'", &[])
+                .unwrap()
+                .get(0);
+            pending == 0
+        });
     }
     terminate(&s, &mut c);
     s

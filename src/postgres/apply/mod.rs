@@ -23,6 +23,7 @@
 pub mod by_version;
 pub mod catalog;
 pub mod per_db;
+pub mod privileged;
 pub mod settings;
 
 use crate::error::{Error, Result};
@@ -114,7 +115,9 @@ pub fn apply_with(
         .flat_map(|j| j.role_names.iter().cloned())
         .collect();
 
-    // Before any DDL: a database option this major lacks fails the apply with nothing done.
+    // Before any statement: a spec that would weaken compute_ctl's own roles changes nothing.
+    privileged::check(spec, &state.current_user, privileged)?;
+    // Before any DDL too: a database option this major lacks fails the apply with nothing done.
     by_version::check_database_options(spec, &snap, state.version)?;
 
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
@@ -128,7 +131,8 @@ pub fn apply_with(
     by_version::warn_md5(spec, state.version);
     run(&mut sys, "drop_invalid_databases", catalog::drop_invalid_databases(&mut snap))?;
     run(&mut sys, "rename_roles", catalog::rename_roles(spec, &mut snap))?;
-    run(&mut sys, "create_and_alter_roles", catalog::create_and_alter_roles(spec, privileged, &jwks_roles, &mut snap))?;
+    let roles = catalog::create_and_alter_roles(spec, privileged, &jwks_roles, &state.current_user, &mut snap);
+    run(&mut sys, "create_and_alter_roles", roles)?;
     for delta in catalog::rename_and_delete_databases(spec, &mut snap) {
         match delta {
             DbDelta::Rename(s) => sys.run("rename_and_delete_databases", &s)?,
