@@ -22,6 +22,7 @@ pub mod safekeepers;
 pub mod sql;
 pub mod storage;
 pub mod subscriptions;
+pub mod version;
 
 use process::RunAs;
 use std::path::PathBuf;

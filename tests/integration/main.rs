@@ -17,3 +17,4 @@ mod lifecycle;
 mod neon2026;
 mod storage;
 mod subscriptions;
+mod versions;
