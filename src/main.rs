@@ -4,6 +4,7 @@ use compute_ctl::args::{self, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    compute_ctl::time::mark_process_start();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let command = match args::parse(&argv, |k| std::env::var(k).ok()) {
         Ok(c) => c,

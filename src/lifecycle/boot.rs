@@ -28,14 +28,26 @@ pub struct Boot {
     guard: subscriptions::Guard,
     /// Connections the subscriptions drop leaves for the catalog apply.
     warm: Option<sql::Warm>,
+    /// Microseconds since `main` began when Postgres was spawned and when it was ready.
+    spawned_us: u64,
+    ready_us: u64,
 }
 
 pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
     let started = Instant::now();
-    let mut boot = Boot { ctx, spec, postmaster: None, guard: subscriptions::Guard::None, warm: None };
+    let mut boot =
+        Boot { ctx, spec, postmaster: None, guard: subscriptions::Guard::None, warm: None, spawned_us: 0, ready_us: 0 };
     match boot.run(started) {
         Ok(()) => {
             let postmaster = boot.postmaster.take().expect("run() leaves a started postmaster on success");
+            // One line that splits the start into before-spawn, Postgres start and after-ready
+            // (examples/bench_start.rs reads it).
+            log::info!(
+                "start timing: postgres spawned at {} us, ready at {} us, running at {} us since main",
+                boot.spawned_us,
+                boot.ready_us,
+                crate::time::since_process_start_us()
+            );
             Ok(Running::enter(boot.ctx, boot.spec, postmaster))
         }
         Err(e) => {
@@ -124,6 +136,7 @@ impl Boot {
         let token = self.spec.spec().storage_auth_token.clone();
         let env: Vec<(&str, &str)> = token.as_deref().map(|t| ("NEON_AUTH_TOKEN", t)).into_iter().collect();
         let on_exit = self.ctx.on_postgres_exit.clone();
+        self.spawned_us = crate::time::since_process_start_us();
         let pm = Postmaster::spawn(
             &self.ctx.bindir.join("postgres"),
             &args.pgdata,
@@ -134,6 +147,7 @@ impl Boot {
         *self.ctx.postmaster.lock().unwrap_or_else(|p| p.into_inner()) = Some(pm.handle());
         let pm = self.postmaster.insert(pm);
         pm.wait_ready(READY_TIMEOUT, &self.ctx.interrupted)?;
+        self.ready_us = crate::time::since_process_start_us();
         let ms = elapsed_ms(started);
         log::info!("postgres is ready after {ms} ms");
         self.ctx.shared.update(|s| s.metrics.start_postgres_ms = ms);
