@@ -106,17 +106,21 @@ impl Boot {
         // Written here in both modes: pageserver mode wrote it before the sync too, but a
         // basebackup may carry the source's own postgresql.conf, which must not win.
         let text = conf::render(&self.spec, args.internal_http_port, self.spec.spec().drop_subscriptions_before_start);
-        conf::write_postgres_conf(pgdata, &text)?;
+        // Only what changed is written (a restart of the same spec writes nothing), unsynced:
+        // see `conf::write_if_changed`.
+        conf::write_if_changed(&pgdata.join("postgresql.conf"), text.as_bytes())?;
         conf::line_in_file(&pgdata.join("pg_hba.conf"), conf::PG_HBA_ALL_MD5)?;
-        conf::write_atomically(&pgdata.join(conf::TEMP_OVERRIDE), b"")?;
+        conf::write_if_changed(&pgdata.join(conf::TEMP_OVERRIDE), b"")?;
         let standby = pgdata.join("standby.signal");
         if matches!(self.spec.mode(), ComputeMode::Static(_) | ComputeMode::Replica) && !standby.exists() {
             std::fs::write(&standby, b"").map_err(|e| Error::io("cannot create", &standby, e))?;
         }
         if let Some(u) = self.ctx.run_as {
+            use std::os::unix::fs::MetadataExt;
             for f in ["postgresql.conf", "pg_hba.conf", conf::TEMP_OVERRIDE, "standby.signal"] {
                 let p = pgdata.join(f);
-                if p.exists() {
+                // A stat, not a chown per start: a chown to the same owner still dirties the inode.
+                if std::fs::metadata(&p).is_ok_and(|m| m.uid() != u.uid || m.gid() != u.gid) {
                     std::os::unix::fs::chown(&p, Some(u.uid), Some(u.gid))
                         .map_err(|e| Error::io("cannot chown", &p, e))?;
                 }
