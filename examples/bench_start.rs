@@ -2,6 +2,7 @@
 //! plus the idle cost of a running compute_ctl (issue 7).
 //!
 //!     cargo run --release --example bench_start [-- --runs N] [--mode local|pageserver|both]
+//!         [--compare OTHER_COMPUTE_CTL]
 //!
 //! Every process under test is launched the same way: as the `postgres` OS user (a setuid
 //! between fork and exec, `Command::uid`) when we are root, with stdin and stdout on
@@ -56,30 +57,50 @@ fn main() {
     let b = Bench::prepare(bin);
     println!("start-up: {runs} alternating runs per side; load average {}", load_average());
 
+    // `--compare OTHER_BINARY`: a third series, interleaved with the others (before/after).
+    let other = opt("--compare").map(PathBuf::from);
     if mode != "pageserver" {
+        let postgres = Path::new(PGBIN_DIR).join("postgres");
+        let mut bins = vec![b.bin.clone()];
+        bins.extend(other.clone());
         let mut floor = Vec::new();
-        let mut ours = Vec::new();
+        let mut ours: Vec<Vec<Run>> = bins.iter().map(|_| Vec::new()).collect();
         for round in 0..=runs {
-            let t0 = Instant::now();
-            let f = run_postgres(b.launch, &Path::new(PGBIN_DIR).join("postgres"), &b.pgdata, t0);
-            let c = run_compute_ctl(b.compute_ctl_command(&b.pgdata, &b.spec_path, PGBIN_DIR), b.http_port, &b.pgdata);
-            // One unrecorded round first: page cache and first-exec costs are not what we measure.
-            if round > 0 {
-                floor.push(f);
-                ours.push(c);
+            // The order rotates every round, so no side always follows the same other side's
+            // shutdown (whose checkpoint writes may still be draining).
+            for k in 0..=bins.len() {
+                let side = (k + round) % (bins.len() + 1);
+                if side == bins.len() {
+                    let f = run_postgres(b.launch, &postgres, &b.pgdata, Instant::now());
+                    // One unrecorded round first: page cache and first-exec costs are not
+                    // what we measure.
+                    if round > 0 {
+                        floor.push(f);
+                    }
+                } else {
+                    let cmd = b.compute_ctl_command(&bins[side], &b.pgdata, &b.spec_path, PGBIN_DIR);
+                    let c = run_compute_ctl(cmd, b.http_port, &b.pgdata);
+                    if round > 0 {
+                        ours[side].push(c);
+                    }
+                }
             }
         }
         println!("local mode (load average after: {})", load_average());
-        let (f, c) = common::report("local mode", &floor, &ours);
+        let (f, c) = common::report("local mode", &floor, &ours[0]);
         println!("RESULT start/floor {f:.1} ms");
         println!("RESULT start/compute_ctl_status {c:.1} ms baseline=start/floor target=1.1");
         println!("RESULT start/compute_ctl_extra {:.1} ms target=5", c - f);
+        if let Some(other) = &other {
+            println!("compared with {}:", other.display());
+            common::report("compared", &floor, &ours[1]);
+        }
     }
     if mode != "local" {
         pageserver_mode::run(&b, runs);
     }
     if mode == "both" {
-        idle::idle(b.compute_ctl_command(&b.pgdata, &b.spec_path, PGBIN_DIR), b.http_port, &b.pgdata);
+        idle::idle(b.compute_ctl_command(&b.bin, &b.pgdata, &b.spec_path, PGBIN_DIR), b.http_port, &b.pgdata);
     }
 }
 
@@ -137,8 +158,8 @@ impl Bench {
     }
 
     /// compute_ctl on `pgdata` with the spec file `spec`, `-b BINDIR/postgres`.
-    pub fn compute_ctl_command(&self, pgdata: &Path, spec: &Path, bindir: &str) -> Command {
-        let mut cmd = self.launch.command(&self.bin);
+    pub fn compute_ctl_command(&self, bin: &Path, pgdata: &Path, spec: &Path, bindir: &str) -> Command {
+        let mut cmd = self.launch.command(bin);
         cmd.arg("-D").arg(pgdata);
         cmd.args(["-C", &format!("postgresql://cloud_admin@127.0.0.1:{}/postgres", self.pg_port)]);
         cmd.arg("-S").arg(spec).arg("-b").arg(format!("{bindir}/postgres"));
@@ -147,7 +168,7 @@ impl Bench {
     }
 
     pub fn compute_ctl(&self, pgdata: &Path, spec: &Path, bindir: &str) -> Run {
-        run_compute_ctl(self.compute_ctl_command(pgdata, spec, bindir), self.http_port, pgdata)
+        run_compute_ctl(self.compute_ctl_command(&self.bin, pgdata, spec, bindir), self.http_port, pgdata)
     }
 }
 

@@ -162,3 +162,23 @@ impl DirWatch {
         }
     }
 }
+
+/// Fills `buf` from the kernel's random generator (getrandom(2): one system call, no file to
+/// open, unlike /dev/urandom).
+pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: writes at most `rest.len()` bytes into `rest`, which outlives the call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}

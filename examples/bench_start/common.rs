@@ -301,6 +301,18 @@ pub fn load_average() -> String {
 pub struct Run {
     pub total: f64,
     pub timing: Option<[f64; 3]>,
+    /// CPU time compute_ctl itself (all its threads, Postgres excluded) had used by then.
+    pub cpu: f64,
+}
+
+/// CPU time of all threads of `pid`, from /proc/PID/task/*/schedstat, in ms.
+fn cpu_ms(pid: u32) -> f64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e6
 }
 
 /// Runs `cmd` (compute_ctl), waits for `running` on `/status` at `http_port`, stops it by pid
@@ -310,15 +322,31 @@ pub fn run_compute_ctl(mut cmd: Command, http_port: u16, pgdata: &Path) -> Run {
     let t0 = Instant::now();
     let mut child = Owned::new(cmd.stderr(Stdio::piped()).spawn(), libc::SIGTERM);
     let stderr = child.stderr.take().unwrap();
-    // Reads stderr to its end, so compute_ctl never blocks on a full pipe.
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads stderr to its end, so compute_ctl never blocks on a full pipe, and reports the
+    // moment the `running` line arrives.
     let reader = std::thread::spawn(move || {
-        std::io::BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<String>>()
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("compute status: running") {
+                let _ = tx.send(t0.elapsed());
+            }
+            lines.push(line);
+        }
+        lines
     });
-    let total = ms(wait_running(http_port, &mut child, t0));
+    // `BENCH_START_BY_LOG=1` (a diagnosis): no polling of /status, `running` is seen on the
+    // log, to tell what the polling itself costs the start.
+    let total = if std::env::var_os("BENCH_START_BY_LOG").is_some() {
+        ms(rx.recv_timeout(TIMEOUT).expect("compute_ctl logged running"))
+    } else {
+        ms(wait_running(http_port, &mut child, t0))
+    };
+    let cpu = cpu_ms(child.id());
     stop(&mut child, libc::SIGTERM);
     let log = reader.join().unwrap();
     assert_stopped(pgdata, &log);
-    Run { total, timing: parse_timing(&log) }
+    Run { total, timing: parse_timing(&log), cpu }
 }
 
 /// `postgres -D pgdata` (launched as `launch` says) until `postmaster.pid` says ready; the
@@ -360,6 +388,9 @@ pub fn report(name: &str, floor: &[f64], ours: &[Run]) -> (f64, f64) {
              ready -> running {after:.1} ms, exec before main + seen on /status {rest:.1} ms"
         );
         let key = name.split_whitespace().next().unwrap_or(name);
+        let cpu = median_p90(&ours.iter().map(|r| r.cpu).collect::<Vec<_>>()).0;
+        println!("  compute_ctl's own CPU time (all threads, Postgres excluded) until running: median {cpu:.2} ms");
+        println!("RESULT start/{key}_cpu {cpu:.2} ms");
         println!("RESULT start/{key}_before_spawn {before:.2} ms");
         println!("RESULT start/{key}_postgres_start {pg:.2} ms");
         println!("RESULT start/{key}_after_ready {after:.2} ms");

@@ -35,15 +35,26 @@ pub fn run(b: &Bench, runs: usize) {
         for d in [&ours_dir, &floor_dir] {
             let _ = std::fs::remove_dir_all(d);
         }
-        let t0 = Instant::now();
-        std::fs::create_dir(&floor_dir).unwrap();
-        b.launch.give(&floor_dir);
-        chmod(&floor_dir, 0o700);
-        let mut untar = b.launch.command("tar");
-        untar.arg("-xf").arg(&tar).arg("-C").arg(&floor_dir).stderr(Stdio::inherit());
-        assert!(untar.status().unwrap().success(), "tar -xf failed");
-        let f = run_postgres(b.launch, &postgres, &floor_dir, t0);
-        let c = run_compute_ctl(b.compute_ctl_command(&ours_dir, &spec_path, &bindir), b.http_port, &ours_dir);
+        let floor_run = || {
+            let t0 = Instant::now();
+            std::fs::create_dir(&floor_dir).unwrap();
+            b.launch.give(&floor_dir);
+            chmod(&floor_dir, 0o700);
+            let mut untar = b.launch.command("tar");
+            untar.arg("-xf").arg(&tar).arg("-C").arg(&floor_dir).stderr(Stdio::inherit());
+            assert!(untar.status().unwrap().success(), "tar -xf failed");
+            run_postgres(b.launch, &postgres, &floor_dir, t0)
+        };
+        let ours_run =
+            || run_compute_ctl(b.compute_ctl_command(&b.bin, &ours_dir, &spec_path, &bindir), b.http_port, &ours_dir);
+        // Each side goes first in every other round (see the local mode).
+        let (f, c) = if round % 2 == 0 {
+            let f = floor_run();
+            (f, ours_run())
+        } else {
+            let c = ours_run();
+            (floor_run(), c)
+        };
         if round > 0 {
             floor.push(f);
             ours.push(c);
