@@ -39,10 +39,10 @@ mod idle;
 mod pageserver;
 #[path = "bench_start/pageserver_mode.rs"]
 mod pageserver_mode;
+#[path = "support/mod.rs"]
+mod support;
 
-use common::{
-    Launch, PGBIN_DIR, Run, chmod, compute_ctl_binary, free_port, load_average, run_compute_ctl, run_postgres,
-};
+use common::{Launch, PGBIN_DIR, Run, chmod, compute_ctl_binary, load_average, run_compute_ctl, run_postgres};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -114,6 +114,7 @@ pub struct Bench {
     pub pg_port: u16,
     pub http_port: u16,
     pub launch: Launch,
+    _ports: [std::fs::File; 2],
 }
 
 impl Bench {
@@ -135,22 +136,13 @@ impl Bench {
         let out = initdb.output().expect("run initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
 
-        let pg_port = free_port();
-        let http_port = free_port();
-        let spec = serde_json::json!({
-            "format_version": 1.0,
-            "tenant_id": "b0554b632bd4d547a63b86c3630317e8",
-            "timeline_id": "2414a61ffc94e428f14b5758fe308e13",
-            "skip_pg_catalog_updates": true,
-            "cluster": { "roles": [], "databases": [], "settings": [
-                {"name": "port", "value": pg_port.to_string(), "vartype": "integer"},
-                {"name": "listen_addresses", "value": "127.0.0.1", "vartype": "string"},
-                {"name": "unix_socket_directories", "value": root.join("sock").to_str().unwrap(), "vartype": "string"}
-            ]}
-        });
-        let spec_path = root.join("spec.json");
-        std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-        let b = Bench { root, pgdata, spec, spec_path, bin, pg_port, http_port, launch };
+        // Ports claimed as the tests claim theirs, held (flock) while the bench runs.
+        let (pg_port, pg_lock) = support::claim_port_pair();
+        let (http_port, http_lock) = support::claim_port_pair();
+        let spec_path = support::write_start_spec(&root, pg_port);
+        let spec = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+        let ports = [pg_lock, http_lock];
+        let b = Bench { root, pgdata, spec, spec_path, bin, pg_port, http_port, launch, _ports: ports };
         // The first start writes compute_ctl's configuration into PGDATA; both sides then
         // start the very same cluster.
         b.compute_ctl(&b.pgdata, &b.spec_path, PGBIN_DIR);

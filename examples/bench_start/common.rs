@@ -5,11 +5,12 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const PGBIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+pub use super::support::{PGBIN_DIR, chmod, compute_ctl_binary, ms};
+
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 /// Both sides are polled at this interval: `postmaster.pid` for the floor, `/status` for
 /// compute_ctl.
@@ -23,7 +24,7 @@ pub struct Launch(pub Option<(u32, u32)>);
 
 impl Launch {
     pub fn detect() -> Launch {
-        Launch(postgres_ids())
+        Launch(super::support::postgres_ids())
     }
 
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -41,18 +42,6 @@ impl Launch {
             std::os::unix::fs::chown(p, Some(u), Some(g)).unwrap();
         }
     }
-}
-
-/// uid and gid of the `postgres` OS user when we are root (Postgres refuses to run as root).
-fn postgres_ids() -> Option<(u32, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-    let line = passwd.lines().find(|l| l.starts_with("postgres:")).expect("a postgres OS user (we are root)");
-    let f: Vec<&str> = line.split(':').collect();
-    Some((f[2].parse().unwrap(), f[3].parse().unwrap()))
 }
 
 /// Polls `pgdata/postmaster.pid` every [`POLL`] until its status line says `ready`; the
@@ -219,61 +208,6 @@ fn kill(pid: i32, signal: i32) {
     // SAFETY: kill(2) takes two integers and touches no memory of ours.
     let rc = unsafe { libc::kill(pid, signal) };
     assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
-}
-
-pub fn compute_ctl_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("COMPUTE_CTL_BIN") {
-        return PathBuf::from(p);
-    }
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        let st = Command::new(cargo).args(["build", "--release", "--quiet", "--bin", "compute_ctl"]).status();
-        assert!(st.is_ok_and(|s| s.success()), "cargo build --release --bin compute_ctl failed");
-    }
-    let exe = std::env::current_exe().unwrap();
-    // target/release/examples/bench_start -> target/release/compute_ctl
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("compute_ctl");
-    assert!(bin.exists(), "{} not found; build it or set COMPUTE_CTL_BIN", bin.display());
-    bin
-}
-
-pub fn chmod(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// A port pair (port, port + 1: compute_ctl's internal HTTP server takes the next one) from
-/// 10000-32767, below the kernel's ephemeral range, claimed with the tests' convention: an
-/// exclusive flock on `/tmp/compute_ctl-test-ports/PORT`, held until this process exits, so a
-/// parallel test run never picks it.
-pub fn free_port() -> u16 {
-    use std::sync::Mutex;
-    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
-    let dir = Path::new("/tmp/compute_ctl-test-ports");
-    std::fs::create_dir_all(dir).unwrap();
-    let span = (32767 - 10000) / 2;
-    let start = (std::process::id() as usize * 131) % span;
-    for n in 0..span {
-        let port = (10000 + 2 * ((start + n) % span)) as u16;
-        let Ok(f) =
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(port.to_string()))
-        else {
-            continue;
-        };
-        if f.try_lock().is_err() {
-            continue;
-        }
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
-        {
-            HELD.lock().unwrap().push(f);
-            return port;
-        }
-    }
-    panic!("no free port pair in 10000-32767");
-}
-
-pub fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Median and 90th percentile (nearest rank).
