@@ -7,5 +7,6 @@ mod catalog;
 mod harness;
 mod http;
 mod lifecycle;
+mod neon2026;
 mod storage;
 mod subscriptions;

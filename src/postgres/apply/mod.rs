@@ -7,7 +7,7 @@
 //! a second apply of the same spec sends no DDL at all. Per-database phases run on a bounded
 //! pool of threads ([`per_db`]).
 //!
-//! Phases, in order: `neon_superuser`; drop invalid databases; rename roles; create and alter
+//! Phases, in order: the privileged role (`--privileged-role-name`, default `neon_superuser`); drop invalid databases; rename roles; create and alter
 //! roles; rename and delete databases (a deleted database's subscriptions are dropped first,
 //! leaving the publisher's slots alone); create databases and fix owners; schema `neon`; per
 //! database: references of deleted roles, schema `public`; `pg_stat_statements` when
@@ -70,18 +70,30 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-/// Applies the spec's catalog.
-pub fn apply_spec(connstr: &str, spec: &ParsedSpec, concurrency: Concurrency, warm: Option<&Warm>) -> Result<()> {
-    apply_with(connstr, spec.spec(), concurrency, warm).map(|_| ())
+/// Applies the spec's catalog; `privileged` is `--privileged-role-name`.
+pub fn apply_spec(
+    connstr: &str,
+    spec: &ParsedSpec,
+    privileged: &str,
+    concurrency: Concurrency,
+    warm: Option<&Warm>,
+) -> Result<()> {
+    apply_with(connstr, spec.spec(), privileged, concurrency, warm).map(|_| ())
 }
 
 /// Applies the spec's catalog and says how many statements each phase ran.
-pub fn apply(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency) -> Result<Report> {
-    apply_with(connstr, spec, concurrency, None)
+pub fn apply(connstr: &str, spec: &ComputeSpec, privileged: &str, concurrency: Concurrency) -> Result<Report> {
+    apply_with(connstr, spec, privileged, concurrency, None)
 }
 
 /// [`apply`], first using connections an earlier step left open (see [`Warm`]).
-pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, warm: Option<&Warm>) -> Result<Report> {
+pub fn apply_with(
+    connstr: &str,
+    spec: &ComputeSpec,
+    privileged: &str,
+    concurrency: Concurrency,
+    warm: Option<&Warm>,
+) -> Result<Report> {
     let started = Instant::now();
     let workers = match concurrency {
         Concurrency::AtStart => start_concurrency(spec),
@@ -100,7 +112,7 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
         .collect();
 
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
-    let superuser = catalog::create_superuser(spec, &mut snap);
+    let superuser = catalog::create_superuser(spec, privileged, &mut snap);
     if !superuser.is_empty() {
         // Default privileges checked before were for a neon_superuser that is gone.
         per_db::forget_verified(Some(connstr));
@@ -108,7 +120,7 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
     run(&mut sys, "create_superuser", superuser)?;
     run(&mut sys, "drop_invalid_databases", catalog::drop_invalid_databases(&mut snap))?;
     run(&mut sys, "rename_roles", catalog::rename_roles(spec, &mut snap))?;
-    run(&mut sys, "create_and_alter_roles", catalog::create_and_alter_roles(spec, &jwks_roles, &mut snap))?;
+    run(&mut sys, "create_and_alter_roles", catalog::create_and_alter_roles(spec, privileged, &jwks_roles, &mut snap))?;
     for delta in catalog::rename_and_delete_databases(spec, &mut snap) {
         match delta {
             DbDelta::Rename(s) => sys.run("rename_and_delete_databases", &s)?,
@@ -118,14 +130,20 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
             }
         }
     }
-    run(&mut sys, "create_and_alter_databases", catalog::create_and_alter_databases(spec, &mut snap))?;
+    run(&mut sys, "create_and_alter_databases", catalog::create_and_alter_databases(spec, privileged, &mut snap))?;
     if !state.neon_schema {
         sys.run("create_schema_neon", &stmt("CREATE SCHEMA IF NOT EXISTS neon"))?;
     }
 
     let roles_to_delete = catalog::roles_to_delete(spec, &snap);
     let tasks = db_tasks(spec, &snap, &system_db, &state.current_user);
-    let shared = per_db::Shared { connstr, roles_to_delete: &roles_to_delete, counter: &counter, warm };
+    let shared = per_db::Shared {
+        connstr,
+        roles_to_delete: &roles_to_delete,
+        privileged_role: privileged,
+        counter: &counter,
+        warm,
+    };
     per_db::run_all(&tasks, workers, &shared)?;
 
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };

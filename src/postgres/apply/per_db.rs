@@ -7,7 +7,7 @@
 //! per database that first takes a self-conflicting lock on `pg_shdepend`, so those
 //! transactions queue one after another instead of deadlocking across databases.
 
-use super::catalog::{NEON_SUPERUSER, Stmt};
+use super::catalog::Stmt;
 use super::{Counter, maintenance_client_from};
 use crate::error::{Error, Result};
 use crate::escape::quote_ident;
@@ -49,6 +49,8 @@ pub fn forget_verified(connstr: Option<&str>) {
 pub struct Shared<'a> {
     pub connstr: &'a str,
     pub roles_to_delete: &'a [String],
+    /// `--privileged-role-name`.
+    pub privileged_role: &'a str,
     pub counter: &'a Counter,
     /// Connections left open by an earlier step of the start, taken before opening new ones.
     pub warm: Option<&'a crate::postgres::sql::Warm>,
@@ -94,7 +96,7 @@ fn run_one(task: &DbTask, shared: &Shared<'_>) -> Result<()> {
         delete_role_references(&mut exec, &deleting, &task.owner)?;
     }
     if check_schema {
-        change_schema_perms(&mut exec, &task.owner)?;
+        change_schema_perms(&mut exec, &task.owner, shared.privileged_role)?;
         let oid = match task.oid {
             Some(oid) => oid,
             None => exec
@@ -205,7 +207,7 @@ const SCHEMA_PERMS: &str = "change_schema_perms";
 /// (`acldefault`), so the check holds on any Postgres version.
 const SCHEMA_STATE: &str = "
 WITH p AS (SELECT oid, nspowner FROM pg_catalog.pg_namespace WHERE nspname = 'public'),
-     su AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'neon_superuser'),
+     su AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1),
      w AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'web_access'),
      me AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
 SELECT pg_catalog.pg_get_userbyid(p.nspowner)::text,
@@ -222,10 +224,10 @@ SELECT pg_catalog.pg_get_userbyid(p.nspowner)::text,
 FROM p";
 
 /// Schema `public`: owned by the database owner when the admin still owns it, `CREATE` for
-/// `web_access`, default privileges for `neon_superuser` (reference 4.8 8b); each statement
-/// only when its state is not there yet.
-fn change_schema_perms(exec: &mut Exec<'_>, owner: &str) -> Result<()> {
-    let rows = exec.query(SCHEMA_PERMS, SCHEMA_STATE, &[])?;
+/// `web_access`, default privileges for the privileged role (reference 4.8 8b); each
+/// statement only when its state is not there yet.
+fn change_schema_perms(exec: &mut Exec<'_>, owner: &str, privileged: &str) -> Result<()> {
+    let rows = exec.query(SCHEMA_PERMS, SCHEMA_STATE, &[&privileged])?;
     let Some(row) = rows.first() else { return Ok(()) };
     let schema_owner: String = row.get(0);
     let need_web_access: bool = row.get(1);
@@ -242,7 +244,8 @@ fn change_schema_perms(exec: &mut Exec<'_>, owner: &str) -> Result<()> {
     for (ok, what) in [(tables_ok, "TABLES"), (sequences_ok, "SEQUENCES")] {
         if !ok {
             let sql = format!(
-                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON {what} TO {NEON_SUPERUSER} WITH GRANT OPTION"
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON {what} TO {} WITH GRANT OPTION",
+                quote_ident(privileged)
             );
             exec.run(SCHEMA_PERMS, &stmt(sql))?;
         }
