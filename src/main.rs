@@ -4,6 +4,7 @@ use compute_ctl::args::{self, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    compute_ctl::time::mark_process_start();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     // Before parsing, so that the warnings about ignored Neon flags are seen.
     compute_ctl::logger::init(std::env::var("RUST_LOG").ok().as_deref());

@@ -147,12 +147,12 @@ pub(super) fn known_path(server: Server, path: &str) -> Option<&'static str> {
     table.iter().find(|(p, _)| *p == path).map(|(p, _)| *p)
 }
 
-/// A random (version 4) UUID from the kernel's generator; a request id needs no more.
+/// A random (version 4) UUID from the kernel's generator; a request id needs no more. One
+/// getrandom(2) per request, since a control plane may poll `/status` every millisecond.
 pub(super) fn uuid_v4() -> String {
-    use std::io::Read;
     let mut b = [0u8; 16];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
-        // No /dev/urandom (a bare chroot): std's per-process random hash keys, mixed with time.
+    if crate::sys::fill_random(&mut b).is_err() {
+        // No getrandom (a very old kernel): std's per-process random hash keys, mixed with time.
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());

@@ -197,8 +197,11 @@ fn serve_connection(mut stream: TcpStream, gate: &Gate, handler: &Handler, activ
     let _ = stream.set_write_timeout(Some(REQUEST_DEADLINE));
     let limits = Limits::default();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    // The read timeout last set: a keep-alive client polling every millisecond should not
+    // cost a setsockopt per request.
+    let mut timeout_set: Option<Duration> = None;
     loop {
-        let req = match read_request(&mut stream, &mut buf, &limits, active, heads, gate) {
+        let req = match read_request(&mut stream, &mut buf, &limits, active, heads, gate, &mut timeout_set) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(Unread::Bad(resp)) => {
@@ -245,6 +248,7 @@ fn read_request(
     active: &AtomicUsize,
     heads: &Heads,
     gate: &Gate,
+    set: &mut Option<Duration>,
 ) -> Result<Option<Request>, Unread> {
     let mut started: Option<Instant> = if buf.is_empty() { None } else { Some(Instant::now()) };
     let idle_since = Instant::now();
@@ -307,7 +311,12 @@ fn read_request(
                 Ok(None)
             };
         };
-        let _ = stream.set_read_timeout(Some(timeout));
+        // Rounded up to 10 ms so that a timeout counting down is not set anew on every read.
+        let timeout = Duration::from_millis((timeout.as_millis() as u64).div_ceil(10) * 10);
+        if *set != Some(timeout) {
+            let _ = stream.set_read_timeout(Some(timeout));
+            *set = Some(timeout);
+        }
         match stream.read(&mut chunk) {
             Ok(0) => return Ok(None),
             Ok(n) => {
