@@ -9,12 +9,11 @@
 
 use crate::args::{Args, SpecSource};
 use crate::error::{Error, Result};
-use crate::http::{routes, server};
+use crate::http::{listen, routes};
 use crate::lifecycle::{self, Event, Exit, Linger, Message, Parts, Reply, Shared, State};
 use crate::postgres::process::StopMode;
 use crate::postgres::{Node, pgdata};
 use crate::spec::ParsedSpec;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -27,7 +26,6 @@ const BRIEF_LINGER: Duration = Duration::from_millis(300);
 pub fn run(args: Args) -> Result<i32> {
     log::info!("compute build_tag: {}", crate::metrics::BUILD_TAG);
     let (tx, rx) = mpsc::channel::<Message>();
-    let auth_token = args.http_auth_token_file.as_deref().map(routes::Token::from_file).transpose()?;
     let node = Node {
         // A symlinked PGDATA is resolved once; everything works on the real directory.
         pgdata: pgdata::resolve(&args.pgdata),
@@ -43,7 +41,6 @@ pub fn run(args: Args) -> Result<i32> {
         events: Mutex::new(tx),
         live_config_allowed: !matches!(args.spec, SpecSource::Inline(_)),
         node,
-        auth_token,
         remote_ext_base_url: args.remote_ext_base_url.clone(),
         compute_ctl_config: std::sync::OnceLock::new(),
         in_flight: AtomicUsize::new(0),
@@ -60,6 +57,10 @@ pub fn run(args: Args) -> Result<i32> {
 
 fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result<i32> {
     let tx = crate::locks::lock(&app.events).clone();
+    // With AUTOSCALING, Postgres runs in the memory cgroup; a missing one fails here.
+    let a = &args.autoscaling;
+    let path = std::env::var("PATH").ok();
+    crate::cgroup::set(crate::cgroup::Placement::new(a.enabled, &a.cgroup, a.cgroup_root.as_deref(), path.as_deref())?);
     // The spec is read and validated before anything on disk is touched.
     let initial = match &args.spec {
         SpecSource::Config(path) => {
@@ -78,8 +79,18 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
             let json = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read spec file", path, e))?;
             Some(ParsedSpec::parse(&json)?)
         }
-        SpecSource::ControlPlane(_) | SpecSource::Wait => None,
+        // The control plane's answer carries the JWT keys, which decide the servers'
+        // addresses: asked before they start, as Neon does.
+        SpecSource::ControlPlane(uri) => {
+            let (spec, ctl) = crate::control_plane::fetch_config(uri, &args.compute_id)?;
+            if let Some(ctl) = ctl {
+                let _ = app.compute_ctl_config.set(ctl);
+            }
+            spec
+        }
+        SpecSource::Wait => None,
     };
+    let (external_auth, internal_auth) = listen::authorizers(&args, app.compute_ctl_config.get())?;
 
     let exit_tx = Mutex::new(tx.clone());
     let postmaster = Arc::new(Mutex::new(None));
@@ -91,18 +102,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
         log::info!("running as PID 1: reaping orphaned processes");
     }
 
-    // Internal first: once the external server answers, both are up.
-    for (port, which, name) in [
-        (args.internal_http_port, routes::Server::Internal, "internal"),
-        (args.external_http_port, routes::Server::External, "external"),
-    ] {
-        let addr = SocketAddr::new(args.http_bind, port);
-        server::spawn(addr, name, routes::handler(app.clone(), which)).map_err(|source| Error::Bind {
-            server: name,
-            addr,
-            source,
-        })?;
-    }
+    listen::start(&args, &app, external_auth, internal_auth)?;
     drop(tx);
 
     let mut state = State::new(Parts {
@@ -114,20 +114,9 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
             let _ = crate::locks::lock(&exit_tx).send(Message { event: Event::PostgresExited, reply: None });
         }),
     });
-    let initial = match (initial, &args.spec) {
-        (Some(spec), _) => Some(spec),
-        (None, SpecSource::ControlPlane(uri)) => {
-            let (spec, ctl) = crate::control_plane::fetch_config(uri, &args.compute_id)?;
-            if let Some(ctl) = ctl {
-                let _ = app.compute_ctl_config.set(ctl);
-            }
-            spec
-        }
-        (None, _) => {
-            log::info!("no spec yet: waiting for POST /configure");
-            None
-        }
-    };
+    if initial.is_none() && !matches!(args.spec, SpecSource::ControlPlane(_)) {
+        log::info!("no spec yet: waiting for POST /configure");
+    }
     if let Some(spec) = initial {
         state = lifecycle::step(state, Event::Init(spec)).0;
     }
@@ -138,6 +127,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
         if let State::Running(running) = &state {
             crate::monitor::set_extensions_interval(args.installed_extensions_interval, running.spec().spec());
             crate::monitor::ensure_started(&app.shared, &app.node.connstr);
+            crate::vm_monitor::ensure_started(&args, running.spec().spec().disable_lfc_resizing != Some(true));
         }
         let message = match state.exit() {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -161,6 +151,9 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
         // signal.
         let Message { event, reply } = message.unwrap_or(Message { event: Event::Signal(0), reply: None });
         let configure = matches!(event, Event::Configure(_));
+        if stops_postgres(&state, &event) {
+            crate::vm_monitor::stop();
+        }
         let (next, answer) = lifecycle::step(state, event);
         state = next;
         if let Some(reply) = reply {
@@ -199,6 +192,17 @@ fn refresh_source(args: &Args) -> Option<lifecycle::Refresh> {
             }))
         }
         SpecSource::Inline(_) | SpecSource::Wait => None,
+    }
+}
+
+/// Whether `step` will stop Postgres (or find it gone) for this event: the vm-monitor is
+/// stopped first, so the agent never talks to a Postgres on its way down.
+fn stops_postgres(state: &State, event: &Event) -> bool {
+    match (state, event) {
+        (State::Running(_), Event::Terminate(_) | Event::Signal(_) | Event::PostgresExited) => true,
+        (State::Failed(f), Event::Signal(_)) => f.postgres_running(),
+        (State::Failed(f), Event::PostgresExited) => !f.postgres_running(),
+        _ => false,
     }
 }
 
@@ -246,6 +250,8 @@ fn spawn_signal_thread(
                 // ends every session at once, so an apply or reconfigure in progress stops at
                 // its running statement instead of finishing a long plan first.
                 if first && let Some(pm) = &pm {
+                    // The agent is told first, so it never talks to a Postgres on its way down.
+                    crate::vm_monitor::stop();
                     pm.stop(StopMode::Fast);
                 }
             }

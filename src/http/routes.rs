@@ -1,5 +1,6 @@
-//! Routes of the external and internal servers, with Neon's methods, bodies and codes, and the
-//! optional bearer-token check in front of them.
+//! Routes of the external and internal servers, with Neon's methods, bodies and codes.
+//! Authorization happens before a request gets here (`gate`, which consults the tables below:
+//! a route missing from them is treated as unknown, and unknown paths need no token).
 //!
 //! Differences from Neon, on purpose: unknown paths (404) and wrong methods (405) get a JSON
 //! `{"error": …}` body like every other error; `/terminate` also works from `empty` and answers
@@ -27,8 +28,6 @@ pub struct App {
     /// before `-c`).
     pub live_config_allowed: bool,
     pub node: Node,
-    /// `--http-auth-token-file`'s token; every route but `GET /metrics` then needs it.
-    pub auth_token: Option<Token>,
     /// `--remote-ext-base-url`, ending in `/`.
     pub remote_ext_base_url: Option<String>,
     /// `compute_ctl_config` of the `-c` file or of the control plane's answer, set once before
@@ -38,37 +37,6 @@ pub struct App {
     /// Requests being handled; the owner waits for them before the process exits so that
     /// the last answers (to `/terminate`, say) are written.
     pub in_flight: AtomicUsize,
-}
-
-/// A bearer token. Its `Debug` never shows it, so it cannot leak into a log line.
-pub struct Token(Vec<u8>);
-
-impl Token {
-    /// Reads the token file: the token is its content without surrounding whitespace.
-    pub fn from_file(path: &std::path::Path) -> crate::Result<Token> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| crate::Error::io("cannot read --http-auth-token-file", path, e))?;
-        let token = text.trim();
-        if token.is_empty() {
-            return Err(crate::Error::Usage(format!("--http-auth-token-file {}: the file is empty", path.display())));
-        }
-        Ok(Token(token.as_bytes().to_vec()))
-    }
-
-    /// Compares in time that depends only on the lengths, never on where the bytes differ.
-    pub fn matches(&self, given: &[u8]) -> bool {
-        let mut diff = self.0.len() ^ given.len();
-        for (i, b) in self.0.iter().enumerate() {
-            diff |= usize::from(b ^ given.get(i).copied().unwrap_or(!b));
-        }
-        std::hint::black_box(diff) == 0
-    }
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
 }
 
 impl App {
@@ -115,7 +83,7 @@ pub enum Server {
 }
 
 impl Server {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Server::External => "external",
             Server::Internal => "internal",
@@ -169,7 +137,7 @@ fn route(app: &App, server: Server, req: &Request) -> Response {
         Server::External => EXTERNAL,
         Server::Internal => INTERNAL,
     };
-    let known = table.iter().find(|(p, _)| *p == req.path || (p.ends_with('/') && req.path.starts_with(p)));
+    let known = table.iter().find(|(p, _)| route_matches(p, &req.path));
     let label = known.map_or("other", |(p, _)| *p);
     let mut resp = dispatch(app, server, req, known);
     crate::metrics::count_http_request(server.label(), label, resp.status);
@@ -186,12 +154,27 @@ fn route(app: &App, server: Server, req: &Request) -> Response {
     resp
 }
 
-/// A random (version 4) UUID from the kernel's generator; a request id needs no more.
-fn uuid_v4() -> String {
-    use std::io::Read;
+/// The route `path` names on `server`, if any (also the metrics label).
+pub(super) fn known_path(server: Server, path: &str) -> Option<&'static str> {
+    let table = match server {
+        Server::External => EXTERNAL,
+        Server::Internal => INTERNAL,
+    };
+    table.iter().find(|(p, _)| route_matches(p, path)).map(|(p, _)| *p)
+}
+
+/// A table path matches itself, and a path ending in `/` (`/extension_server/`) every path it
+/// begins; the gate and the dispatch use this one rule, so a prefix route is never public.
+fn route_matches(route: &str, path: &str) -> bool {
+    route == path || (route.ends_with('/') && path.starts_with(route))
+}
+
+/// A random (version 4) UUID from the kernel's generator; a request id needs no more. One
+/// getrandom(2) per request, since a control plane may poll `/status` every millisecond.
+pub(super) fn uuid_v4() -> String {
     let mut b = [0u8; 16];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
-        // No /dev/urandom (a bare chroot): std's per-process random hash keys, mixed with time.
+    if crate::sys::fill_random(&mut b).is_err() {
+        // No getrandom (a very old kernel): std's per-process random hash keys, mixed with time.
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
@@ -206,14 +189,6 @@ fn uuid_v4() -> String {
 
 fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&str])>) -> Response {
     let m = req.method.as_str();
-    let public = server == Server::External && req.path == "/metrics" && (m == "GET" || m == "HEAD");
-    if !public && let Some(token) = &app.auth_token {
-        let given = req.header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
-        if !given.is_some_and(|g| token.matches(g.as_bytes())) {
-            return Response::error(401, "missing or invalid bearer token")
-                .with_header("WWW-Authenticate", "Bearer".into());
-        }
-    }
     let Some((path, methods)) = known else {
         return Response::error(404, format!("no route for {}", req.path));
     };
@@ -247,7 +222,18 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
 }
 
 fn status(app: &App) -> Response {
-    Response::json(200, &app.shared.get().body())
+    let body = app.shared.get().body();
+    match crate::vm_monitor::status_json() {
+        // With AUTOSCALING: the monitor's state (a bind failure, say) beside Neon's fields.
+        Some(vm) => match serde_json::to_value(&body) {
+            Ok(mut v) => {
+                v["vm_monitor"] = vm;
+                Response::json(200, &v)
+            }
+            Err(_) => Response::json(200, &body),
+        },
+        None => Response::json(200, &body),
+    }
 }
 
 /// Neon's `/info`: the CPUs this compute may use.
@@ -498,21 +484,5 @@ fn grants(app: &App, req: &Request) -> Response {
     match queries::grant_on_schema(&app.node, &body.database, &body.schema, &list, &body.role) {
         Ok(()) => Response::json(201, &body),
         Err(e) => failure("failed to grant role privileges to the schema", &e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_compare() {
-        let t = Token(b"s3cret".to_vec());
-        assert!(t.matches(b"s3cret"));
-        assert!(!t.matches(b"s3cres"));
-        assert!(!t.matches(b"s3cret2"));
-        assert!(!t.matches(b"s3cre"));
-        assert!(!t.matches(b""));
-        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
     }
 }

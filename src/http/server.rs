@@ -8,7 +8,7 @@
 //! new connection closes the oldest one still waiting for its head instead of being refused.
 //! A client that sends its request at once is never the oldest waiting, so it is served.
 
-use super::request::{self, Limits, ParseError, Request};
+use super::request::{self, Head, Limits, ParseError, Request};
 use super::response::Response;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -132,7 +132,21 @@ pub fn client_gone() -> bool {
 }
 
 /// Binds `addr` and serves it on a background thread; returns the bound address.
-pub fn spawn(addr: SocketAddr, name: &str, handler: Handler) -> io::Result<SocketAddr> {
+/// Asked about each request as soon as its head is in, before any of its body is read (the
+/// request it gets has an empty body). `Err(response)` refuses it: the response is sent and
+/// the connection closed without the body being read.
+pub type Gate = Arc<dyn Fn(&Request) -> Result<(), Response> + Send + Sync>;
+
+/// How a request could not be read.
+enum Unread {
+    /// The client sent something unparseable, too big or too slow.
+    Bad(Response),
+    /// The gate refused it.
+    Refused(Response),
+}
+
+/// Binds `addr` and serves it on a background thread; returns the bound address.
+pub fn spawn(addr: SocketAddr, name: &str, gate: Gate, handler: Handler) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     let active = Arc::new(AtomicUsize::new(0));
@@ -161,11 +175,12 @@ pub fn spawn(addr: SocketAddr, name: &str, handler: Handler) -> io::Result<Socke
                 continue;
             }
             let handler = handler.clone();
+            let gate = gate.clone();
             let active2 = active.clone();
             let heads2 = heads.clone();
             let spawned =
                 std::thread::Builder::new().name("http-conn".into()).stack_size(256 * 1024).spawn(move || {
-                    serve_connection(stream, &handler, &active2, &heads2);
+                    serve_connection(stream, &gate, &handler, &active2, &heads2);
                     active2.fetch_sub(1, Ordering::SeqCst);
                 });
             if spawned.is_err() {
@@ -177,27 +192,46 @@ pub fn spawn(addr: SocketAddr, name: &str, handler: Handler) -> io::Result<Socke
     Ok(local)
 }
 
-fn serve_connection(mut stream: TcpStream, handler: &Handler, active: &AtomicUsize, heads: &Heads) {
+fn serve_connection(mut stream: TcpStream, gate: &Gate, handler: &Handler, active: &AtomicUsize, heads: &Heads) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(REQUEST_DEADLINE));
     let limits = Limits::default();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    // The read timeout last set: a keep-alive client polling every millisecond should not
+    // cost a setsockopt per request.
+    let mut timeout_set: Option<Duration> = None;
     loop {
-        let req = match read_request(&mut stream, &mut buf, &limits, active, heads) {
+        let req = match read_request(&mut stream, &mut buf, &limits, active, heads, gate, &mut timeout_set) {
             Ok(Some(r)) => r,
             Ok(None) => return,
-            Err(resp) => {
+            Err(Unread::Bad(resp)) => {
                 let _ = resp.write_to(&mut stream, false, false);
-                linger_close(stream);
+                linger_close(stream, 8 * 1024 * 1024, Duration::from_secs(2));
+                return;
+            }
+            Err(Unread::Refused(resp)) => {
+                // Only a short grace for what is already on its way, so that the answer is not
+                // lost to a reset; the body itself is never read into memory.
+                let _ = resp.write_to(&mut stream, false, false);
+                linger_close(stream, 256 * 1024, Duration::from_millis(500));
                 return;
             }
         };
         let keep_alive = req.keep_alive();
         let head_only = req.method == "HEAD";
         CLIENT.set(stream.try_clone().ok());
-        let resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&req)))
+        let mut resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&req)))
             .unwrap_or_else(|_| Response::error(500, "internal error while handling the request"));
         CLIENT.set(None);
+        if let Some(upgrade) = resp.take_upgrade() {
+            // The connection now speaks another protocol; its new owner gets the socket.
+            if resp.write_to(&mut stream, false, false).is_ok() {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    upgrade(stream, std::mem::take(&mut buf))
+                }));
+            }
+            return;
+        }
         if resp.write_to(&mut stream, keep_alive, head_only).is_err() || !keep_alive {
             return;
         }
@@ -213,24 +247,43 @@ fn read_request(
     limits: &Limits,
     active: &AtomicUsize,
     heads: &Heads,
-) -> Result<Option<Request>, Response> {
+    gate: &Gate,
+    set: &mut Option<Duration>,
+) -> Result<Option<Request>, Unread> {
     let mut started: Option<Instant> = if buf.is_empty() { None } else { Some(Instant::now()) };
     let idle_since = Instant::now();
     let mut chunk = [0u8; 16 * 1024];
     let mut waiting = HeadWait { heads, id: heads.enter(stream) };
     let mut continued = false;
+    let mut parsed: Option<Head> = None;
     loop {
         let mut head_done = false;
         if !buf.is_empty() {
-            match request::parse(buf, limits) {
-                Ok((req, used)) => {
-                    buf.drain(..used);
-                    return Ok(Some(req));
+            if parsed.is_none() {
+                match request::parse_head(buf, limits) {
+                    Ok(h) => {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gate(&h.request)))
+                            .unwrap_or_else(|_| {
+                                Err(Response::error(500, "internal error while authorizing the request"))
+                            })
+                            .map_err(Unread::Refused)?;
+                        h.check_body_len(limits).map_err(reject)?;
+                        parsed = Some(h);
+                    }
+                    Err(ParseError::Incomplete) => {}
+                    Err(e) => return Err(reject(e)),
                 }
-                Err(ParseError::Incomplete) => {}
-                Err(ParseError::Reject(code, msg)) => return Err(Response::error(code, msg)),
             }
-            if let Some(head) = request::complete_head(buf) {
+            if parsed.as_ref().is_some_and(|h| h.is_complete(buf))
+                && let Some((req, used)) = parsed.take().and_then(|h| h.complete(buf))
+            {
+                buf.drain(..used);
+                return Ok(Some(req));
+            }
+            // Only a head the gate let through is told to send its body.
+            if parsed.is_some()
+                && let Some(head) = request::complete_head(buf)
+            {
                 head_done = true;
                 waiting.done();
                 // The head is accepted and the body is awaited: tell a client that waits for
@@ -253,12 +306,17 @@ fn read_request(
         };
         let Some(timeout) = timeout.filter(|t| !t.is_zero()) else {
             return if started.is_some() {
-                Err(Response::error(408, "request not received in time"))
+                Err(Unread::Bad(Response::error(408, "request not received in time")))
             } else {
                 Ok(None)
             };
         };
-        let _ = stream.set_read_timeout(Some(timeout));
+        // Rounded up to 10 ms so that a timeout counting down is not set anew on every read.
+        let timeout = Duration::from_millis((timeout.as_millis() as u64).div_ceil(10) * 10);
+        if *set != Some(timeout) {
+            let _ = stream.set_read_timeout(Some(timeout));
+            *set = Some(timeout);
+        }
         match stream.read(&mut chunk) {
             Ok(0) => return Ok(None),
             Ok(n) => {
@@ -275,15 +333,22 @@ fn read_request(
     }
 }
 
+fn reject(e: ParseError) -> Unread {
+    match e {
+        ParseError::Reject(code, msg) => Unread::Bad(Response::error(code, msg)),
+        ParseError::Incomplete => Unread::Bad(Response::error(400, "incomplete request")),
+    }
+}
+
 /// Closes after an error answer without losing it: a close with unread input makes the
 /// kernel send a reset, which can destroy the answer before the client reads it. So stop
-/// writing, then read and discard what the client still sends, for a bounded time and size.
-fn linger_close(mut stream: TcpStream) {
+/// writing, then read and discard what the client still sends, for a bounded time and size. At most `max` bytes for at most `time`, into a small buffer on the stack.
+fn linger_close(mut stream: TcpStream, max: usize, time: Duration) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + time;
     let mut sink = [0u8; 16 * 1024];
     let mut total = 0usize;
-    while total < 8 * 1024 * 1024 {
+    while total < max {
         let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else { break };
         let _ = stream.set_read_timeout(Some(left.min(Duration::from_millis(500))));
         match stream.read(&mut sink) {

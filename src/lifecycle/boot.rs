@@ -15,7 +15,7 @@ use super::states::{Failed, Running, synced_after_exit};
 use crate::error::{Error, Result};
 use crate::postgres::process::Postmaster;
 use crate::postgres::subscriptions::{self, Guard};
-use crate::postgres::{Stopped, apply, conf, pgdata, sql, storage};
+use crate::postgres::{Stopped, apply, conf, hba, pgdata, sql, storage};
 use crate::spec::{ComputeMode, ParsedSpec, StorageMode};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -42,6 +42,9 @@ pub struct Ready {
     guard: Option<Guard>,
     /// Connections the subscriptions drop leaves for the catalog apply.
     warm: Option<sql::Warm>,
+    /// Microseconds since `main` began when Postgres was spawned and when it was ready.
+    spawned_us: u64,
+    ready_us: u64,
 }
 
 /// A start that went wrong: what is needed to clean up and enter `Failed`.
@@ -64,7 +67,17 @@ pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
     }
     let mut ready = boot.start_postgres().map_err(|a| abort(*a))?;
     match ready.configure(started) {
-        Ok(()) => Ok(Running::enter(ready.ctx, ready.spec, ready.postmaster)),
+        Ok(()) => {
+            // One line that splits the start into before-spawn, Postgres start and after-ready
+            // (examples/bench_start.rs reads it).
+            log::info!(
+                "start timing: postgres spawned at {} us, ready at {} us, running at {} us since main",
+                ready.spawned_us,
+                ready.ready_us,
+                crate::time::since_process_start_us()
+            );
+            Ok(Running::enter(ready.ctx, ready.spec, ready.postmaster))
+        }
         Err(error) => {
             ready.warm = None;
             Err(abort(Aborted { ctx: ready.ctx, spec: ready.spec, postmaster: Some(ready.postmaster), error }))
@@ -105,6 +118,7 @@ impl Boot {
             StorageMode::Local => {
                 pgdata::initdb(&self.proof, node)?;
                 pgdata::ensure_owned(pgdata, node.run_as)?;
+                hba::restrict_local(&self.proof, node)?;
             }
             StorageMode::Pageserver { .. } => {
                 let t = storage::prepare_from_pageserver(&self.proof, node, &self.spec)?;
@@ -124,17 +138,21 @@ impl Boot {
             self.spec.spec().drop_subscriptions_before_start,
             &node.privileged_role,
         );
-        conf::write_postgres_conf(pgdata, &text)?;
+        // Only what changed is written (a restart of the same spec writes nothing), unsynced:
+        // see `conf::write_if_changed`.
+        conf::write_if_changed(&pgdata.join("postgresql.conf"), text.as_bytes())?;
         conf::line_in_file(&pgdata.join("pg_hba.conf"), conf::PG_HBA_ALL_MD5)?;
-        conf::write_atomically(&pgdata.join(conf::TEMP_OVERRIDE), b"")?;
+        conf::write_if_changed(&pgdata.join(conf::TEMP_OVERRIDE), b"")?;
         let standby = pgdata.join("standby.signal");
         if matches!(self.spec.mode(), ComputeMode::Static(_) | ComputeMode::Replica) && !standby.exists() {
             std::fs::write(&standby, b"").map_err(|e| Error::io("cannot create", &standby, e))?;
         }
         if let Some(u) = node.run_as {
+            use std::os::unix::fs::MetadataExt;
             for f in ["postgresql.conf", "pg_hba.conf", conf::TEMP_OVERRIDE, "standby.signal"] {
                 let p = pgdata.join(f);
-                if p.exists() {
+                // A stat, not a chown per start: a chown to the same owner still dirties the inode.
+                if std::fs::metadata(&p).is_ok_and(|m| m.uid() != u.uid || m.gid() != u.gid) {
                     std::os::unix::fs::chown(&p, Some(u.uid), Some(u.gid))
                         .map_err(|e| Error::io("cannot chown", &p, e))?;
                 }
@@ -155,6 +173,7 @@ impl Boot {
         let token = spec.spec().storage_auth_token.clone();
         let env: Vec<(&str, &str)> = token.as_deref().map(|t| ("NEON_AUTH_TOKEN", t)).into_iter().collect();
         let on_exit = ctx.on_postgres_exit.clone();
+        let spawned_us = crate::time::since_process_start_us();
         let spawned = Postmaster::spawn(proof, &ctx.node, &env, Box::new(move |status| on_exit(status)));
         let pm = match spawned {
             Ok(pm) => pm,
@@ -164,10 +183,11 @@ impl Boot {
         if let Err(error) = pm.wait_ready(READY_TIMEOUT, &ctx.node.interrupted) {
             return Err(Box::new(Aborted { ctx, spec, postmaster: Some(pm), error }));
         }
+        let ready_us = crate::time::since_process_start_us();
         let ms = elapsed_ms(started);
         log::info!("postgres is ready after {ms} ms");
         ctx.shared.update(|s| s.metrics.start_postgres_ms = ms);
-        Ok(Ready { ctx, spec, postmaster: pm, guard, warm: None })
+        Ok(Ready { ctx, spec, postmaster: pm, guard, warm: None, spawned_us, ready_us })
     }
 }
 

@@ -3,6 +3,8 @@
 mod support;
 
 mod api;
+mod auth;
+mod autoscaling;
 mod catalog;
 mod faults_config;
 mod faults_http;
@@ -16,3 +18,4 @@ mod neon2026;
 mod routes2026;
 mod storage;
 mod subscriptions;
+mod versions;

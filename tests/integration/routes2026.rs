@@ -84,23 +84,24 @@ fn standby_of(primary: &Setup, name: &str) -> Setup {
     std::fs::create_dir(&pgdata).unwrap();
     support::give_to_pg(&pgdata);
     support::set_mode(&pgdata, 0o700);
-    let out = support::as_pg_user(std::process::Command::new(format!("{}/pg_basebackup", support::PGBIN_DIR)).args([
-        "-D",
-        pgdata.to_str().unwrap(),
-        "-R",
-        "-X",
-        "stream",
-        "-c",
-        "fast",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &primary.pg_port.to_string(),
-        "-U",
-        support::SUPERUSER,
-    ]))
-    .output()
-    .unwrap();
+    let out =
+        support::as_pg_user(std::process::Command::new(format!("{}/pg_basebackup", support::pg_bin_dir())).args([
+            "-D",
+            pgdata.to_str().unwrap(),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.pg_port.to_string(),
+            "-U",
+            support::SUPERUSER,
+        ]))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
     let mut s = Setup::with_pgdata(dir, pgdata);
     s.spec["mode"] = "Replica".into();
@@ -265,9 +266,15 @@ fn extension_server_installs_an_archive_and_refuses_a_truncated_one() {
     let mut s = Setup::new("ext-server");
     let archive = extension_archive(&s.dir.path, &good);
     let truncated = extension_archive(&s.dir.path, &cut)[..archive.len() / 2].to_vec();
-    let out =
-        std::process::Command::new(format!("{}/pg_config", support::PGBIN_DIR)).arg("--sharedir").output().unwrap();
-    let share = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("extension");
+    let out = std::process::Command::new(format!("{}/pg_config", support::pg_bin_dir()))
+        .args(["--sharedir", "--version"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let share = std::path::PathBuf::from(lines.next().unwrap().trim()).join("extension");
+    // "PostgreSQL 15.10 (…)" → "15"
+    let major = lines.next().unwrap().split_whitespace().nth(1).unwrap().split('.').next().unwrap().to_string();
     let _cleanup = Installed(
         [&good, &cut]
             .iter()
@@ -279,7 +286,7 @@ fn extension_server_installs_an_archive_and_refuses_a_truncated_one() {
         "aarch64" => "arm64",
         other => other,
     };
-    let path = |e: &str| format!("/base/latest/{arch}/v15/extensions/{e}.tar.zst");
+    let path = |e: &str| format!("/base/latest/{arch}/v{major}/extensions/{e}.tar.zst");
     let server = FileServer::start(vec![(path(&good), archive), (path(&cut), truncated)]);
     let data = serde_json::json!({"control_data": {}, "archive_path": ""});
     s.spec["remote_extensions"] = serde_json::json!({
@@ -359,7 +366,7 @@ fn refresh_configuration_fetches_and_applies_the_spec_from_the_control_plane() {
 
 /// On vanilla PostgreSQL: the LFC routes answer their state, and a prewarm or offload is a
 /// clear 412 naming the missing neon function (the state then says `failed` with it);
-/// `/autoscaling_metrics` is a 500 saying there is no communicator. All keep the token check.
+/// `/autoscaling_metrics` (public, as `/metrics`) is a 500 saying there is no communicator.
 #[test]
 fn lfc_and_autoscaling_metrics_say_clearly_what_vanilla_postgres_lacks() {
     let s = Setup::new("lfc");
@@ -375,6 +382,9 @@ fn lfc_and_autoscaling_metrics_say_clearly_what_vanilla_postgres_lacks() {
     });
     let p = s.http_port;
     assert_eq!(http::request(p, "GET", "/lfc/prewarm", &[], b"").unwrap().status, 401);
+    // The prefix route of the internal server is guarded too.
+    assert_eq!(http::request(p + 1, "POST", "/extension_server/x.tar.zst", &[], b"").unwrap().status, 401);
+    assert_eq!(http::request(p + 1, "POST", "/refresh_configuration", &[], b"").unwrap().status, 401);
     let r = http::request(p, "GET", "/lfc/prewarm", &auth, b"").unwrap();
     assert_eq!((r.status, r.json()), (200, serde_json::json!({"status": "not_prewarmed"})));
     let r = http::request(p, "GET", "/lfc/offload", &auth, b"").unwrap();
@@ -389,7 +399,7 @@ fn lfc_and_autoscaling_metrics_say_clearly_what_vanilla_postgres_lacks() {
         let r = http::request(p, "GET", path, &auth, b"").unwrap();
         assert_eq!((r.json()["status"].as_str(), r.json()["error"].as_str()), (Some("failed"), Some(e.as_str())));
     }
-    let r = http::request(p, "GET", "/autoscaling_metrics", &auth, b"").unwrap();
+    let r = http::request(p, "GET", "/autoscaling_metrics", &[], b"").unwrap();
     assert_eq!(r.status, 500);
     assert!(error_of(&r).contains("vanilla PostgreSQL has none"), "{}", r.text());
     c.signal("TERM");

@@ -425,7 +425,7 @@ fn a_clean_cluster_without_subscriptions_skips_the_single_user_pass() {
 
 /// `pg_basebackup -Ft -X fetch` of a running server on `port` into `dir`; returns `base.tar`.
 fn tar_backup(port: u16, dir: &std::path::Path) -> std::path::PathBuf {
-    let st = std::process::Command::new(format!("{}/pg_basebackup", support::PGBIN_DIR))
+    let st = std::process::Command::new(format!("{}/pg_basebackup", support::PG15_BIN_DIR))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", support::SUPERUSER, "-D"])
         .arg(dir)
         .args(["-Ft", "-X", "fetch", "-c", "fast", "--no-manifest", "--no-sync"])
@@ -437,6 +437,12 @@ fn tar_backup(port: u16, dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn pageserver_branch_of_a_running_subscriber_drops_once_per_timeline() {
+    if support::skip_unless_major(
+        15,
+        "subscriptions::pageserver_branch_of_a_running_subscriber_drops_once_per_timeline",
+    ) {
+        return;
+    }
     use crate::support::pageserver::{StandIn, Wrapper};
     let publisher = PlainPostgres::publisher("subps-pub");
     publish(&publisher, "postgres", 6);
@@ -457,7 +463,7 @@ fn pageserver_branch_of_a_running_subscriber_drops_once_per_timeline() {
     let ps = StandIn::start(true);
     ps.add_tar(support::TENANT, &tl, &tar);
     let mut b = Setup::empty("subps-branch");
-    let wrapper = Wrapper::new(&b.dir.path, support::PGBIN_DIR, "0/169AD58");
+    let wrapper = Wrapper::new(&b.dir.path, support::PG15_BIN_DIR, "0/169AD58");
     b.setting("max_logical_replication_workers", "8", "integer");
     b.spec["timeline_id"] = serde_json::json!(tl);
     b.spec["pageserver_connstring"] = ps.connstr().into();

@@ -42,6 +42,9 @@ pub struct RoleRow {
     pub replication: bool,
     pub bypassrls: bool,
     pub connlimit: i32,
+    /// The privileged role is a direct member of this role (for the predefined roles it is
+    /// granted by major, see [`super::by_version::privileged_role_memberships`]).
+    pub granted_to_privileged: bool,
 }
 
 /// A `pg_database` row.
@@ -64,15 +67,19 @@ pub struct Snapshot {
     pub dbs: HashMap<String, DbRow>,
 }
 
-pub const ROLES_QUERY: &str = "SELECT rolname::text, rolpassword, rolcanlogin, rolsuper, rolinherit, rolcreaterole, \
-     rolcreatedb, rolreplication, rolbypassrls, rolconnlimit FROM pg_catalog.pg_authid";
+pub const ROLES_QUERY: &str = "SELECT a.rolname::text, a.rolpassword, a.rolcanlogin, a.rolsuper, a.rolinherit, \
+     a.rolcreaterole, a.rolcreatedb, a.rolreplication, a.rolbypassrls, a.rolconnlimit, \
+     EXISTS (SELECT FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_authid s ON s.oid = m.member \
+             WHERE m.roleid = a.oid AND s.rolname = $1::text) \
+     FROM pg_catalog.pg_authid a";
 pub const DBS_QUERY: &str = "SELECT datname::text, pg_catalog.pg_get_userbyid(datdba)::text, NOT datallowconn, \
      datconnlimit = -2, datistemplate, oid, datconnlimit FROM pg_catalog.pg_database";
 
 impl Snapshot {
-    pub fn load(client: &mut postgres::Client) -> Result<Snapshot, postgres::Error> {
+    /// `privileged`: the privileged role, whose memberships the role rows report.
+    pub fn load(client: &mut postgres::Client, privileged: &str) -> Result<Snapshot, postgres::Error> {
         let mut snap = Snapshot::default();
-        for r in client.query(ROLES_QUERY, &[])? {
+        for r in client.query(ROLES_QUERY, &[&privileged])? {
             let row = RoleRow {
                 password: r.get(1),
                 login: r.get(2),
@@ -83,6 +90,7 @@ impl Snapshot {
                 replication: r.get(7),
                 bypassrls: r.get(8),
                 connlimit: r.get(9),
+                granted_to_privileged: r.get(10),
             };
             snap.roles.insert(r.get(0), row);
         }

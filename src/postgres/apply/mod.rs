@@ -5,7 +5,8 @@
 //! alone, and only delta operations delete. The apply reads the catalog once, plans each
 //! phase as a list of statements from the difference (see [`catalog`]), and runs only those:
 //! a second apply of the same spec sends no DDL at all. Per-database phases run on a bounded
-//! pool of threads ([`per_db`]).
+//! pool of threads ([`per_db`]). Where PostgreSQL majors differ, the statements are chosen
+//! by the server's `server_version_num`, read once per apply ([`by_version`]).
 //!
 //! Phases, in order: the privileged role (`--privileged-role-name`, default `neon_superuser`); drop invalid databases; rename roles; create and alter
 //! roles; rename and delete databases (a deleted database's subscriptions are dropped first,
@@ -19,6 +20,7 @@
 //! `search_path`, `statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout`).
 //! Options from the client override `ALTER DATABASE … SET`, and no statement is needed.
 
+pub mod by_version;
 pub mod catalog;
 pub mod per_db;
 pub mod privileged;
@@ -27,6 +29,7 @@ pub mod settings;
 use crate::error::{Error, Result};
 use crate::escape::quote_ident;
 use crate::postgres::sql::Warm;
+use crate::postgres::version::PgVersion;
 use crate::postgres::{conf, sql};
 use crate::spec::{ComputeSpec, Database, ParsedSpec, Role};
 use catalog::{DbDelta, Snapshot, Stmt};
@@ -103,7 +106,7 @@ pub fn apply_with(
     let system_db = sql::connstr_dbname(connstr)?;
     let counter = Counter::default();
     let mut client = maintenance_client_from(warm, connstr, &system_db)?;
-    let mut snap = Snapshot::load(&mut client).map_err(|e| Error::sql("read catalog", &system_db, e))?;
+    let mut snap = Snapshot::load(&mut client, privileged).map_err(|e| Error::sql("read catalog", &system_db, e))?;
     let state = SystemState::load(&mut client).map_err(|e| Error::sql("read catalog", &system_db, e))?;
     let jwks_roles: HashSet<String> = spec
         .local_proxy_config
@@ -114,6 +117,9 @@ pub fn apply_with(
 
     // Before any statement: a spec that would weaken compute_ctl's own roles changes nothing.
     privileged::check(spec, &state.current_user, privileged)?;
+    // Before any DDL too: a database option this major lacks fails the apply with nothing done.
+    by_version::check_database_options(spec, &snap, state.version)?;
+
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
     let superuser = catalog::create_superuser(spec, privileged, &mut snap);
     if !superuser.is_empty() {
@@ -121,6 +127,8 @@ pub fn apply_with(
         per_db::forget_verified(Some(connstr));
     }
     run(&mut sys, "create_superuser", superuser)?;
+    run(&mut sys, "create_superuser", by_version::privileged_role_memberships(state.version, privileged, &mut snap))?;
+    by_version::warn_md5(spec, state.version);
     run(&mut sys, "drop_invalid_databases", catalog::drop_invalid_databases(&mut snap))?;
     run(&mut sys, "rename_roles", catalog::rename_roles(spec, &mut snap))?;
     let roles = catalog::create_and_alter_roles(spec, privileged, &jwks_roles, &state.current_user, &mut snap);
@@ -175,6 +183,7 @@ pub fn apply_with(
             &stmt("INSERT INTO health_check VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET updated_at = now()"),
         )?;
     }
+    by_version::hand_over_admin_of_deleted_roles(&mut sys, state.version, privileged, &roles_to_delete)?;
     run(&mut sys, "drop_roles", catalog::drop_roles(&roles_to_delete, &mut snap))?;
 
     let report = Report { statements: counter.by_phase(), total: counter.total(), elapsed: started.elapsed() };
@@ -230,6 +239,9 @@ pub fn maintenance_client_from(warm: Option<&Warm>, connstr: &str, db: &str) -> 
 
 /// What the cluster-wide phases after the roles and databases look at, read once.
 struct SystemState {
+    /// `server_version_num`: read here, once per apply, for every statement that differs
+    /// between majors.
+    version: PgVersion,
     current_user: String,
     neon_schema: bool,
     pg_stat_statements_preloaded: bool,
@@ -248,11 +260,14 @@ impl SystemState {
                     EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_stat_statements'),
                     (SELECT default_version FROM pg_catalog.pg_available_extensions WHERE name = 'neon'),
                     (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'neon'),
-                    EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE tablename = 'health_check')",
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE tablename = 'health_check'),
+                    pg_catalog.current_setting('server_version_num')",
             &[],
         )?;
         let preload: String = row.get(2);
+        let version: String = row.get(7);
         Ok(SystemState {
+            version: PgVersion::parse(&version),
             current_user: row.get(0),
             neon_schema: row.get(1),
             pg_stat_statements_preloaded: conf::preloads(&preload, "pg_stat_statements"),
@@ -335,7 +350,7 @@ fn drop_subscriptions_of(sys: &mut Exec<'_>, connstr: &str, db: &str, allow_conn
 pub fn dbs_and_roles(connstr: &str) -> Result<serde_json::Value> {
     let mut client = sql::connect(connstr, None, sql::APP_STATUS)?;
     let db = sql::connstr_dbname(connstr)?;
-    let snap = Snapshot::load(&mut client).map_err(|e| Error::sql("dbs_and_roles", &db, e))?;
+    let snap = Snapshot::load(&mut client, catalog::NEON_SUPERUSER).map_err(|e| Error::sql("dbs_and_roles", &db, e))?;
     let mut roles: Vec<Role> =
         snap.roles.keys().map(|name| Role { name: name.clone(), encrypted_password: None, options: None }).collect();
     roles.sort_by(|a, b| a.name.cmp(&b.name));

@@ -1,0 +1,37 @@
+//! The authorization gate in front of each server: which requests need a token, and the
+//! answer to one that has none or a bad one. It sees only the request head (the server calls
+//! it before reading any body).
+//!
+//! As in Neon, `GET /metrics` and `GET /autoscaling_metrics` are public, and so are unknown
+//! paths (their answer is a 404 that reveals nothing); every other route of the server needs
+//! what its [`Authorizer`] asks for.
+
+use super::request::Request;
+use super::response::Response;
+use super::routes::{self, Server};
+use super::server::Gate;
+use crate::auth::Authorizer;
+use std::sync::Arc;
+
+const PUBLIC: &[&str] = &["/metrics", "/autoscaling_metrics"];
+
+/// The gate of `server`, deciding with `auth`.
+pub fn gate(auth: Arc<Authorizer>, server: Server) -> Gate {
+    Arc::new(move |req: &Request| {
+        let Some(label) = routes::known_path(server, &req.path) else { return Ok(()) };
+        let read_only = req.method == "GET" || req.method == "HEAD";
+        if server == Server::External && read_only && PUBLIC.contains(&label) {
+            return Ok(());
+        }
+        let Err(denied) = auth.check(req.header("authorization"), crate::auth::now()) else { return Ok(()) };
+        crate::metrics::count_http_request(server.label(), label, denied.status);
+        let id = req.header("x-request-id").map_or_else(routes::uuid_v4, str::to_string);
+        // The path and the reason only: never the header, which carries the token.
+        log::info!("{} {} -> {}: {} (request {id})", req.method, req.path, denied.status, denied.message);
+        let mut resp = Response::error(denied.status, denied.message).with_header("x-request-id", id);
+        if denied.challenge {
+            resp = resp.with_header("WWW-Authenticate", "Bearer".into());
+        }
+        Err(resp)
+    })
+}
