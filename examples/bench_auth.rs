@@ -230,7 +230,7 @@ fn measure(port: u16, auth: Option<&str>) -> Stats {
                 let mut lat = Vec::with_capacity(50_000);
                 while start.elapsed() < RUN {
                     let t = Instant::now();
-                    if !(w.write_all(request.as_bytes()).is_ok() && read_200(&mut r)) {
+                    if !(w.write_all(request.as_bytes()).is_ok() && support::read_200(&mut r).is_some()) {
                         errors.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
@@ -245,35 +245,13 @@ fn measure(port: u16, auth: Option<&str>) -> Stats {
     let mut all: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     let elapsed = start.elapsed();
     all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1e3;
+    let pct = |p: f64| support::pct(&all, p).as_secs_f64() * 1e3;
     Stats {
         rps: all.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         errors: errors.load(Ordering::SeqCst),
     }
-}
-
-fn read_200(r: &mut BufReader<TcpStream>) -> bool {
-    let mut line = String::new();
-    if r.read_line(&mut line).is_err() || !line.starts_with("HTTP/1.1 200") {
-        return false;
-    }
-    let mut len = 0usize;
-    loop {
-        line.clear();
-        if r.read_line(&mut line).is_err() || line.is_empty() {
-            return false;
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).is_ok()
 }
 
 fn get_status(port: u16, auth: Option<&str>) -> u16 {
@@ -342,16 +320,8 @@ impl Compute {
         let (port, claim) = support::claim_port_pair();
         let mut cmd = Command::new(bin);
         cmd.args(["-D", dir.join("pgdata").to_str().unwrap(), "-C", "postgresql://cloud_admin@127.0.0.1:9/postgres"])
-            .args([
-                "-b",
-                &format!("{}/postgres", support::PGBIN_DIR),
-                "--http-bind",
-                "127.0.0.1",
-                "--exit-delay",
-                "0",
-                "-i",
-                COMPUTE_ID,
-            ])
+            .args(support::compute_ctl_args())
+            .args(["-i", COMPUTE_ID])
             .args(["--http-port", &port.to_string()]);
         if let Some(cp) = control_plane {
             cmd.args(["-p", &format!("http://127.0.0.1:{cp}")]);
