@@ -108,44 +108,28 @@ fn main() {
     let _ = guard.child.wait();
 }
 
-struct Stats {
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-    requests: usize,
-    errors: u64,
-}
-
 fn measure(port: u16) -> Stats {
-    let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let threads: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let errors = errors.clone();
-            std::thread::spawn(move || {
-                let mut lat = Vec::with_capacity(100_000);
-                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (per_client, errors) = support::run_clients(CLIENTS, move |errors| {
+        let mut lat = Vec::with_capacity(100_000);
+        let mut s = support::connect(port, Duration::from_secs(5));
+        s.set_nodelay(true).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        while start.elapsed() < RUN {
+            let t = Instant::now();
+            let ok = s.write_all(b"GET /status HTTP/1.1\r\nHost: b\r\n\r\n").is_ok()
+                && read_200(&mut r).is_some_and(|len| len > 0);
+            lat.push(t.elapsed());
+            if !ok {
+                errors.fetch_add(1, Ordering::Relaxed);
+                s = TcpStream::connect(("127.0.0.1", port)).unwrap();
                 s.set_nodelay(true).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                while start.elapsed() < RUN {
-                    let t = Instant::now();
-                    let ok = s.write_all(b"GET /status HTTP/1.1\r\nHost: b\r\n\r\n").is_ok()
-                        && read_200(&mut r).is_some_and(|len| len > 0);
-                    lat.push(t.elapsed());
-                    if !ok {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                        s.set_nodelay(true).unwrap();
-                        r = BufReader::new(s.try_clone().unwrap());
-                    }
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+                r = BufReader::new(s.try_clone().unwrap());
+            }
+        }
+        lat
+    });
+    let mut all: Vec<Duration> = per_client.into_iter().flatten().collect();
     let elapsed = start.elapsed();
     all.sort();
     Stats {
@@ -154,8 +138,17 @@ fn measure(port: u16) -> Stats {
         p99: pct(&all, 0.99),
         max: *all.last().unwrap(),
         requests: all.len(),
-        errors: errors.load(Ordering::SeqCst),
+        errors,
     }
+}
+
+struct Stats {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    requests: usize,
+    errors: u64,
 }
 
 fn print(name: &str, s: &Stats) {

@@ -300,3 +300,29 @@ pub fn start_running(bin: &Path, dir: &Path, pg_port: u16, spec: &Path, http_por
     wait_running(http_port, &mut guard.child, dir);
     guard
 }
+
+/// A connection to 127.0.0.1:`port` whose reads give up after `read_timeout`.
+pub fn connect(port: u16, read_timeout: Duration) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(read_timeout)).unwrap();
+    s
+}
+
+/// Runs `client` on `n` threads at once and waits for them all; what each returned, and the
+/// total the clients added to the counter they share (errors, bytes: the caller's choice).
+pub fn run_clients<T, F>(n: usize, client: F) -> (Vec<T>, u64)
+where
+    T: Send + 'static,
+    F: Fn(&std::sync::atomic::AtomicU64) -> T + Send + Sync + 'static,
+{
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let shared = std::sync::Arc::new((client, AtomicU64::new(0)));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let shared = shared.clone();
+            std::thread::spawn(move || (shared.0)(&shared.1))
+        })
+        .collect();
+    let results = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    (results, shared.1.load(Ordering::SeqCst))
+}
