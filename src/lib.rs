@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod logger;
 pub mod metrics;
 pub mod monitor;
+pub mod notify;
 pub mod postgres;
 pub mod spec;
 mod sys;

@@ -137,6 +137,11 @@ impl Postmaster {
     ) -> Result<Postmaster> {
         let mut cmd = Command::new(pgbin);
         cmd.arg("-D").arg(pgdata).stdin(Stdio::null()).stderr(Stdio::piped());
+        // Debian's Postgres speaks sd_notify itself: it must not tell systemd it is ready
+        // before compute_ctl has configured it (and systemd would refuse a non-main pid).
+        for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            cmd.env_remove(k);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
