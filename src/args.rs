@@ -32,6 +32,27 @@ pub struct Args {
     pub pg_user: String,
     pub http_auth_token_file: Option<PathBuf>,
     pub exit_delay: Duration,
+    /// `--pre-stop-checkpoint`: how long the `CHECKPOINT` before a fast shutdown may take
+    /// (zero: none).
+    pub pre_stop_checkpoint: Duration,
+}
+
+/// `compute_ctl plan`: what an apply of a spec would run against a running Postgres.
+#[derive(Debug, Clone)]
+pub struct PlanArgs {
+    pub connstr: String,
+    pub spec: PlanSpec,
+}
+
+/// Where `plan` reads the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanSpec {
+    /// `-s`: inline JSON.
+    Inline(String),
+    /// `-S`: a spec file.
+    File(PathBuf),
+    /// `-c`: a configuration file, `{"spec": {...}}` (the body of `POST /configure`).
+    Config(PathBuf),
 }
 
 /// What the command line asks for.
@@ -43,12 +64,22 @@ pub enum Command {
     /// `--probe [PORT]`: ask a running compute_ctl for `/status` and exit 0 when `running`
     /// (the Docker HEALTHCHECK, since the image has no curl).
     Probe(u16),
+    /// `--terminate [PORT]`: ask a running compute_ctl for a fast termination (`POST
+    /// /terminate`) and wait for it (a Kubernetes `preStop` hook).
+    Terminate {
+        port: u16,
+        token_file: Option<PathBuf>,
+    },
+    /// `plan -C CONNSTR -S|-s|-c SPEC`.
+    Plan(PlanArgs),
 }
 
 pub const USAGE: &str = "\
 compute_ctl: supervisor of a PostgreSQL compute node
 
 Usage: compute_ctl -D PGDATA -C CONNSTR [options]
+       compute_ctl plan -C CONNSTR (-S FILE | -s JSON | -c FILE)
+       compute_ctl --terminate [PORT] [--http-auth-token-file F]
 
 Options:
   -D, --pgdata DIR              PGDATA directory (required)
@@ -68,10 +99,21 @@ Options:
       --pg-user NAME            OS user Postgres runs as when compute_ctl is root (default postgres)
       --exit-delay SECONDS      keep answering /status this long after terminate or a failed
                                 start before exiting (default 30)
+      --pre-stop-checkpoint SECONDS
+                                run a CHECKPOINT, bounded by this, before a fast shutdown so
+                                that the shutdown checkpoint has little left (default 10;
+                                0: none)
+      --terminate [PORT]        ask the compute on PORT (default 3080) for a fast termination
+                                and wait until Postgres has stopped (a preStop hook)
       --probe [PORT]            health check: exit 0 when the compute on PORT (default 3080)
                                 reports running
   -h, --help                    print this help
   -V, --version                 print the version
+
+plan: connect to the running Postgres (-C), read its catalog and print, phase by phase, the
+statements an apply of the spec would run, running none of them. -c FILE takes the body of
+POST /configure ({\"spec\": ...}). Exit 0 when nothing would change, 2 when something would,
+1 on error.
 
 Neon flags that are accepted and ignored: -r/--remote-ext-config, --cgroup, --filecache-connstr,
 --vm-monitor-addr, --set-disk-quota-for-fs (with a value) and --resize-swap-on-bind.
@@ -84,6 +126,11 @@ fn usage(msg: String) -> Error {
 /// Parses `argv[1..]`; `env` looks up environment variables (a parameter so tests need not
 /// touch the process environment).
 pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Command> {
+    if argv.first().is_some_and(|a| a == "plan") {
+        return parse_plan(&argv[1..]);
+    }
+    let mut terminate: Option<u16> = None;
+    let mut pre_stop_checkpoint = None;
     let mut pgdata = None;
     let mut connstr = None;
     let mut inline = None;
@@ -129,6 +176,20 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
                 };
                 return Ok(Command::Probe(port));
             }
+            "--terminate" => {
+                let port = match attached.take() {
+                    Some(p) => port_value("--terminate", &p)?,
+                    None => match argv.get(i).filter(|p| !p.starts_with('-')) {
+                        Some(p) => {
+                            i += 1;
+                            port_value("--terminate", p)?
+                        }
+                        None => 3080,
+                    },
+                };
+                terminate = Some(port);
+            }
+            "--pre-stop-checkpoint" => pre_stop_checkpoint = Some(seconds(flag, &value(flag)?)?),
             "-D" | "--pgdata" => pgdata = Some(PathBuf::from(value(flag)?)),
             "-C" | "--connstr" => connstr = Some(value(flag)?),
             "-s" | "--spec" => inline = Some(value(flag)?),
@@ -144,15 +205,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             }
             "--pg-user" => pg_user = Some(value(flag)?),
             "--http-auth-token-file" => token_file = Some(PathBuf::from(value(flag)?)),
-            "--exit-delay" => {
-                let v = value(flag)?;
-                let secs: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e9)
-                    .ok_or_else(|| usage(format!("{flag}: expected seconds, got {v:?}")))?;
-                exit_delay = Some(Duration::from_secs_f64(secs));
-            }
+            "--exit-delay" => exit_delay = Some(seconds(flag, &value(flag)?)?),
             "-r"
             | "--remote-ext-config"
             | "--cgroup"
@@ -170,6 +223,9 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         }
     }
 
+    if let Some(port) = terminate {
+        return Ok(Command::Terminate { port, token_file });
+    }
     let pgdata = pgdata.ok_or_else(|| usage("-D/--pgdata is required".into()))?;
     let connstr = connstr.ok_or_else(|| usage("-C/--connstr is required".into()))?;
     connstr.parse::<postgres::Config>().map_err(|e| usage(format!("-C/--connstr: cannot parse {connstr:?}: {e}")))?;
@@ -204,7 +260,51 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         pg_user: pg_user.unwrap_or_else(|| "postgres".into()),
         http_auth_token_file: token_file,
         exit_delay: exit_delay.unwrap_or(Duration::from_secs(30)),
+        pre_stop_checkpoint: pre_stop_checkpoint.unwrap_or(Duration::from_secs(10)),
     })))
+}
+
+fn seconds(flag: &str, v: &str) -> Result<Duration> {
+    let secs: f64 = v
+        .parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e9)
+        .ok_or_else(|| usage(format!("{flag}: expected seconds, got {v:?}")))?;
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `plan`'s own flags: -C and exactly one spec source.
+fn parse_plan(argv: &[String]) -> Result<Command> {
+    let mut connstr = None;
+    let mut specs = Vec::new();
+    let mut it = argv.iter();
+    while let Some(arg) = it.next() {
+        let (flag, attached) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || {
+            attached.clone().or_else(|| it.next().cloned()).ok_or_else(|| usage(format!("plan: {flag} needs a value")))
+        };
+        match flag {
+            "-C" | "--connstr" => connstr = Some(value()?),
+            "-s" | "--spec" => specs.push(PlanSpec::Inline(value()?)),
+            "-S" | "--spec-path" => specs.push(PlanSpec::File(value()?.into())),
+            "-c" | "--config" => specs.push(PlanSpec::Config(value()?.into())),
+            "-h" | "--help" => return Ok(Command::Help),
+            other => return Err(usage(format!("plan: unknown argument {other:?} (see --help)"))),
+        }
+    }
+    let connstr = connstr.ok_or_else(|| usage("plan: -C/--connstr is required".into()))?;
+    connstr
+        .parse::<postgres::Config>()
+        .map_err(|e| usage(format!("plan: -C/--connstr: cannot parse {connstr:?}: {e}")))?;
+    let spec = match specs.len() {
+        1 => specs.remove(0),
+        0 => return Err(usage("plan: give the spec with -S FILE, -s JSON or -c FILE".into())),
+        _ => return Err(usage("plan: give only one of -S, -s, -c".into())),
+    };
+    Ok(Command::Plan(PlanArgs { connstr, spec }))
 }
 
 fn port_value(flag: &str, v: &str) -> Result<u16> {
@@ -261,6 +361,28 @@ mod tests {
         let mut v = BASE.to_vec();
         v.extend(["-s", "{}", "-S", "f"]);
         assert!(run(&v).unwrap_err().to_string().contains("at most one"));
+    }
+
+    #[test]
+    fn plan_and_terminate_forms() {
+        let Command::Plan(p) = run(&["plan", "-C", "postgresql://a@127.0.0.1:5/postgres", "-S", "/s.json"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(p.spec, PlanSpec::File("/s.json".into()));
+        assert!(run(&["plan", "-S", "/s.json"]).unwrap_err().to_string().contains("-C"));
+        let e = run(&["plan", "-C", "postgresql://a@h/p", "-S", "a", "-c", "b"]).unwrap_err().to_string();
+        assert!(e.contains("only one"), "{e}");
+        let Command::Terminate { port, token_file } = run(&["--terminate", "--http-auth-token-file", "/t"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((port, token_file), (3080, Some(PathBuf::from("/t"))));
+        assert!(matches!(run(&["--terminate", "4000"]).unwrap(), Command::Terminate { port: 4000, token_file: None }));
+        let mut v = BASE.to_vec();
+        v.extend(["--pre-stop-checkpoint", "0"]);
+        assert_eq!(args(&v).pre_stop_checkpoint, Duration::ZERO);
+        assert_eq!(args(&BASE).pre_stop_checkpoint, Duration::from_secs(10));
     }
 
     #[test]

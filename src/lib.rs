@@ -23,6 +23,7 @@ pub mod logger;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;
+pub mod plan;
 pub mod postgres;
 pub mod spec;
 mod sys;

@@ -98,12 +98,10 @@ impl Notifier {
         n.target = Some((sock, addr));
         let for_us = env.watchdog_pid.as_deref().is_none_or(|p| p.trim() == std::process::id().to_string());
         if let Some(usec) = env.watchdog_usec.as_deref().filter(|_| for_us) {
-            let usec: u64 = usec
-                .trim()
-                .parse()
-                .ok()
-                .filter(|u| *u > 0)
-                .ok_or_else(|| crate::Error::Usage(format!("WATCHDOG_USEC={usec:?}: expected a positive integer")))?;
+            let usec: u64 =
+                usec.trim().parse().ok().filter(|u| *u > 0).ok_or_else(|| {
+                    crate::Error::Usage(format!("WATCHDOG_USEC={usec:?}: expected a positive integer"))
+                })?;
             n.watchdog = Some(Duration::from_micros(usec / 2));
         }
         Ok(n)

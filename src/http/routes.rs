@@ -49,6 +49,11 @@ impl Token {
         Ok(Token(token.as_bytes().to_vec()))
     }
 
+    /// The token itself, to send it (never to log it).
+    pub fn reveal(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+
     /// Compares in time that depends only on the lengths, never on where the bytes differ.
     pub fn matches(&self, given: &[u8]) -> bool {
         let mut diff = self.0.len() ^ given.len();

@@ -4,7 +4,9 @@ mod support;
 
 mod api;
 mod catalog;
+mod deploy;
 mod http;
 mod lifecycle;
+mod plan;
 mod storage;
 mod subscriptions;
