@@ -17,6 +17,7 @@ pub mod compute;
 pub mod control_plane;
 pub mod error;
 pub mod escape;
+pub mod heartbeat;
 pub mod http;
 pub mod lifecycle;
 pub mod logger;

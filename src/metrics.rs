@@ -4,7 +4,8 @@
 //! Neon's four families (reference 3.5) keep their names and labels; empty families are left
 //! out, as Neon does. Added: `compute_ctl_up{status}` (one sample per status, 1 for the current
 //! one), `compute_ctl_startup_duration_seconds{step}` and `compute_ctl_startup_bytes{what}` (the
-//! `/metrics.json` fields), and `compute_ctl_http_requests_total{server,route,code}`.
+//! `/metrics.json` fields), `compute_ctl_http_requests_total{server,route,code}`, and
+//! `compute_ctl_pending_restart_settings` with `compute_ctl_pending_restart{setting}`.
 //!
 //! The counters are process-wide by nature (the control-plane fetch happens before any HTTP
 //! server exists), so they live in one global registry rather than being threaded through.
@@ -128,6 +129,20 @@ pub fn render(snap: &Snapshot) -> String {
         "gauge",
         "Compute status: 1 for the current status, 0 for the others",
         Status::ALL.iter().map(|s| (vec![("status", s.wire_name())], if *s == snap.status { 1.0 } else { 0.0 })),
+    );
+    family(
+        &mut out,
+        "compute_ctl_pending_restart_settings",
+        "gauge",
+        "Number of settings changed live that wait for a restart (POST /restart applies them)",
+        std::iter::once((Vec::new(), snap.pending_restart.len() as f64)),
+    );
+    family(
+        &mut out,
+        "compute_ctl_pending_restart",
+        "gauge",
+        "1 for each setting changed live that waits for a restart",
+        snap.pending_restart.iter().map(|name| (vec![("setting", name.as_str())], 1.0)),
     );
     let m = &snap.metrics;
     let ms = |v: u64| v as f64 / 1000.0;

@@ -101,6 +101,11 @@ pub struct Snapshot {
     pub metrics: Metrics,
     /// Postgres is up and reachable through `--connstr` (running, or a failed reconfigure).
     pub postgres_up: bool,
+    /// The compute has been `running` at least once: start-up is over (`/startupz`).
+    pub started: bool,
+    /// Settings changed by a live reconfiguration that take effect only after a restart
+    /// (`pg_settings.pending_restart`), sorted; `POST /restart` applies them.
+    pub pending_restart: Vec<String>,
 }
 
 /// Neon's `ComputeStatusResponse`.
@@ -112,6 +117,8 @@ pub struct StatusBody {
     pub status: Status,
     pub last_active: Option<String>,
     pub error: Option<String>,
+    /// Not in Neon's answer: the settings waiting for a restart (empty when none).
+    pub pending_restart: Vec<String>,
 }
 
 impl Snapshot {
@@ -123,6 +130,7 @@ impl Snapshot {
             status: self.status,
             last_active: self.last_active.map(time::rfc3339_offset),
             error: self.error.clone(),
+            pending_restart: self.pending_restart.clone(),
         }
     }
 }
@@ -142,6 +150,8 @@ impl Shared {
             last_active: None,
             metrics: Metrics::default(),
             postgres_up: false,
+            started: false,
+            pending_restart: Vec::new(),
         })))
     }
 

@@ -7,5 +7,6 @@ pub mod pgdata;
 pub mod process;
 pub mod safekeepers;
 pub mod sql;
+pub mod stop;
 pub mod storage;
 pub mod subscriptions;
