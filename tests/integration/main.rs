@@ -5,6 +5,7 @@ mod support;
 mod api;
 mod catalog;
 mod deploy;
+mod harness;
 mod http;
 mod lifecycle;
 mod plan;

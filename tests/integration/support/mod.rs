@@ -10,7 +10,7 @@ pub mod publisher;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_compute_ctl");
@@ -54,9 +54,13 @@ pub fn give_to_pg(path: &Path) {
     }
 }
 
-/// The root of this test run's directories: one per test process, removed by the next run.
+static ROOT: OnceLock<PathBuf> = OnceLock::new();
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// The root of this test run's directories: one per test process, removed when the process
+/// exits after a run in which nothing panicked (kept for a look otherwise, and then removed by
+/// the next run once this process is gone).
 fn run_root() -> &'static Path {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
         let base = std::env::temp_dir().join("compute_ctl-tests");
         std::fs::create_dir_all(&base).unwrap();
@@ -74,8 +78,32 @@ fn run_root() -> &'static Path {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         set_mode(&root, 0o755);
+        remove_on_clean_exit();
         root
     })
+}
+
+/// Arranges for the run root to be removed at process exit unless a panic (a failed test, or
+/// a failing helper thread) happened. The test harness has no end-of-run hook, so this uses
+/// `atexit`, which runs both when the harness returns from `main` and when it calls `exit`.
+fn remove_on_clean_exit() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICKED.store(true, Ordering::SeqCst);
+        previous(info)
+    }));
+    extern "C" fn at_exit() {
+        if !PANICKED.load(Ordering::SeqCst)
+            && let Some(root) = ROOT.get()
+        {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
+    // SAFETY: `at_exit` is a plain `extern "C" fn()` that touches only statics and the file
+    // system; registering it has no other precondition.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::atexit(at_exit) };
+    assert_eq!(rc, 0, "atexit registration");
 }
 
 pub fn set_mode(p: &Path, mode: u32) {
@@ -151,22 +179,42 @@ impl Drop for TestDir {
     }
 }
 
-/// A loopback port nobody listens on right now. Ports come from a range of our own, spaced by
-/// process id, and are checked by binding, so parallel tests and runs do not collide.
+/// A loopback port nobody listens on right now, with `port + 1` free too (HTTP servers use
+/// both). Ports come from 10000-32767, below the kernel's ephemeral range (32768-60999), so a
+/// port we checked cannot be handed to someone's outgoing connection before we bind it. Each
+/// port is claimed with an exclusive lock on `/tmp/compute_ctl-test-ports/PORT`, held until this
+/// test process exits (the kernel drops it even on SIGKILL), so parallel test binaries and runs
+/// never pick the same port; binding checks that nothing else uses it.
 pub fn free_port() -> u16 {
+    const LOW: usize = 10000;
+    const HIGH: usize = 32767;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let base = 20000 + (std::process::id() as usize * 37) % 30000;
-    loop {
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = Path::new("/tmp/compute_ctl-test-ports");
+    std::fs::create_dir_all(dir).unwrap();
+    let span = (HIGH - LOW) / 2;
+    let start = (std::process::id() as usize * 97) % span;
+    for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let port = (base + n % 15000) as u16;
+        let port = (LOW + 2 * ((start + n) % span)) as u16;
+        let Some(lock) = claim_port(dir, port) else { continue };
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", port.wrapping_add(1))).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
         {
-            // Skip the next one too: HTTP servers use port and port+1.
-            NEXT.fetch_add(1, Ordering::SeqCst);
+            HELD.lock().unwrap().push(lock);
             return port;
         }
     }
+    panic!("no free port pair in {LOW}-{HIGH}");
+}
+
+/// An exclusive, non-blocking lock on the lock file of `port`; `None` when another process
+/// holds it.
+fn claim_port(dir: &Path, port: u16) -> Option<std::fs::File> {
+    let f =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(port.to_string())).ok()?;
+    f.try_lock().ok()?;
+    Some(f)
 }
 
 /// A minimal local-mode spec for Postgres on `pg_port` with its socket in `sock`.
