@@ -6,11 +6,13 @@
 
 use crate::args::{Args, SpecSource};
 use crate::error::{Error, Result};
+use crate::heartbeat::{self, Heartbeat};
 use crate::http::{routes, server};
 use crate::lifecycle::{
-    Configuration, ConfigurationPending, Context, ContextData, Empty, Failed, Init, Live, Running, Shared, Status,
-    Terminated,
+    Configuration, ConfigurationPending, Context, ContextData, Empty, Failed, Init, Live, Restarted, Running, Shared,
+    Status, Terminated,
 };
+use crate::notify::Notifier;
 use crate::postgres::process::StopMode;
 use crate::postgres::{pgdata, storage};
 use crate::spec::ParsedSpec;
@@ -26,6 +28,8 @@ pub enum Event {
     Configure { spec: ParsedSpec, reply: Sender<Reply> },
     /// `POST /terminate`.
     Terminate { mode: StopMode, reply: Sender<Reply> },
+    /// `POST /restart`.
+    Restart { reply: Sender<Reply> },
     /// SIGTERM, SIGINT or SIGQUIT.
     Signal(i32),
     /// The postmaster exited (sent from its reaper thread).
@@ -42,6 +46,8 @@ pub enum Reply {
         lsn: Option<String>,
     },
     WrongState(Status),
+    /// Not possible for this compute (not its state: what it is), with the reason.
+    NotPossible(String),
     Failed(String),
 }
 
@@ -65,6 +71,15 @@ enum Ending {
 /// Runs compute_ctl to the end and returns the process exit code.
 pub fn run(args: Args) -> Result<i32> {
     let (tx, rx) = mpsc::channel::<Event>();
+    let notifier = Arc::new(Notifier::from_env(&crate::notify::Env::from_process())?);
+    if notifier.enabled() {
+        log::info!(
+            "systemd notification socket found{}",
+            notifier
+                .watchdog_interval()
+                .map_or(String::new(), |w| format!("; watchdog ping every {} ms", w.as_millis()))
+        );
+    }
     let auth_token = args.http_auth_token_file.as_deref().map(routes::Token::from_file).transpose()?;
     let app = Arc::new(routes::App {
         shared: Shared::new(),
@@ -74,8 +89,11 @@ pub fn run(args: Args) -> Result<i32> {
         bindir: pgdata::bindir(&args.pgbin)?,
         auth_token,
         in_flight: AtomicUsize::new(0),
+        heartbeat: Arc::new(Heartbeat::new()),
     });
-    let result = supervise(args, app.clone(), rx);
+    let owner = Owner { rx, heartbeat: app.heartbeat.clone(), notifier: notifier.clone() };
+    owner.turn();
+    let result = supervise(args, app.clone(), owner);
     // Give handlers that were answered by the owner a moment to write their responses; the
     // bound keeps a stuck client from delaying the exit.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -85,7 +103,56 @@ pub fn run(args: Args) -> Result<i32> {
     result
 }
 
-fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i32> {
+/// The owner's side of the event channel. Every turn of the loop beats the heartbeat
+/// (`/healthz`) and feeds systemd's watchdog; while idle the owner turns at least every
+/// [`heartbeat::IDLE_TURN`] (or half the watchdog period, when shorter). An owner stuck in one
+/// operation does neither.
+struct Owner {
+    rx: Receiver<Event>,
+    heartbeat: Arc<Heartbeat>,
+    notifier: Arc<Notifier>,
+}
+
+impl Owner {
+    fn turn(&self) {
+        self.heartbeat.beat();
+        self.notifier.watchdog_tick();
+    }
+
+    fn tick(&self) -> Duration {
+        self.notifier.watchdog_interval().map_or(heartbeat::IDLE_TURN, |w| w.min(heartbeat::IDLE_TURN))
+    }
+
+    /// The next event, turning while none comes; `Err` when every sender is gone.
+    fn recv(&self) -> Result<Event, mpsc::RecvError> {
+        loop {
+            self.turn();
+            match self.rx.recv_timeout(self.tick()) {
+                Ok(e) => {
+                    self.turn();
+                    return Ok(e);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(mpsc::RecvError),
+            }
+        }
+    }
+
+    /// Like [`Receiver::recv_timeout`], turning meanwhile.
+    fn recv_timeout(&self, limit: Duration) -> Result<Event, RecvTimeoutError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.turn();
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left.min(self.tick())) {
+                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
     let tx = app.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let shared = app.shared.clone();
     let bindir = app.bindir.clone();
@@ -111,6 +178,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
         on_postgres_exit: Arc::new(move |_, _| {
             let _ = exit_tx.lock().unwrap_or_else(|p| p.into_inner()).send(Event::PostgresExited);
         }),
+        notifier: owner.notifier.clone(),
     });
     spawn_signal_thread(&ctx, tx.clone())?;
     if std::process::id() == 1 {
@@ -158,11 +226,15 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
             crate::monitor::ensure_started(&shared, &args.connstr);
         }
         state = match state {
-            State::Empty(empty) => match rx.recv() {
+            State::Empty(empty) => match owner.recv() {
                 Ok(Event::Configure { spec, reply }) => {
                     let next = start_pooled(empty.configure(spec).begin());
                     answer(&reply, &next);
                     next
+                }
+                Ok(Event::Restart { reply }) => {
+                    let _ = reply.send(Reply::WrongState(Status::Empty));
+                    State::Empty(empty)
                 }
                 Ok(Event::Terminate { reply, .. }) => {
                     let done = empty.terminate().wait();
@@ -176,7 +248,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
                 Ok(Event::PostgresExited) => State::Empty(empty),
                 Err(_) => return Ok(1),
             },
-            State::Running(running) => match rx.recv() {
+            State::Running(running) => match owner.recv() {
                 Ok(Event::Configure { spec, reply }) => {
                     let next = live_configure(running.reconfigure(spec));
                     answer(&reply, &next);
@@ -192,19 +264,29 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
                     let _ = reply.send(Reply::Terminated { lsn });
                     State::Terminated(done, Ending::Requested)
                 }
+                Ok(Event::Restart { reply }) => match running.restart() {
+                    Restarted::NotPossible(running, why) => {
+                        let _ = reply.send(Reply::NotPossible(why));
+                        State::Running(running)
+                    }
+                    Restarted::Running(r) => answered(&reply, State::Running(r)),
+                    Restarted::Failed(f) => answered(&reply, State::Failed(f)),
+                },
                 Ok(Event::Signal(sig)) => {
                     log::info!("received signal {sig}: fast shutdown of postgres");
                     let done = running.terminate(StopMode::Fast).wait();
                     synced_after_exit(&ctx, last_spec.as_ref());
                     State::Terminated(done, Ending::Signal)
                 }
+                // The exit of the postmaster a restart replaced.
+                Ok(Event::PostgresExited) if running.postgres_alive() => State::Running(running),
                 Ok(Event::PostgresExited) | Err(_) => {
                     let status = running.postgres_exited();
                     let synced = synced_after_exit(&ctx, last_spec.as_ref());
                     return Ok(if synced { status.code().unwrap_or(1) } else { 1 });
                 }
             },
-            State::Failed(failed) if failed.postgres_running() => match rx.recv() {
+            State::Failed(failed) if failed.postgres_running() => match owner.recv() {
                 Ok(Event::Configure { spec, reply }) => {
                     let next = match failed.reconfigure(spec) {
                         Ok(pending) => live_configure(pending),
@@ -213,7 +295,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
                     answer(&reply, &next);
                     next
                 }
-                Ok(Event::Terminate { reply, .. }) => {
+                Ok(Event::Terminate { reply, .. }) | Ok(Event::Restart { reply }) => {
                     let _ = reply.send(Reply::WrongState(Status::Failed));
                     State::Failed(failed)
                 }
@@ -231,7 +313,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
             },
             State::Failed(failed) => {
                 log::info!("start failed; answering /status for {:?} before exiting", args.exit_delay);
-                linger(&rx, args.exit_delay, Status::Failed);
+                linger(&owner, args.exit_delay, Status::Failed);
                 drop(failed);
                 return Ok(1);
             }
@@ -241,7 +323,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Event>) -> Result<i
                     Ending::Signal => 1,
                     Ending::Requested => {
                         log::info!("terminated; answering /status for {:?} before exiting", args.exit_delay);
-                        linger(&rx, args.exit_delay, Status::Terminated);
+                        linger(&owner, args.exit_delay, Status::Terminated);
                         code
                     }
                 });
@@ -285,6 +367,11 @@ fn live_configure(pending: ConfigurationPending<Live>) -> State {
     }
 }
 
+fn answered(reply: &Sender<Reply>, state: State) -> State {
+    answer(reply, &state);
+    state
+}
+
 fn answer(reply: &Sender<Reply>, state: &State) {
     let r = match state {
         State::Running(_) => Reply::Done,
@@ -297,12 +384,12 @@ fn answer(reply: &Sender<Reply>, state: &State) {
 
 /// Keeps answering requests (the HTTP threads serve `/status` from the snapshot) for
 /// `delay`, refusing changes; a signal ends it early.
-fn linger(rx: &Receiver<Event>, delay: Duration, status: Status) {
+fn linger(owner: &Owner, delay: Duration, status: Status) {
     let deadline = Instant::now() + delay;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Event::Configure { reply, .. }) | Ok(Event::Terminate { reply, .. }) => {
+        match owner.recv_timeout(left) {
+            Ok(Event::Configure { reply, .. }) | Ok(Event::Terminate { reply, .. }) | Ok(Event::Restart { reply }) => {
                 let _ = reply.send(Reply::WrongState(status));
             }
             Ok(Event::Signal(_)) | Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return,

@@ -32,6 +32,8 @@ pub struct App {
     /// Requests being handled; the owner waits for them before the process exits so that
     /// the last answers (to `/terminate`, say) are written.
     pub in_flight: AtomicUsize,
+    /// The owner loop's heartbeat, for `/healthz`.
+    pub heartbeat: Arc<crate::heartbeat::Heartbeat>,
 }
 
 /// A bearer token. Its `Debug` never shows it, so it cannot leak into a log line.
@@ -119,7 +121,15 @@ const EXTERNAL: &[(&str, &[&str])] = &[
     ("/check_writability", &["POST"]),
     ("/configure", &["POST"]),
     ("/terminate", &["POST"]),
+    ("/restart", &["POST"]),
+    ("/healthz", &["GET", "HEAD"]),
+    ("/readyz", &["GET", "HEAD"]),
+    ("/startupz", &["GET", "HEAD"]),
 ];
+
+/// Routes that answer without the bearer token: the metrics, and the Kubernetes probes (the
+/// kubelet cannot send a secret header; they reveal only the state).
+const PUBLIC: &[&str] = &["/metrics", "/healthz", "/readyz", "/startupz"];
 const INTERNAL: &[(&str, &[&str])] = &[("/extensions", &["POST"]), ("/grants", &["POST"])];
 
 fn route(app: &App, server: Server, req: &Request) -> Response {
@@ -166,7 +176,7 @@ fn uuid_v4() -> String {
 
 fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&str])>) -> Response {
     let m = req.method.as_str();
-    let public = server == Server::External && req.path == "/metrics" && (m == "GET" || m == "HEAD");
+    let public = server == Server::External && PUBLIC.contains(&req.path.as_str()) && (m == "GET" || m == "HEAD");
     if !public && let Some(token) = &app.auth_token {
         let given = req.header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
         if !given.is_some_and(|g| token.matches(g.as_bytes())) {
@@ -194,6 +204,10 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
         (Server::External, "/check_writability") => pg_routes::check_writability(app),
         (Server::External, "/configure") => configure(app, req),
         (Server::External, "/terminate") => terminate(app, req),
+        (Server::External, "/restart") => restart(app),
+        (Server::External, "/healthz") => super::probes::healthz(app.heartbeat.age()),
+        (Server::External, "/readyz") => super::probes::readyz(&app.shared.get(), &app.connstr),
+        (Server::External, "/startupz") => super::probes::startupz(&app.shared.get()),
         (Server::Internal, "/extensions") => pg_routes::extensions(app, req),
         (Server::Internal, "/grants") => pg_routes::grants(app, req),
         _ => Response::error(404, format!("no route for {}", req.path)),
@@ -276,6 +290,7 @@ fn configure(app: &App, req: &Request) -> Response {
     match rx.recv() {
         Ok(Reply::Done | Reply::Terminated { .. }) => status(app),
         Ok(Reply::WrongState(s)) => precondition(s),
+        Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
         Ok(Reply::Failed(msg)) => Response::error(500, format!("compute configuration failed: {msg}")),
         Err(_) => Response::error(503, "compute_ctl is shutting down"),
     }
@@ -302,7 +317,28 @@ fn terminate(app: &App, req: &Request) -> Response {
         Ok(Reply::Done) => Response::json(200, &serde_json::json!({ "lsn": null })),
         Ok(Reply::WrongState(Status::Terminated)) => Response::empty(201),
         Ok(Reply::WrongState(s)) => precondition(s),
+        Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
         Ok(Reply::Failed(msg)) => Response::error(500, msg),
+        Err(_) => Response::error(503, "compute_ctl is shutting down"),
+    }
+}
+
+/// `POST /restart` (running, local mode): fast shutdown and start of Postgres on the same
+/// PGDATA, so that settings waiting for a restart take effect; answers the new status. 409 in
+/// pageserver mode, where the control plane must restart the compute.
+fn restart(app: &App) -> Response {
+    if let Err(r) = require_running(app) {
+        return r;
+    }
+    let (tx, rx) = mpsc::channel();
+    if !app.send(Event::Restart { reply: tx }) {
+        return Response::error(503, "compute_ctl is shutting down");
+    }
+    match rx.recv() {
+        Ok(Reply::Done | Reply::Terminated { .. }) => status(app),
+        Ok(Reply::WrongState(s)) => precondition(s),
+        Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
+        Ok(Reply::Failed(msg)) => Response::error(500, format!("restart failed: {msg}")),
         Err(_) => Response::error(503, "compute_ctl is shutting down"),
     }
 }

@@ -137,15 +137,23 @@ pub struct ContextData {
     pub postmaster: Arc<Mutex<Option<PostmasterHandle>>>,
     /// Called on the reaper thread when Postgres exits (the main loop turns it into an event).
     pub on_postgres_exit: Arc<dyn Fn(u32, ExitStatus) + Send + Sync>,
+    /// systemd's notification socket (does nothing outside systemd).
+    pub notifier: Arc<crate::notify::Notifier>,
 }
 
 impl ContextData {
     /// Publishes first and logs after, so whoever reads the log line finds `/status` agreeing.
     fn publish(&self, status: Status, error: Option<String>) {
+        let text = match &error {
+            Some(e) => format!("{}: {e}", status.wire_name()),
+            None => format!("{}: {}", status.wire_name(), status.doing()),
+        };
         self.shared.update(|s| {
             s.status = status;
             s.error = error;
+            s.started |= status == Status::Running;
         });
+        self.notifier.transition(status.notify_phase(), &text);
         log::info!("compute status: {}", status.wire_name());
     }
 
@@ -209,6 +217,15 @@ pub struct Running {
     ctx: Context,
     spec: ParsedSpec,
     postmaster: Postmaster,
+}
+
+/// The outcome of [`Running::restart`].
+pub enum Restarted {
+    Running(Running),
+    /// Postgres did not come back; it is not running.
+    Failed(Failed),
+    /// Not for this compute (pageserver storage), with the reason; nothing was done.
+    NotPossible(Running, String),
 }
 
 /// A start or a reconfiguration failed; holds the error (and Postgres, if it still runs).
@@ -285,7 +302,16 @@ impl Configuration<Live> {
     pub fn apply(self) -> Result<Running, Failed> {
         let Live(postmaster) = self.phase;
         match boot::reconfigure(&self.ctx, &self.spec, &postmaster) {
-            Ok(()) => Ok(Running::enter(self.ctx, self.spec, postmaster)),
+            Ok(pending) => {
+                if !pending.is_empty() {
+                    log::warn!(
+                        "settings changed that take effect only after a restart (POST /restart): {}",
+                        pending.join(", ")
+                    );
+                }
+                self.ctx.shared.update(|s| s.pending_restart = pending);
+                Ok(Running::enter(self.ctx, self.spec, postmaster))
+            }
             Err(e) => Err(Failed::enter(self.ctx, e, Some(postmaster))),
         }
     }
@@ -320,17 +346,47 @@ impl Running {
         self.postmaster.pid()
     }
 
+    /// False once the current postmaster has exited (an exit event may be for an earlier
+    /// one, replaced by a restart).
+    pub fn postgres_alive(&self) -> bool {
+        self.postmaster.exit_status().is_none()
+    }
+
     pub fn reconfigure(self, spec: ParsedSpec) -> ConfigurationPending<Live> {
         self.ctx.publish_spec(&spec);
         self.ctx.publish(Status::ConfigurationPending, None);
         ConfigurationPending { ctx: self.ctx, spec, phase: Live(self.postmaster) }
     }
 
-    /// Asks Postgres to stop (`mode`) and waits in [`TerminationPending`].
+    /// Asks Postgres to stop (`mode`) and waits in [`TerminationPending`]. A fast shutdown
+    /// is preceded by a bounded `CHECKPOINT` (see [`crate::postgres::stop`]).
     pub fn terminate(self, mode: StopMode) -> TerminationPending {
         self.ctx.publish(Status::TerminationPending, None);
+        if mode == StopMode::Fast {
+            pre_stop_checkpoint(&self.ctx);
+        }
         self.postmaster.stop(mode);
         TerminationPending { ctx: self.ctx, postmaster: Some(self.postmaster) }
+    }
+
+    /// `POST /restart`: a fast shutdown and a start of Postgres on the same PGDATA (local
+    /// mode only), so that settings waiting for a restart take effect. Nothing else of a
+    /// start runs again: PGDATA is neither prepared nor fetched, no subscription is dropped.
+    /// [`Restarted::NotPossible`] hands the compute back, untouched, when its storage does
+    /// not allow it.
+    pub fn restart(self) -> Restarted {
+        if let Err(why) = boot::restart_allowed(&self.spec) {
+            return Restarted::NotPossible(self, why);
+        }
+        self.ctx.publish(Status::Configuration, None);
+        pre_stop_checkpoint(&self.ctx);
+        match boot::restart(&self.ctx, &self.spec, self.postmaster) {
+            Ok(pm) => {
+                self.ctx.shared.update(|s| s.pending_restart.clear());
+                Restarted::Running(Running::enter(self.ctx, self.spec, pm))
+            }
+            Err(e) => Restarted::Failed(Failed::enter(self.ctx, e, None)),
+        }
     }
 
     /// Postgres exited by itself: its exit status (it has been reaped).
@@ -418,6 +474,11 @@ impl Terminated {
     pub fn context(&self) -> &Context {
         &self.ctx
     }
+}
+
+fn pre_stop_checkpoint(ctx: &Context) {
+    let outcome = crate::postgres::stop::checkpoint(&ctx.args.connstr, ctx.args.pre_stop_checkpoint);
+    log::info!("{}", outcome.describe());
 }
 
 fn clear_handle(ctx: &Context) {

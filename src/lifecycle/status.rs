@@ -51,6 +51,33 @@ impl Status {
         }
     }
 
+    /// A few words on what the compute does in this state (systemd's `STATUS=`).
+    pub fn doing(self) -> &'static str {
+        match self {
+            Status::Empty => "waiting for a spec (POST /configure)",
+            Status::ConfigurationPending => "spec accepted",
+            Status::Init => "starting postgres",
+            Status::Running => "postgres is up and configured",
+            Status::Configuration => "applying the spec",
+            Status::Failed => "failed",
+            Status::TerminationPending => "stopping postgres",
+            Status::Terminated => "postgres has stopped",
+        }
+    }
+
+    /// What systemd is told about a transition to this state.
+    pub fn notify_phase(self) -> crate::notify::Phase {
+        use crate::notify::Phase;
+        match self {
+            Status::Empty | Status::Init => Phase::Starting,
+            Status::ConfigurationPending | Status::Configuration => Phase::Configuring,
+            Status::Running => Phase::Running,
+            Status::Failed => Phase::Failed,
+            Status::TerminationPending => Phase::Stopping,
+            Status::Terminated => Phase::Stopped,
+        }
+    }
+
     pub const ALL: [Status; 8] = [
         Status::Empty,
         Status::ConfigurationPending,
