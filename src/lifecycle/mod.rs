@@ -11,6 +11,9 @@
 //!     │   terminate                            wait
 //!     └─────────────▶ TerminationPending ─────────────▶ Terminated
 //!         Running ──▶ TerminationPending
+//!
+//!                 restart (local storage only: fast shutdown, start on the same PGDATA)
+//!         Running ──────────────────────────────────────────────────────▶ Running | Failed
 //! ```
 //!
 //! `Cold` means Postgres is not running yet: only `Init` and `Configuration<Cold>` can make a

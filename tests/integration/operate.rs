@@ -203,8 +203,14 @@ fn probes_answer_in_every_state_without_the_token() {
     wait_code(s.http_port, "/readyz", 200);
     assert_eq!(code(s.http_port, "/startupz"), 200);
     assert_eq!(code(s.http_port, "/healthz"), 200);
-    let r = http::request(s.http_port, "POST", "/terminate", &auth, b"").unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    // The preStop hook: a fast termination through the API, with the token, waited for.
+    let out = Command::new(BIN)
+        .args(["--terminate", &s.http_port.to_string(), "--http-auth-token-file", token.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"lsn\""), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(c.log_text().contains("pre-stop checkpoint done in"));
     // terminated (lingering): alive, started, not ready.
     assert_eq!(code(s.http_port, "/readyz"), 503);
     assert_eq!(code(s.http_port, "/startupz"), 200);
