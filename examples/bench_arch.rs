@@ -15,13 +15,15 @@
 //! both cases. Medians are printed with `RESULT` lines (see examples/bench.rs). Without
 //! qemu-aarch64-static or the aarch64 target it says so and measures nothing.
 
-use std::io::{BufRead, BufReader};
+#[path = "support/mod.rs"]
+mod support;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{PGBIN_DIR, chmod, claim_port_pair, median, postgres_ids, watch_for_running, write_start_spec};
 
-const PGBIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 const TIMEOUT: Duration = Duration::from_secs(120);
 const TARGETS: [(&str, &str); 2] = [("x86_64", "x86_64-unknown-linux-musl"), ("aarch64", "aarch64-unknown-linux-musl")];
 
@@ -63,9 +65,9 @@ fn main() {
     let mut cpu = [0.0; 2];
     for (i, ((arch, _), bin)) in TARGETS.iter().zip(&bins).enumerate() {
         let size = std::fs::metadata(bin).unwrap().len();
-        let stat = median(samples[i].iter().map(|s| s.stat_ms).collect());
-        let sched = median(samples[i].iter().map(|s| s.sched_ms).collect());
-        let wall = median(samples[i].iter().map(|s| s.wall_ms).collect());
+        let stat = median(&samples[i].iter().map(|s| s.stat_ms).collect::<Vec<_>>());
+        let sched = median(&samples[i].iter().map(|s| s.sched_ms).collect::<Vec<_>>());
+        let wall = median(&samples[i].iter().map(|s| s.wall_ms).collect::<Vec<_>>());
         let label = if i == 1 { format!("{arch} (qemu)") } else { arch.to_string() };
         println!("{label:<22} {size:>12} {stat:>16.1} {sched:>20.1} {wall:>14.1}");
         let mib = size as f64 / (1024.0 * 1024.0);
@@ -133,19 +135,7 @@ impl Bench {
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         let (pg_port, pg_lock) = claim_port_pair();
         let (http_port, http_lock) = claim_port_pair();
-        let spec = serde_json::json!({
-            "format_version": 1.0,
-            "tenant_id": "b0554b632bd4d547a63b86c3630317e8",
-            "timeline_id": "2414a61ffc94e428f14b5758fe308e13",
-            "skip_pg_catalog_updates": true,
-            "cluster": { "roles": [], "databases": [], "settings": [
-                {"name": "port", "value": pg_port.to_string(), "vartype": "integer"},
-                {"name": "listen_addresses", "value": "127.0.0.1", "vartype": "string"},
-                {"name": "unix_socket_directories", "value": root.join("sock").to_str().unwrap(), "vartype": "string"}
-            ]}
-        });
-        let spec_path = root.join("spec.json");
-        std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+        let spec_path = write_start_spec(&root, pg_port);
         Bench { root, pgdata, spec: spec_path, pg_port, http_port, _ports: [pg_lock, http_lock] }
     }
 
@@ -167,17 +157,7 @@ impl Bench {
         let t0 = Instant::now();
         let mut child = Owned(cmd.spawn().expect("spawn compute_ctl"));
         let stderr = child.0.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("compute status: running") {
-                    let _ = tx.send(t0.elapsed());
-                }
-                lines.push(line);
-            }
-            lines
-        });
+        let (rx, reader) = watch_for_running(stderr, t0);
         let Ok(wall) = rx.recv_timeout(TIMEOUT) else {
             drop(child);
             panic!("{} did not log running: {:?}", bin.display(), reader.join().unwrap());
@@ -251,51 +231,4 @@ fn signal(pid: i32, sig: i32) {
 fn alive(pid: i32) -> bool {
     // SAFETY: kill(2) with signal 0 only checks that the pid exists.
     unsafe { libc::kill(pid, 0) == 0 }
-}
-
-/// uid and gid of the `postgres` OS user when we are root (Postgres refuses to run as root).
-fn postgres_ids() -> Option<(u32, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-    let line = passwd.lines().find(|l| l.starts_with("postgres:")).expect("a postgres OS user (we are root)");
-    let f: Vec<&str> = line.split(':').collect();
-    Some((f[2].parse().unwrap(), f[3].parse().unwrap()))
-}
-
-fn chmod(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// A free port pair (PORT, PORT+1) below the kernel's ephemeral range, claimed as the
-/// integration tests claim theirs: an even PORT in 10000-32766 whose lock file
-/// `/tmp/compute_ctl-test-ports/PORT` we hold (flock, until the returned file is dropped or we
-/// exit), with nothing listening on either port.
-fn claim_port_pair() -> (u16, std::fs::File) {
-    let dir = Path::new("/tmp/compute_ctl-test-ports");
-    std::fs::create_dir_all(dir).unwrap();
-    let span = (32767 - 10000) / 2;
-    let start = std::process::id() as usize * 97;
-    for n in 0..span {
-        let port = (10000 + 2 * ((start + n) % span)) as u16;
-        let open =
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(port.to_string()));
-        let Ok(lock) = open else { continue };
-        if lock.try_lock().is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
-        {
-            return (port, lock);
-        }
-    }
-    panic!("no free port pair in 10000-32767");
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }

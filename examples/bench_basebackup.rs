@@ -19,14 +19,16 @@
 #[path = "../tests/integration/support/pageserver.rs"]
 mod pageserver;
 
+#[path = "support/mod.rs"]
+mod support;
+
 use compute_ctl::postgres::basebackup::{Request, fetch};
 use compute_ctl::postgres::pgdata;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{PGBIN_DIR, as_postgres, median, ms};
 
-const PGBIN: &str = "/usr/lib/postgresql/15/bin";
 const TENANT: &str = "b0554b632bd4d547a63b86c3630317e8";
 const TIMELINE: &str = "2414a61ffc94e428f14b5758fe308e13";
 
@@ -88,21 +90,21 @@ fn main() {
             ms(tar_time),
             kib as f64 / 1024.0
         );
-        ours.push(ours_time);
-        theirs.push(tar_time);
+        ours.push(ms(ours_time));
+        theirs.push(ms(tar_time));
     }
-    let (mo, mt) = (median(&mut ours), median(&mut theirs));
+    let (mo, mt) = (median(&ours), median(&theirs));
     println!(
         "median: compute_ctl {:.0} ms ({:.0} MiB/s), tar -xf {:.0} ms; ratio {:.2}x (target <= 1.2x)",
-        ms(mo),
-        size as f64 / 1048576.0 / mo.as_secs_f64(),
-        ms(mt),
-        mo.as_secs_f64() / mt.as_secs_f64()
+        mo,
+        size as f64 / 1048576.0 / (mo / 1000.0),
+        mt,
+        mo / mt
     );
     println!("peak RSS of the ingest: {:.1} MiB (target < 32 MiB)", peak_kib as f64 / 1024.0);
-    println!("RESULT basebackup/tar_xf {:.0} ms", ms(mt));
-    println!("RESULT basebackup/ingest {:.0} ms baseline=basebackup/tar_xf target=1.2", ms(mo));
-    println!("RESULT basebackup/ingest_throughput {:.0} MiB_per_s", size as f64 / 1048576.0 / mo.as_secs_f64());
+    println!("RESULT basebackup/tar_xf {:.0} ms", mt);
+    println!("RESULT basebackup/ingest {:.0} ms baseline=basebackup/tar_xf target=1.2", mo);
+    println!("RESULT basebackup/ingest_throughput {:.0} MiB_per_s", size as f64 / 1048576.0 / (mo / 1000.0));
     println!("RESULT basebackup/peak_rss {:.1} MiB target=32", peak_kib as f64 / 1024.0);
 }
 
@@ -137,25 +139,9 @@ fn ingest(connstr: &str, dir: &Path) {
     println!("{}", hwm.trim().trim_end_matches("kB").trim());
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 /// Writes back dirty pages so that one run's writeback does not slow the next one down.
 fn flush() {
     let _ = Command::new("sync").status();
-}
-
-fn as_postgres(cmd: &mut Command) -> &mut Command {
-    if let Ok(u) = pgdata::lookup_user("postgres") {
-        cmd.uid(u.uid).gid(u.gid);
-    }
-    cmd
 }
 
 /// initdb, `pgbench -i -s scale`, `pg_basebackup -Ft -X fetch` into `tar`.
@@ -175,7 +161,7 @@ fn make_fixture(work: &Path, scale: u32, tar: &Path) {
         let st = cmd.status().unwrap();
         assert!(st.success(), "{cmd:?} failed");
     };
-    run(as_postgres(Command::new(format!("{PGBIN}/initdb")).arg("-D").arg(&src).args([
+    run(as_postgres(Command::new(format!("{PGBIN_DIR}/initdb")).arg("-D").arg(&src).args([
         "-U",
         "cloud_admin",
         "--auth=trust",
@@ -183,7 +169,7 @@ fn make_fixture(work: &Path, scale: u32, tar: &Path) {
     ]))
     .stdout(Stdio::null()));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
-    let mut pg = as_postgres(Command::new(format!("{PGBIN}/postgres")).arg("-D").arg(&src).args([
+    let mut pg = as_postgres(Command::new(format!("{PGBIN_DIR}/postgres")).arg("-D").arg(&src).args([
         "-p",
         &port,
         "-c",
@@ -199,7 +185,7 @@ fn make_fixture(work: &Path, scale: u32, tar: &Path) {
     .spawn()
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Command::new(format!("{PGBIN}/pg_isready"))
+    while Command::new(format!("{PGBIN_DIR}/pg_isready"))
         .args(["-h", "127.0.0.1", "-p", &port])
         .status()
         .is_ok_and(|s| !s.success())
@@ -208,8 +194,14 @@ fn make_fixture(work: &Path, scale: u32, tar: &Path) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let conn = ["-h", "127.0.0.1", "-p", &port, "-U", "cloud_admin"];
-    run(Command::new(format!("{PGBIN}/pgbench")).args(conn).args(["-i", "-q", "-s", &scale.to_string(), "postgres"]));
-    run(Command::new(format!("{PGBIN}/pg_basebackup")).args(conn).arg("-D").arg(&out).args([
+    run(Command::new(format!("{PGBIN_DIR}/pgbench")).args(conn).args([
+        "-i",
+        "-q",
+        "-s",
+        &scale.to_string(),
+        "postgres",
+    ]));
+    run(Command::new(format!("{PGBIN_DIR}/pg_basebackup")).args(conn).arg("-D").arg(&out).args([
         "-Ft",
         "-X",
         "fetch",

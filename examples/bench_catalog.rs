@@ -12,48 +12,20 @@
 //! (`catalog/noop_reapply_after_restart`). Results are printed as `RESULT` lines (see
 //! examples/bench.rs); a panic (nothing measured) exits non-zero.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use compute_ctl::postgres::apply::{self, Concurrency, catalog};
 use compute_ctl::spec::ParsedSpec;
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{PGBIN_DIR, as_postgres, chown, free_port, ms};
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
 const ROLES: usize = 1000;
 const DBS: usize = 100;
-
-/// uid/gid of the `postgres` OS user when we run as root (Postgres refuses to run as root).
-fn pg_ids() -> Option<(u32, u32)> {
-    if std::fs::read_to_string("/proc/self/status")
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("Uid:"))?
-        .split_whitespace()
-        .nth(1)?
-        != "0"
-    {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    let f: Vec<&str> = passwd.lines().find(|l| l.starts_with("postgres:"))?.split(':').collect();
-    Some((f[2].parse().ok()?, f[3].parse().ok()?))
-}
-
-fn as_pg(cmd: &mut Command) -> &mut Command {
-    if let Some((u, g)) = pg_ids() {
-        cmd.uid(u).gid(g);
-    }
-    cmd
-}
-
-fn chown(p: &Path) {
-    if let Some((u, g)) = pg_ids() {
-        std::os::unix::fs::chown(p, Some(u), Some(g)).unwrap();
-    }
-}
 
 /// A Postgres started from `pgdata`, stopped (fast) by pid on drop.
 struct Pg {
@@ -63,7 +35,7 @@ struct Pg {
 
 impl Pg {
     fn start(pgdata: &Path, sock: &Path, port: u16) -> Pg {
-        let child = as_pg(Command::new(format!("{BIN}/postgres")).arg("-D").arg(pgdata).args([
+        let child = as_postgres(Command::new(format!("{PGBIN_DIR}/postgres")).arg("-D").arg(pgdata).args([
             "-c",
             &format!("port={port}"),
             "-c",
@@ -100,10 +72,6 @@ impl Drop for Pg {
 
 fn connstr(port: u16) -> String {
     format!("postgresql://cloud_admin@127.0.0.1:{port}/postgres")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn spec() -> ParsedSpec {
@@ -169,7 +137,7 @@ fn main() {
     let _cleanup = RemoveDir(root.clone());
     chown(&root);
     let a = root.join("a");
-    let out = as_pg(Command::new(format!("{BIN}/initdb")).arg("-D").arg(&a).args([
+    let out = as_postgres(Command::new(format!("{PGBIN_DIR}/initdb")).arg("-D").arg(&a).args([
         "-U",
         "cloud_admin",
         "--auth=trust",
@@ -193,7 +161,7 @@ fn main() {
     let psql_time = {
         let pg = Pg::start(&b, &root, free_port());
         let started = Instant::now();
-        let out = as_pg(Command::new(format!("{BIN}/psql")).args([
+        let out = as_postgres(Command::new(format!("{PGBIN_DIR}/psql")).args([
             "-X",
             "-q",
             "-v",
@@ -227,7 +195,6 @@ fn main() {
     let third = apply::apply(&cs, spec.spec(), Concurrency::AtStart).unwrap();
     drop(pg);
 
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let lines = psql_script(&spec).lines().filter(|l| !l.starts_with('\\')).count();
     println!(
         "catalog apply: {ROLES} roles, {DBS} databases, {} workers at start",

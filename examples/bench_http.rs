@@ -12,6 +12,9 @@
 //! The binary under test is `$COMPUTE_CTL_BIN`, else target/<profile>/compute_ctl. A panic
 //! (nothing measured) exits non-zero; compute_ctl is stopped and the directory removed.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use support::{chmod, free_port};
 
 const CLIENTS: usize = 64;
 const RUN: Duration = Duration::from_secs(5);
@@ -277,22 +281,6 @@ fn wait_running(port: u16, child: &mut Child, dir: &Path) {
         assert!(Instant::now() < deadline, "compute not running after 60 s; see {}", dir.display());
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn free_port() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        drop(l);
-        if port < 65535 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn chmod(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// Stops compute_ctl (and so Postgres) and removes the directory, even on a panic.

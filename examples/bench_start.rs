@@ -27,14 +27,19 @@
 //! target/release/compute_ctl, built first with `$CARGO build --release` when cargo runs us.
 //! Results are printed as `RESULT` lines (see examples/bench.rs).
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{
+    PGBIN_DIR, as_postgres, chmod, compute_ctl_binary, free_port, median, ms, postgres_ids, watch_for_running,
+    write_start_spec,
+};
 
-const PGBIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 const TIMEOUT: Duration = Duration::from_secs(60);
 const IDLE_SETTLE: Duration = Duration::from_secs(2);
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
@@ -64,7 +69,7 @@ fn main() {
             }
         }
     }
-    let medians: Vec<f64> = times.iter_mut().map(|v| median(v)).collect();
+    let medians: Vec<f64> = times.iter().map(|v| median(v)).collect();
     let floor = medians[0];
     println!("{:<22} {:>9} {:>9} {:>9} {:>9}", "series", "median ms", "min ms", "max ms", "vs floor");
     for ((name, v), m) in series.iter().zip(&times).zip(&medians) {
@@ -83,7 +88,7 @@ fn main() {
     println!("RESULT start/compute_ctl_status {status:.1} ms baseline=start/floor target=1.2");
     println!("RESULT start/compute_ctl_log {log:.1} ms baseline=start/floor target=1.2");
     println!("RESULT start/compute_ctl_vs_pg_ctl {:.2} x", status / pg_ctl);
-    let cpu = median(&mut cpu);
+    let cpu = median(&cpu);
     println!("compute_ctl's own CPU time (all threads, Postgres excluded) until running: median {cpu:.1} ms");
     println!("RESULT start/compute_ctl_cpu {cpu:.1} ms");
 
@@ -98,7 +103,6 @@ struct Bench {
     bin: PathBuf,
     pg_port: u16,
     http_port: u16,
-    uid_gid: Option<(u32, u32)>,
 }
 
 impl Bench {
@@ -117,25 +121,13 @@ impl Bench {
         }
         let mut initdb = Command::new(format!("{PGBIN_DIR}/initdb"));
         initdb.arg("-D").arg(&pgdata).args(["-U", "cloud_admin", "-E", "UTF8", "--locale=C.UTF-8", "--auth=trust"]);
-        let out = as_pg(&mut initdb, uid_gid).output().expect("run initdb");
+        let out = as_postgres(&mut initdb).output().expect("run initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
 
         let pg_port = free_port();
         let http_port = std::iter::repeat_with(free_port).find(|&p| p != pg_port && p + 1 != pg_port).unwrap();
-        let spec = serde_json::json!({
-            "format_version": 1.0,
-            "tenant_id": "b0554b632bd4d547a63b86c3630317e8",
-            "timeline_id": "2414a61ffc94e428f14b5758fe308e13",
-            "skip_pg_catalog_updates": true,
-            "cluster": { "roles": [], "databases": [], "settings": [
-                {"name": "port", "value": pg_port.to_string(), "vartype": "integer"},
-                {"name": "listen_addresses", "value": "127.0.0.1", "vartype": "string"},
-                {"name": "unix_socket_directories", "value": root.join("sock").to_str().unwrap(), "vartype": "string"}
-            ]}
-        });
-        let spec_path = root.join("spec.json");
-        std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-        let b = Bench { root, pgdata, spec: spec_path, bin, pg_port, http_port, uid_gid };
+        let spec_path = write_start_spec(&root, pg_port);
+        let b = Bench { root, pgdata, spec: spec_path, bin, pg_port, http_port };
         // The first start writes compute_ctl's configuration into PGDATA; every series then
         // starts the very same cluster.
         b.compute_ctl(false);
@@ -160,19 +152,7 @@ impl Bench {
         let t0 = Instant::now();
         let mut child = Owned::new(self.compute_ctl_command().stderr(Stdio::piped()).spawn(), libc::SIGTERM);
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads stderr to its end (so compute_ctl never blocks on a full pipe) and reports the
-        // moment the running line arrives.
-        let reader = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("compute status: running") {
-                    let _ = tx.send(t0.elapsed());
-                }
-                lines.push(line);
-            }
-            lines
-        });
+        let (rx, reader) = watch_for_running(stderr, t0);
         let elapsed = if poll_status {
             loop {
                 if status(self.http_port).as_deref() == Some("running") {
@@ -208,7 +188,7 @@ impl Bench {
         let t0 = Instant::now();
         let mut cmd = Command::new(format!("{PGBIN_DIR}/postgres"));
         cmd.arg("-D").arg(&self.pgdata).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let mut child = Owned::new(as_pg(&mut cmd, self.uid_gid).spawn(), libc::SIGINT);
+        let mut child = Owned::new(as_postgres(&mut cmd).spawn(), libc::SIGINT);
         let pidfile = self.pgdata.join("postmaster.pid");
         let pid = child.id().to_string();
         let elapsed = loop {
@@ -233,7 +213,7 @@ impl Bench {
         let mut cmd = Command::new(format!("{PGBIN_DIR}/pg_ctl"));
         cmd.args(["start", "-w", "-s", "-D"]).arg(&self.pgdata);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let st = as_pg(&mut cmd, self.uid_gid).status().expect("run pg_ctl");
+        let st = as_postgres(&mut cmd).status().expect("run pg_ctl");
         let elapsed = t0.elapsed();
         assert!(st.success(), "pg_ctl start -w failed: {st}");
         let text = std::fs::read_to_string(self.pgdata.join("postmaster.pid")).unwrap();
@@ -450,64 +430,4 @@ fn become_subreaper() {
     // SAFETY: prctl(2) with integer arguments only.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     assert_eq!(rc, 0, "prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error());
-}
-
-fn compute_ctl_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("COMPUTE_CTL_BIN") {
-        return PathBuf::from(p);
-    }
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        let st = Command::new(cargo).args(["build", "--release", "--quiet", "--bin", "compute_ctl"]).status();
-        assert!(st.is_ok_and(|s| s.success()), "cargo build --release --bin compute_ctl failed");
-    }
-    let exe = std::env::current_exe().unwrap();
-    // target/release/examples/bench_start -> target/release/compute_ctl
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("compute_ctl");
-    assert!(bin.exists(), "{} not found; build it or set COMPUTE_CTL_BIN", bin.display());
-    bin
-}
-
-/// uid and gid of the `postgres` OS user when we are root (Postgres refuses to run as root).
-fn postgres_ids() -> Option<(u32, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-    let line = passwd.lines().find(|l| l.starts_with("postgres:")).expect("a postgres OS user (we are root)");
-    let f: Vec<&str> = line.split(':').collect();
-    Some((f[2].parse().unwrap(), f[3].parse().unwrap()))
-}
-
-fn as_pg(cmd: &mut Command, ids: Option<(u32, u32)>) -> &mut Command {
-    if let Some((u, g)) = ids {
-        cmd.uid(u).gid(g);
-    }
-    cmd
-}
-
-fn chmod(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn free_port() -> u16 {
-    // Port and port+1 free (compute_ctl's internal HTTP server takes the next one).
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p < 65535 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }

@@ -17,13 +17,15 @@
 //! spec lists the databases and the catalog apply runs in both starts (keys get `_apply`);
 //! `BENCH_FSYNC=on`: the branches run with fsync; `BENCH_KEEP=1`: the directories and logs stay.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{PGBIN_DIR, chmod, chown, compute_ctl_binary, free_port, median, ms, pg_cmd};
 
-const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 const RUNS: usize = 15;
 
 fn main() {
@@ -75,7 +77,7 @@ fn main() {
             off.push(start_branch(&exe, &root, &done, port, &format!("off{n}-{r}"), false).0);
             floor.push(visit_floor(&root, &done, port, &dbs, &format!("floor{n}-{r}")));
         }
-        let (m_on, m_off, m_floor) = (median(on), median(off), median(floor));
+        let (m_on, m_off, m_floor) = (median(&on), median(&off), median(&floor));
         let overhead = m_on - m_off;
         println!("{n:>10} {m_on:>14.1} {m_off:>14.1} {overhead:>12.1} {m_floor:>12.1} {:>12.1}", overhead - m_floor);
         // The target: under 100 ms whatever the number of databases.
@@ -104,7 +106,7 @@ fn main() {
             let mut child = c.spawn().unwrap();
             child.stdin.take().unwrap().write_all(b"SELECT 1\n").unwrap();
             assert!(child.wait().unwrap().success());
-            ms(t)
+            ms(t.elapsed())
         })
         .collect();
     let plain = Plain::start(&root, "restart", &template, free_port(), &[]);
@@ -118,7 +120,7 @@ fn main() {
                 .status()
                 .unwrap();
             assert!(st.success());
-            ms(t)
+            ms(t.elapsed())
         })
         .collect();
     let _ = pg_cmd("pg_ctl").args(["stop", "-m", "fast", "-s", "-D"]).arg(&plain.pgdata).status();
@@ -134,69 +136,6 @@ fn main() {
         let _ = std::fs::remove_dir_all(&root);
     } else {
         println!("kept {}", root.display());
-    }
-}
-
-/// `$COMPUTE_CTL_BIN` (set by examples/bench.rs), else the binary beside this example.
-fn compute_ctl_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("COMPUTE_CTL_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("compute_ctl");
-    assert!(bin.exists(), "build the binary first: cargo build --release ({} missing)", bin.display());
-    bin
-}
-
-/// A loopback port that is free, with the next one free too (compute_ctl's HTTP port).
-fn free_port() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
-        let port = l.local_addr().unwrap().port();
-        if port < 65000 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1000.0
-}
-
-fn median(v: impl AsRef<[f64]>) -> f64 {
-    let mut v = v.as_ref().to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn chmod(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn pg_ids() -> Option<(u32, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
-        return None;
-    }
-    let text = std::fs::read_to_string("/etc/passwd").ok()?;
-    let f: Vec<&str> = text.lines().find(|l| l.starts_with("postgres:"))?.split(':').collect();
-    Some((f[2].parse().ok()?, f[3].parse().ok()?))
-}
-
-/// A command for a Postgres tool, run as the postgres user when we are root.
-fn pg_cmd(tool: &str) -> Command {
-    let mut c = Command::new(format!("{BIN_DIR}/{tool}"));
-    if let Some((u, g)) = pg_ids() {
-        c.uid(u).gid(g);
-    }
-    c
-}
-
-fn chown(p: &Path) {
-    if let Some((u, g)) = pg_ids() {
-        std::os::unix::fs::chown(p, Some(u), Some(g)).unwrap();
     }
 }
 
@@ -251,7 +190,7 @@ impl Plain {
     /// Runs `sql` through psql in `db` (stopping at the first error); returns its output.
     fn psql(&self, db: &str, sql: &str) -> String {
         let port = self.port.to_string();
-        let out = Command::new(format!("{BIN_DIR}/psql"))
+        let out = Command::new(format!("{PGBIN_DIR}/psql"))
             .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "cloud_admin", "-p", &port])
             .args(["-d", db, "-c", sql])
             .output()
@@ -346,7 +285,7 @@ fn visit_floor(root: &Path, done: &Path, port: u16, dbs: &[String], name: &str) 
             .collect();
         workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
     });
-    let took = ms(t);
+    let took = ms(t.elapsed());
     drop(clients);
     plain.stop();
     let _ = std::fs::remove_dir_all(&plain.pgdata);
@@ -381,7 +320,7 @@ fn start_branch(exe: &Path, root: &Path, from: &Path, port: u16, name: &str, fla
         .args(["-D", pgdata.to_str().unwrap(), "-C", &format!("postgresql://cloud_admin@127.0.0.1:{port}/postgres")])
         .args([
             "-b",
-            &format!("{BIN_DIR}/postgres"),
+            &format!("{PGBIN_DIR}/postgres"),
             "--http-port",
             &http.to_string(),
             "--http-bind",
@@ -400,7 +339,7 @@ fn start_branch(exe: &Path, root: &Path, from: &Path, port: u16, name: &str, fla
         if let Some(body) = poller.status()
             && body.contains("\"status\":\"running\"")
         {
-            break ms(t);
+            break ms(t.elapsed());
         }
         if let Some(st) = child.try_wait().unwrap() {
             let log = std::fs::read_to_string(root.join(format!("{name}.log"))).unwrap_or_default();

@@ -1,20 +1,20 @@
-//! The owner of the lifecycle: gets the spec, starts the HTTP servers and the signal thread,
-//! then applies every event to the current state in one exhaustive `match`.
+//! The owner of the lifecycle: reads the spec, starts the HTTP servers and the signal thread,
+//! then feeds every event to [`lifecycle::step`] and sends its reply. It decides nothing
+//! itself: what an event does in a state is `step`'s business.
 //!
-//! Other threads never change the state: they send an [`Event`] and, for HTTP requests that
+//! Other threads never change the state: they send a [`Message`] and, for HTTP requests that
 //! wait, receive a [`Reply`].
+//!
+//! [`Reply`]: crate::lifecycle::Reply
 
 use crate::args::{Args, SpecSource};
 use crate::error::{Error, Result};
 use crate::heartbeat::{self, Heartbeat};
 use crate::http::{routes, server};
-use crate::lifecycle::{
-    Configuration, ConfigurationPending, Context, ContextData, Empty, Failed, Init, Live, Restarted, Running, Shared,
-    Status, Terminated,
-};
+use crate::lifecycle::{self, Event, Message, Parts, Shared, State};
 use crate::notify::Notifier;
 use crate::postgres::process::StopMode;
-use crate::postgres::{pgdata, storage};
+use crate::postgres::{Node, pgdata};
 use crate::spec::ParsedSpec;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,55 +22,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Something the owner must react to.
-pub enum Event {
-    /// `POST /configure` with a validated spec.
-    Configure { spec: ParsedSpec, reply: Sender<Reply> },
-    /// `POST /terminate`.
-    Terminate { mode: StopMode, reply: Sender<Reply> },
-    /// `POST /restart`.
-    Restart { reply: Sender<Reply> },
-    /// SIGTERM, SIGINT or SIGQUIT.
-    Signal(i32),
-    /// The postmaster exited (sent from its reaper thread).
-    PostgresExited,
-}
-
-/// The outcome of a request that waited for the owner.
-#[derive(Debug)]
-pub enum Reply {
-    Done,
-    /// Postgres stopped after `/terminate`; the LSN of its shutdown checkpoint when it could
-    /// be read from `pg_controldata`.
-    Terminated {
-        lsn: Option<String>,
-    },
-    WrongState(Status),
-    /// Not possible for this compute (not its state: what it is), with the reason.
-    NotPossible(String),
-    Failed(String),
-}
-
-/// The state value the owner holds between events.
-enum State {
-    Empty(Empty),
-    Running(Running),
-    Failed(Failed),
-    Terminated(Terminated, Ending),
-}
-
-/// Why the compute is ending, which decides the exit code.
-#[derive(Clone, Copy)]
-enum Ending {
-    /// `POST /terminate`: Postgres's exit code after the grace period.
-    Requested,
-    /// A signal: non-zero at once.
-    Signal,
-}
-
 /// Runs compute_ctl to the end and returns the process exit code.
 pub fn run(args: Args) -> Result<i32> {
-    let (tx, rx) = mpsc::channel::<Event>();
+    let (tx, rx) = mpsc::channel::<Message>();
     let notifier = Arc::new(Notifier::from_env(&crate::notify::Env::from_process())?);
     if notifier.enabled() {
         log::info!(
@@ -81,17 +35,24 @@ pub fn run(args: Args) -> Result<i32> {
         );
     }
     let auth_token = args.http_auth_token_file.as_deref().map(routes::Token::from_file).transpose()?;
+    let node = Node {
+        pgdata: args.pgdata.clone(),
+        bindir: pgdata::bindir(&args.pgbin)?,
+        connstr: args.connstr.clone(),
+        run_as: pgdata::postgres_identity(&args.pg_user)?,
+        internal_http_port: args.internal_http_port,
+        interrupted: Arc::new(AtomicBool::new(false)),
+    };
     let app = Arc::new(routes::App {
         shared: Shared::new(),
         events: Mutex::new(tx),
         live_config_allowed: !matches!(args.spec, SpecSource::Inline(_)),
-        connstr: args.connstr.clone(),
-        bindir: pgdata::bindir(&args.pgbin)?,
+        node,
         auth_token,
         in_flight: AtomicUsize::new(0),
         heartbeat: Arc::new(Heartbeat::new()),
     });
-    let owner = Owner { rx, heartbeat: app.heartbeat.clone(), notifier: notifier.clone() };
+    let owner = Owner { rx, heartbeat: app.heartbeat.clone(), notifier };
     owner.turn();
     let result = supervise(args, app.clone(), owner);
     // Give handlers that were answered by the owner a moment to write their responses; the
@@ -108,7 +69,7 @@ pub fn run(args: Args) -> Result<i32> {
 /// [`heartbeat::IDLE_TURN`] (or half the watchdog period, when shorter). An owner stuck in one
 /// operation does neither.
 struct Owner {
-    rx: Receiver<Event>,
+    rx: Receiver<Message>,
     heartbeat: Arc<Heartbeat>,
     notifier: Arc<Notifier>,
 }
@@ -123,40 +84,35 @@ impl Owner {
         self.notifier.watchdog_interval().map_or(heartbeat::IDLE_TURN, |w| w.min(heartbeat::IDLE_TURN))
     }
 
-    /// The next event, turning while none comes; `Err` when every sender is gone.
-    fn recv(&self) -> Result<Event, mpsc::RecvError> {
+    /// The next message, turning while none comes.
+    fn recv(&self) -> Result<Message, RecvTimeoutError> {
         loop {
-            self.turn();
-            match self.rx.recv_timeout(self.tick()) {
-                Ok(e) => {
-                    self.turn();
-                    return Ok(e);
-                }
+            match self.recv_timeout(Duration::from_secs(3600)) {
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Err(mpsc::RecvError),
+                other => return other,
             }
         }
     }
 
     /// Like [`Receiver::recv_timeout`], turning meanwhile.
-    fn recv_timeout(&self, limit: Duration) -> Result<Event, RecvTimeoutError> {
+    fn recv_timeout(&self, limit: Duration) -> Result<Message, RecvTimeoutError> {
         let deadline = Instant::now() + limit;
         loop {
             self.turn();
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left.min(self.tick())) {
                 Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-                other => return other,
+                other => {
+                    self.turn();
+                    return other;
+                }
             }
         }
     }
 }
 
 fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
-    let tx = app.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let shared = app.shared.clone();
-    let bindir = app.bindir.clone();
-    let run_as = pgdata::postgres_identity(&args.pg_user)?;
+    let tx = crate::locks::lock(&app.events).clone();
     // The spec is read and validated before anything on disk is touched.
     let initial = match &args.spec {
         SpecSource::Inline(json) => Some(ParsedSpec::parse(json)?),
@@ -168,26 +124,12 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
     };
 
     let exit_tx = Mutex::new(tx.clone());
-    let ctx = Context::new(ContextData {
-        args: Arc::new(args.clone()),
-        bindir,
-        run_as,
-        shared: shared.clone(),
-        interrupted: Arc::new(AtomicBool::new(false)),
-        postmaster: Arc::new(Mutex::new(None)),
-        on_postgres_exit: Arc::new(move |_, _| {
-            let _ = exit_tx.lock().unwrap_or_else(|p| p.into_inner()).send(Event::PostgresExited);
-        }),
-        notifier: owner.notifier.clone(),
-    });
-    spawn_signal_thread(&ctx, tx.clone())?;
+    let postmaster = Arc::new(Mutex::new(None));
+    spawn_signal_thread(&app.node.interrupted, &postmaster, tx.clone())?;
     if std::process::id() == 1 {
-        let postmaster = ctx.postmaster.clone();
-        let is_ours = move |pid: u32| {
-            postmaster.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|pm| pm.pid() == pid)
-        };
-        crate::sys::spawn_orphan_reaper(is_ours)
-            .map_err(|e| Error::Process { what: "cannot start the orphan reaper".into(), detail: e.to_string() })?;
+        let postmaster = postmaster.clone();
+        let is_ours = move |pid: u32| crate::locks::lock(&postmaster).as_ref().is_some_and(|pm| pm.pid() == pid);
+        crate::sys::spawn_orphan_reaper(is_ours).map_err(|e| Error::system("cannot start the orphan reaper", e))?;
         log::info!("running as PID 1: reaping orphaned processes");
     }
 
@@ -197,203 +139,63 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         (args.external_http_port, routes::Server::External, "external"),
     ] {
         let addr = SocketAddr::new(args.http_bind, port);
-        server::spawn(addr, name, routes::handler(app.clone(), which))
-            .map_err(|e| Error::Usage(format!("cannot bind the {name} HTTP server to {addr}: {e}")))?;
+        server::spawn(addr, name, routes::handler(app.clone(), which)).map_err(|source| Error::Bind {
+            server: name,
+            addr,
+            source,
+        })?;
     }
     drop(tx);
 
-    // The spec Postgres last ran with, for the safekeeper sync after it exits.
-    let mut last_spec: Option<ParsedSpec> = None;
-    let empty = Empty::new(ctx.clone());
-    let mut state = match initial {
-        Some(spec) => start(empty.init(spec)),
-        None => {
-            if let SpecSource::ControlPlane(uri) = &args.spec {
-                match crate::control_plane::fetch_spec(uri, &args.compute_id)? {
-                    Some(spec) => start(empty.init(spec)),
-                    None => State::Empty(empty),
-                }
-            } else {
-                log::info!("no spec given: waiting for POST /configure");
-                State::Empty(empty)
-            }
+    let mut state = State::new(Parts {
+        node: app.node.clone(),
+        shared: app.shared.clone(),
+        postmaster,
+        on_postgres_exit: Arc::new(move |_| {
+            let _ = crate::locks::lock(&exit_tx).send(Message { event: Event::PostgresExited, reply: None });
+        }),
+        notifier: owner.notifier.clone(),
+        pre_stop_checkpoint: args.pre_stop_checkpoint,
+    });
+    let initial = match (initial, &args.spec) {
+        (Some(spec), _) => Some(spec),
+        (None, SpecSource::ControlPlane(uri)) => crate::control_plane::fetch_spec(uri, &args.compute_id)?,
+        (None, _) => {
+            log::info!("no spec given: waiting for POST /configure");
+            None
         }
     };
+    if let Some(spec) = initial {
+        state = lifecycle::step(state, Event::Init(spec)).0;
+    }
 
+    // When the current end state began lingering.
+    let mut linger_deadline: Option<Instant> = None;
     loop {
-        if let State::Running(running) = &state {
-            last_spec = Some(running.spec().clone());
-            crate::monitor::ensure_started(&shared, &args.connstr);
+        if let State::Running(_) = &state {
+            crate::monitor::ensure_started(&app.shared, &app.node.connstr);
         }
-        state = match state {
-            State::Empty(empty) => match owner.recv() {
-                Ok(Event::Configure { spec, reply }) => {
-                    let next = start_pooled(empty.configure(spec).begin());
-                    answer(&reply, &next);
-                    next
-                }
-                Ok(Event::Restart { reply }) => {
-                    let _ = reply.send(Reply::WrongState(Status::Empty));
-                    State::Empty(empty)
-                }
-                Ok(Event::Terminate { reply, .. }) => {
-                    let done = empty.terminate().wait();
-                    let _ = reply.send(Reply::Terminated { lsn: None });
-                    State::Terminated(done, Ending::Requested)
-                }
-                Ok(Event::Signal(sig)) => {
-                    log::info!("received signal {sig} while waiting for a spec: exiting");
-                    return Ok(1);
-                }
-                Ok(Event::PostgresExited) => State::Empty(empty),
-                Err(_) => return Ok(1),
-            },
-            State::Running(running) => match owner.recv() {
-                Ok(Event::Configure { spec, reply }) => {
-                    let next = live_configure(running.reconfigure(spec));
-                    answer(&reply, &next);
-                    next
-                }
-                Ok(Event::Terminate { mode, reply }) => {
-                    let done = running.terminate(mode).wait();
-                    let lsn = checkpoint_lsn(done.context());
-                    if !synced_after_exit(&ctx, last_spec.as_ref()) {
-                        let _ = reply.send(Reply::Failed("sync of safekeepers after postgres exited failed".into()));
-                        return Ok(1);
-                    }
-                    let _ = reply.send(Reply::Terminated { lsn });
-                    State::Terminated(done, Ending::Requested)
-                }
-                Ok(Event::Restart { reply }) => match running.restart() {
-                    Restarted::NotPossible(running, why) => {
-                        let _ = reply.send(Reply::NotPossible(why));
-                        State::Running(running)
-                    }
-                    Restarted::Running(r) => answered(&reply, State::Running(r)),
-                    Restarted::Failed(f) => answered(&reply, State::Failed(f)),
-                },
-                Ok(Event::Signal(sig)) => {
-                    log::info!("received signal {sig}: fast shutdown of postgres");
-                    let done = running.terminate(StopMode::Fast).wait();
-                    synced_after_exit(&ctx, last_spec.as_ref());
-                    State::Terminated(done, Ending::Signal)
-                }
-                // The exit of the postmaster a restart replaced.
-                Ok(Event::PostgresExited) if running.postgres_alive() => State::Running(running),
-                Ok(Event::PostgresExited) | Err(_) => {
-                    let status = running.postgres_exited();
-                    let synced = synced_after_exit(&ctx, last_spec.as_ref());
-                    return Ok(if synced { status.code().unwrap_or(1) } else { 1 });
-                }
-            },
-            State::Failed(failed) if failed.postgres_running() => match owner.recv() {
-                Ok(Event::Configure { spec, reply }) => {
-                    let next = match failed.reconfigure(spec) {
-                        Ok(pending) => live_configure(pending),
-                        Err(failed) => State::Failed(failed),
-                    };
-                    answer(&reply, &next);
-                    next
-                }
-                Ok(Event::Terminate { reply, .. }) | Ok(Event::Restart { reply }) => {
-                    let _ = reply.send(Reply::WrongState(Status::Failed));
-                    State::Failed(failed)
-                }
-                Ok(Event::Signal(sig)) => {
-                    log::info!("received signal {sig}: fast shutdown of postgres");
-                    failed.shutdown(StopMode::Fast);
-                    synced_after_exit(&ctx, last_spec.as_ref());
-                    return Ok(1);
-                }
-                Ok(Event::PostgresExited) | Err(_) => {
-                    let status = failed.shutdown(StopMode::Fast);
-                    let synced = synced_after_exit(&ctx, last_spec.as_ref());
-                    return Ok(if synced { status.and_then(|s| s.code()).unwrap_or(1) } else { 1 });
-                }
-            },
-            State::Failed(failed) => {
-                log::info!("start failed; answering /status for {:?} before exiting", args.exit_delay);
-                linger(&owner, args.exit_delay, Status::Failed);
-                drop(failed);
-                return Ok(1);
-            }
-            State::Terminated(done, ending) => {
-                let code = done.exit().and_then(|s| s.code()).unwrap_or(if done.exit().is_some() { 1 } else { 0 });
-                return Ok(match ending {
-                    Ending::Signal => 1,
-                    Ending::Requested => {
-                        log::info!("terminated; answering /status for {:?} before exiting", args.exit_delay);
-                        linger(&owner, args.exit_delay, Status::Terminated);
-                        code
-                    }
+        let message = match state.exit() {
+            None => owner.recv(),
+            Some(exit) if !exit.lingers => return Ok(exit.code),
+            Some(exit) => {
+                let deadline = *linger_deadline.get_or_insert_with(|| {
+                    log::info!("{}; answering /status for {:?} before exiting", state.status(), args.exit_delay);
+                    Instant::now() + args.exit_delay
                 });
+                match owner.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Err(RecvTimeoutError::Timeout) => return Ok(exit.code),
+                    other => other,
+                }
             }
         };
-    }
-}
-
-/// A Primary in pageserver mode syncs its safekeepers again once Postgres has exited
-/// (reference 6); false when that failed, which makes the exit code 1, as in Neon.
-fn synced_after_exit(ctx: &Context, spec: Option<&ParsedSpec>) -> bool {
-    // A first signal set the flag; clear it so that only a further signal cuts the sync short.
-    ctx.interrupted.store(false, Ordering::SeqCst);
-    match spec.map_or(Ok(()), |s| storage::sync_after_exit(ctx, s)) {
-        Ok(()) => true,
-        Err(e) => {
-            log::error!("sync of safekeepers after postgres exited failed: {e}");
-            false
-        }
-    }
-}
-
-fn start(init: Init) -> State {
-    match init.start() {
-        Ok(r) => State::Running(r),
-        Err(f) => State::Failed(f),
-    }
-}
-
-fn start_pooled(c: Configuration<crate::lifecycle::Cold>) -> State {
-    match c.start() {
-        Ok(r) => State::Running(r),
-        Err(f) => State::Failed(f),
-    }
-}
-
-fn live_configure(pending: ConfigurationPending<Live>) -> State {
-    match pending.begin().apply() {
-        Ok(r) => State::Running(r),
-        Err(f) => State::Failed(f),
-    }
-}
-
-fn answered(reply: &Sender<Reply>, state: State) -> State {
-    answer(reply, &state);
-    state
-}
-
-fn answer(reply: &Sender<Reply>, state: &State) {
-    let r = match state {
-        State::Running(_) => Reply::Done,
-        State::Failed(f) => Reply::Failed(f.error().to_string()),
-        State::Empty(_) => Reply::WrongState(Status::Empty),
-        State::Terminated(..) => Reply::WrongState(Status::Terminated),
-    };
-    let _ = reply.send(r);
-}
-
-/// Keeps answering requests (the HTTP threads serve `/status` from the snapshot) for
-/// `delay`, refusing changes; a signal ends it early.
-fn linger(owner: &Owner, delay: Duration, status: Status) {
-    let deadline = Instant::now() + delay;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match owner.recv_timeout(left) {
-            Ok(Event::Configure { reply, .. }) | Ok(Event::Terminate { reply, .. }) | Ok(Event::Restart { reply }) => {
-                let _ = reply.send(Reply::WrongState(status));
-            }
-            Ok(Event::Signal(_)) | Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return,
-            Ok(Event::PostgresExited) => {}
+        // Nobody can reach the owner any more (not expected: it holds a sender): end as on a
+        // signal.
+        let Message { event, reply } = message.unwrap_or(Message { event: Event::Signal(0), reply: None });
+        let (next, answer) = lifecycle::step(state, event);
+        state = next;
+        if let Some(reply) = reply {
+            let _ = reply.send(answer);
         }
     }
 }
@@ -401,12 +203,16 @@ fn linger(owner: &Owner, delay: Duration, status: Status) {
 /// SIGTERM, SIGINT, SIGQUIT: the first one interrupts a start and asks the owner for a fast
 /// shutdown; any further one escalates to an immediate shutdown right here, so a stuck fast
 /// shutdown can always be cut short.
-fn spawn_signal_thread(ctx: &Context, tx: Sender<Event>) -> Result<()> {
+fn spawn_signal_thread(
+    interrupted: &Arc<AtomicBool>,
+    postmaster: &Arc<Mutex<Option<crate::postgres::process::PostmasterHandle>>>,
+    tx: Sender<Message>,
+) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT])
-        .map_err(|e| Error::Process { what: "cannot install signal handlers".into(), detail: e.to_string() })?;
-    let interrupted = ctx.interrupted.clone();
-    let postmaster = ctx.postmaster.clone();
+        .map_err(|e| Error::system("cannot install signal handlers", e))?;
+    let interrupted = interrupted.clone();
+    let postmaster = postmaster.clone();
     let count = AtomicUsize::new(0);
     std::thread::Builder::new()
         .name("signals".into())
@@ -415,39 +221,14 @@ fn spawn_signal_thread(ctx: &Context, tx: Sender<Event>) -> Result<()> {
                 log::info!("received termination signal {sig}");
                 interrupted.store(true, Ordering::SeqCst);
                 if count.fetch_add(1, Ordering::SeqCst) > 0
-                    && let Some(pm) = postmaster.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+                    && let Some(pm) = crate::locks::lock(&postmaster).as_ref()
                 {
                     log::warn!("second signal: immediate shutdown of postgres (pid {})", pm.pid());
                     pm.stop(StopMode::Immediate);
                 }
-                let _ = tx.send(Event::Signal(sig));
+                let _ = tx.send(Message { event: Event::Signal(sig), reply: None });
             }
         })
-        .map_err(|e| Error::Process { what: "cannot start the signal thread".into(), detail: e.to_string() })?;
+        .map_err(|e| Error::system("cannot start the signal thread", e))?;
     Ok(())
-}
-
-/// "Latest checkpoint location" from `pg_controldata` (beside `-b`, as the Postgres user when
-/// we are root), i.e. the shutdown checkpoint's LSN after a fast shutdown. None if unreadable.
-fn checkpoint_lsn(ctx: &Context) -> Option<String> {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(ctx.bindir.join("pg_controldata"));
-    cmd.arg(&ctx.args.pgdata).env("LC_ALL", "C").stdin(std::process::Stdio::null());
-    if let Some(u) = ctx.run_as {
-        cmd.uid(u.uid).gid(u.gid);
-    }
-    let out = match cmd.output() {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            log::warn!("pg_controldata failed: {}", String::from_utf8_lossy(&o.stderr).trim());
-            return None;
-        }
-        Err(e) => {
-            log::warn!("cannot run pg_controldata: {e}");
-            return None;
-        }
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lsn = text.lines().find_map(|l| l.strip_prefix("Latest checkpoint location:")).map(|v| v.trim().to_string());
-    lsn.filter(|v| v.split_once('/').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty()))
 }

@@ -8,6 +8,11 @@
 //!
 //! The lifecycle is a typestate; see [`lifecycle`] for the state diagram and the
 //! `compile_fail` proofs of the paths that do not exist.
+//!
+//! Layers point down only: [`compute`] (the owner loop) drives [`lifecycle`] (the states and
+//! the one `step` that decides) and starts [`http`] (routes, which ask the owner); all of them
+//! use [`postgres`], which works on a plain [`postgres::Node`] and knows none of them. `unsafe`
+//! lives only in the private `sys` module.
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 #![allow(missing_debug_implementations)]
@@ -20,6 +25,7 @@ pub mod escape;
 pub mod heartbeat;
 pub mod http;
 pub mod lifecycle;
+mod locks;
 pub mod logger;
 pub mod metrics;
 pub mod monitor;

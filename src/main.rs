@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     match compute_ctl::compute::run(*args) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            log::error!("{e}");
+            log::error!("{}", e.report());
             ExitCode::from(1)
         }
     }

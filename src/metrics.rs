@@ -42,7 +42,7 @@ static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 
 fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
     // A poisoned lock means a panic while bumping a counter; the maps are still valid.
-    let mut guard: MutexGuard<'_, Option<Registry>> = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    let mut guard: MutexGuard<'_, Option<Registry>> = crate::locks::lock(&REGISTRY);
     f(guard.get_or_insert_with(Registry::default))
 }
 

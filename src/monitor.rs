@@ -90,7 +90,7 @@ fn connect(connstr: &str) -> Option<(postgres::Client, postgres::Statement)> {
     let mut client = match sql::connect(connstr, None, sql::APP_MONITOR) {
         Ok(c) => c,
         Err(e) => {
-            log::warn!("activity monitor cannot connect: {e}");
+            log::warn!("activity monitor cannot connect: {}", e.report());
             return None;
         }
     };

@@ -35,10 +35,25 @@ pub fn wait_exited_nowait(pid: u32) -> io::Result<()> {
     }
 }
 
+/// Makes the child `cmd` spawns get `signal` when compute_ctl dies, even by SIGKILL, so it
+/// never outlives us; the spawn fails if compute_ctl is already gone by then. Safe for every
+/// caller: the only thing it installs between fork and exec is [`set_parent_death_signal`],
+/// which captures two integers and calls two async-signal-safe functions. std runs the hook
+/// after the uid change (which would clear the setting).
+pub fn die_with_parent(cmd: &mut std::process::Command, signal: i32) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: `pre_exec` is unsafe because the closure runs in the forked child, where only
+    // async-signal-safe functions may be called; this one calls prctl(2) and getppid(2) and
+    // allocates nothing (an `io::Error` made from errno is a plain integer).
+    unsafe {
+        cmd.pre_exec(move || set_parent_death_signal(signal, parent));
+    }
+}
+
 /// In a child between fork and exec: ask the kernel to send `signal` to this process when its
-/// parent dies, so that even a SIGKILLed compute_ctl leaves no Postgres behind. Must run after
-/// the uid change (which clears the setting); returns an error if the parent is already gone.
-pub fn set_parent_death_signal(signal: i32, parent: u32) -> io::Result<()> {
+/// parent dies. Returns an error if the parent is already gone.
+fn set_parent_death_signal(signal: i32, parent: u32) -> io::Result<()> {
     // SAFETY: prctl(2) with PR_SET_PDEATHSIG takes integers only; getppid(2) takes none. Both
     // are async-signal-safe, as required between fork and exec.
     unsafe {

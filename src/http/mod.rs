@@ -1,6 +1,5 @@
 //! A hand-rolled HTTP/1.1 server on `std::net`: a pure request parser, the accept loop, routes.
 
-mod pg_routes;
 pub mod probes;
 pub mod request;
 pub mod response;

@@ -5,28 +5,27 @@
 //! `{"error": …}` body like every other error; `/terminate` also works from `empty` and answers
 //! `{"lsn": …}`; `/insights` is a JSON object, not a JSON string holding JSON text.
 
-use super::pg_routes;
 use super::request::Request;
-use super::response::Response;
-use crate::compute::{Event, Reply};
-use crate::lifecycle::{Shared, Status};
+use super::response::{Body, Response};
+use crate::error::Error;
+use crate::lifecycle::{Event, Message, Reply, Shared, Status};
 use crate::postgres::process::StopMode;
+use crate::postgres::{Node, apply, dump, queries};
 use crate::spec::{ConfigurationRequest, ParsedSpec};
-use std::path::PathBuf;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 
-/// What the handlers need: the snapshot to read, and the way to ask the owner for changes.
+/// What the handlers need: the snapshot to read, the way to ask the owner, and the node the
+/// Postgres-side routes work on.
 pub struct App {
     pub shared: Shared,
     /// `mpsc::Sender` is `Send` but not `Sync`; a clone is taken per request.
-    pub events: Mutex<Sender<Event>>,
+    pub events: Mutex<Sender<Message>>,
     /// False when the spec came from `-s` (then `/configure` answers 412, as in Neon).
     pub live_config_allowed: bool,
-    pub connstr: String,
-    /// Where `pg_dump` is (beside `-b`).
-    pub bindir: PathBuf,
+    pub node: Node,
     /// `--http-auth-token-file`'s token; every route but `GET /metrics` then needs it.
     pub auth_token: Option<Token>,
     /// Requests being handled; the owner waits for them before the process exits so that
@@ -73,10 +72,35 @@ impl std::fmt::Debug for Token {
 }
 
 impl App {
-    fn send(&self, event: Event) -> bool {
-        let tx = self.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        tx.send(event).is_ok()
+    /// Sends `event` to the owner and waits for its answer; 503 once the owner has gone.
+    fn ask(&self, event: Event) -> Result<Reply, Response> {
+        let gone = || Response::error(503, "compute_ctl is shutting down");
+        let (reply, answer) = mpsc::channel();
+        let tx = crate::locks::lock(&self.events).clone();
+        tx.send(Message { event, reply: Some(reply) }).map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())
     }
+
+    /// The owner's leave for a route that works on Postgres: 412 unless `running`.
+    fn admit(&self) -> Result<(), Response> {
+        match self.ask(Event::Query)? {
+            Reply::Done | Reply::Terminated { .. } => Ok(()),
+            Reply::WrongState(s) => Err(precondition(s)),
+            Reply::NotPossible(msg) => Err(Response::error(409, msg)),
+            Reply::Failed(msg) => Err(Response::error(500, msg)),
+        }
+    }
+}
+
+/// The one place that turns an error of the layers below into a response: 404 for a database
+/// that does not exist, 500 for the rest; `context` (if any) goes before the message.
+fn failure(context: &str, e: &Error) -> Response {
+    let code = match e {
+        Error::NoSuchDatabase(_) => 404,
+        _ => 500,
+    };
+    let msg = e.report();
+    Response::error(code, if context.is_empty() { msg.to_string() } else { format!("{context}: {msg}") })
 }
 
 /// Which server a request came in on.
@@ -198,18 +222,18 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
             Response::text(200, "text/plain; version=0.0.4", crate::metrics::render(&app.shared.get()))
         }
         (Server::External, "/info") => info(),
-        (Server::External, "/insights") => pg_routes::insights(app),
-        (Server::External, "/database_schema") => pg_routes::database_schema(app, req),
+        (Server::External, "/insights") => insights(app),
+        (Server::External, "/database_schema") => database_schema(app, req),
         (Server::External, "/dbs_and_roles") => dbs_and_roles(app),
-        (Server::External, "/check_writability") => pg_routes::check_writability(app),
+        (Server::External, "/check_writability") => check_writability(app),
         (Server::External, "/configure") => configure(app, req),
         (Server::External, "/terminate") => terminate(app, req),
         (Server::External, "/restart") => restart(app),
         (Server::External, "/healthz") => super::probes::healthz(app.heartbeat.age()),
-        (Server::External, "/readyz") => super::probes::readyz(&app.shared.get(), &app.connstr),
+        (Server::External, "/readyz") => super::probes::readyz(&app.shared.get(), &app.node.connstr),
         (Server::External, "/startupz") => super::probes::startupz(&app.shared.get()),
-        (Server::Internal, "/extensions") => pg_routes::extensions(app, req),
-        (Server::Internal, "/grants") => pg_routes::grants(app, req),
+        (Server::Internal, "/extensions") => extensions(app, req),
+        (Server::Internal, "/grants") => grants(app, req),
         _ => Response::error(404, format!("no route for {}", req.path)),
     }
 }
@@ -226,22 +250,14 @@ fn info() -> Response {
 
 /// Roles and databases from Postgres, never with password hashes.
 fn dbs_and_roles(app: &App) -> Response {
-    match crate::postgres::apply::dbs_and_roles(&app.connstr) {
+    match apply::dbs_and_roles(&app.node.connstr) {
         Ok(v) => Response::json(200, &v),
-        Err(e) => Response::error(500, e.to_string()),
+        Err(e) => failure("", &e),
     }
 }
 
-pub(super) fn precondition(status: Status) -> Response {
+fn precondition(status: Status) -> Response {
     Response::error(412, format!("invalid compute status: {status}"))
-}
-
-/// 412 unless the compute is `running`.
-pub(super) fn require_running(app: &App) -> Result<(), Response> {
-    match app.shared.get().status {
-        Status::Running => Ok(()),
-        other => Err(precondition(other)),
-    }
 }
 
 fn is_json(req: &Request) -> bool {
@@ -272,27 +288,14 @@ fn configure(app: &App, req: &Request) -> Response {
     };
     let spec = match ParsedSpec::validate(body.spec) {
         Ok(s) => s,
-        Err(e) => return Response::error(400, e.to_string()),
+        Err(e) => return Response::error(400, e.report().to_string()),
     };
-    let snap = app.shared.get();
-    let allowed = match snap.status {
-        Status::Empty | Status::Running => true,
-        Status::Failed => snap.postgres_up,
-        _ => false,
-    };
-    if !allowed {
-        return precondition(snap.status);
-    }
-    let (tx, rx) = mpsc::channel();
-    if !app.send(Event::Configure { spec, reply: tx }) {
-        return Response::error(503, "compute_ctl is shutting down");
-    }
-    match rx.recv() {
+    match app.ask(Event::Configure(spec)) {
         Ok(Reply::Done | Reply::Terminated { .. }) => status(app),
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
         Ok(Reply::Failed(msg)) => Response::error(500, format!("compute configuration failed: {msg}")),
-        Err(_) => Response::error(503, "compute_ctl is shutting down"),
+        Err(resp) => resp,
     }
 }
 
@@ -302,24 +305,14 @@ fn terminate(app: &App, req: &Request) -> Response {
         Some("immediate") => StopMode::Immediate,
         Some(other) => return Response::error(400, format!("unknown mode {other:?}; expected fast or immediate")),
     };
-    let snap = app.shared.get();
-    match snap.status {
-        Status::Terminated => return Response::empty(201),
-        Status::Empty | Status::Running => {}
-        other => return precondition(other),
-    }
-    let (tx, rx) = mpsc::channel();
-    if !app.send(Event::Terminate { mode, reply: tx }) {
-        return Response::error(503, "compute_ctl is shutting down");
-    }
-    match rx.recv() {
+    match app.ask(Event::Terminate(mode)) {
         Ok(Reply::Terminated { lsn }) => Response::json(200, &serde_json::json!({ "lsn": lsn })),
         Ok(Reply::Done) => Response::json(200, &serde_json::json!({ "lsn": null })),
         Ok(Reply::WrongState(Status::Terminated)) => Response::empty(201),
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
         Ok(Reply::Failed(msg)) => Response::error(500, msg),
-        Err(_) => Response::error(503, "compute_ctl is shutting down"),
+        Err(resp) => resp,
     }
 }
 
@@ -327,19 +320,123 @@ fn terminate(app: &App, req: &Request) -> Response {
 /// PGDATA, so that settings waiting for a restart take effect; answers the new status. 409 in
 /// pageserver mode, where the control plane must restart the compute.
 fn restart(app: &App) -> Response {
-    if let Err(r) = require_running(app) {
-        return r;
-    }
-    let (tx, rx) = mpsc::channel();
-    if !app.send(Event::Restart { reply: tx }) {
-        return Response::error(503, "compute_ctl is shutting down");
-    }
-    match rx.recv() {
+    match app.ask(Event::Restart) {
         Ok(Reply::Done | Reply::Terminated { .. }) => status(app),
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
         Ok(Reply::Failed(msg)) => Response::error(500, format!("restart failed: {msg}")),
-        Err(_) => Response::error(503, "compute_ctl is shutting down"),
+        Err(resp) => resp,
+    }
+}
+
+/// `GET /insights` (running only): `{"pg_stat_statements": [...]}`, a real JSON object
+/// instead of Neon's double-encoded string.
+fn insights(app: &App) -> Response {
+    if let Err(r) = app.admit() {
+        return r;
+    }
+    match queries::insights(&app.node) {
+        Ok(rows) => Response::json(200, &serde_json::json!({ "pg_stat_statements": rows })),
+        Err(e) => failure("", &e),
+    }
+}
+
+/// `POST /check_writability` (running only): answered `true`.
+fn check_writability(app: &App) -> Response {
+    if let Err(r) = app.admit() {
+        return r;
+    }
+    match queries::check_writability(&app.node) {
+        Ok(()) => Response::json(200, &true),
+        Err(e) => failure("", &e),
+    }
+}
+
+/// `GET /database_schema?database=NAME`: `pg_dump --schema-only` of that database as a
+/// chunked response; 404 when it does not exist. A failure midway cuts the body short.
+fn database_schema(app: &App, req: &Request) -> Response {
+    let Some(database) = req.query_param("database") else {
+        return Response::error(400, "missing query parameter `database`");
+    };
+    match dump::schema(&app.node, &database) {
+        Ok(None) => Response::text(200, "text/plain; charset=utf-8", String::new()),
+        Ok(Some(stream)) => Response {
+            status: 200,
+            content_type: Some("text/plain; charset=utf-8"),
+            headers: Vec::new(),
+            body: Body::Stream(Box::new(stream)),
+        },
+        Err(e) => failure("", &e),
+    }
+}
+
+/// The body of `POST /extensions` (internal).
+#[derive(Debug, Deserialize)]
+struct ExtensionRequest {
+    extension: String,
+    database: String,
+    version: String,
+}
+
+/// `POST /extensions` (running only): installs or updates an extension to a version in one
+/// database. 201 `{"extension", "version"}`.
+fn extensions(app: &App, req: &Request) -> Response {
+    let body: ExtensionRequest = match app.admit().and_then(|()| json_body(req)) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match queries::install_extension(&app.node, &body.database, &body.extension, &body.version) {
+        Ok(()) => Response::json(201, &serde_json::json!({ "extension": body.extension, "version": body.version })),
+        Err(e) => failure("failed to install extension", &e),
+    }
+}
+
+/// Privileges `/grants` accepts (Neon's `Privilege`); anything else is a 422.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+enum Privilege {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    References,
+    Trigger,
+    Usage,
+    Create,
+    Connect,
+    Temporary,
+    Execute,
+}
+
+/// The body of `POST /grants` (internal), echoed on success.
+#[derive(Debug, Serialize, Deserialize)]
+struct GrantRequest {
+    database: String,
+    schema: String,
+    privileges: Vec<Privilege>,
+    role: String,
+}
+
+/// `POST /grants` (running only): `GRANT <privileges> ON SCHEMA "<schema>" TO "<role>"` in a
+/// database. 201 with the request echoed.
+fn grants(app: &App, req: &Request) -> Response {
+    let body: GrantRequest = match app.admit().and_then(|()| json_body(req)) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if body.privileges.is_empty() {
+        return Response::error(422, "privileges: at least one privilege is needed");
+    }
+    let list: Vec<String> = body
+        .privileges
+        .iter()
+        .map(|p| serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
+        .collect();
+    let list: Vec<&str> = list.iter().map(String::as_str).collect();
+    match queries::grant_on_schema(&app.node, &body.database, &body.schema, &list, &body.role) {
+        Ok(()) => Response::json(201, &body),
+        Err(e) => failure("failed to grant role privileges to the schema", &e),
     }
 }
 

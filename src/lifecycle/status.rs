@@ -184,7 +184,7 @@ impl Shared {
 
     fn lock(&self) -> MutexGuard<'_, Snapshot> {
         // A poisoned lock means a panic while copying fields; the data is still consistent.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::locks::lock(&self.0)
     }
 
     pub fn get(&self) -> Snapshot {

@@ -85,7 +85,7 @@ pub struct Fetched {
 /// `interrupted` is checked at every read, so a termination request stops a flowing stream.
 pub fn fetch(req: &Request<'_>, dir: &Path, interrupted: &AtomicBool) -> Result<Fetched, Error> {
     let mut config: postgres::Config =
-        req.connstr.parse().map_err(|e| Error::Basebackup(format!("invalid pageserver connection string: {e}")))?;
+        req.connstr.parse().map_err(|e| Error::basebackup("invalid pageserver connection string", e))?;
     if let Some(t) = req.token {
         config.password(t);
     }
@@ -95,13 +95,13 @@ pub fn fetch(req: &Request<'_>, dir: &Path, interrupted: &AtomicBool) -> Result<
     let started = Instant::now();
     let mut client = config
         .connect(postgres::NoTls)
-        .map_err(|e| Error::Basebackup(format!("cannot connect to {}: {}", req.server(), db_error_text(&e))))?;
+        .map_err(|e| Error::basebackup(format!("cannot connect to {}", req.server()), e))?;
     let connect_micros = started.elapsed().as_micros() as u64;
     let started = Instant::now();
     let reader = client
         .copy_out(req.command().as_str())
-        .map_err(|e| Error::Basebackup(format!("{} refused: {}", req.command(), db_error_text(&e))))?;
-    let bytes = unpack(reader, dir, interrupted).map_err(|e| Error::Basebackup(e.to_string()))?;
+        .map_err(|e| Error::basebackup(format!("{} refused", req.command()), e))?;
+    let bytes = unpack(reader, dir, interrupted).map_err(|e| Error::basebackup("cannot unpack the basebackup", e))?;
     Ok(Fetched { connect_micros, bytes, ms: started.elapsed().as_millis() as u64 })
 }
 

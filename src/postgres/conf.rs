@@ -109,6 +109,12 @@ pub fn line_in_file(path: &Path, line: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// Whether a `shared_preload_libraries` value (from a spec, a conf line or `SHOW`) names
+/// `library`: a comma-separated list, each name possibly quoted.
+pub fn preloads(value: &str, library: &str) -> bool {
+    value.split(',').any(|l| l.trim().trim_matches(['\'', '"']) == library)
+}
+
 /// Parameter `name` as the last assignment in `text` sets it, for the simple `name = value`
 /// lines a spec's `postgresql_conf` holds (used to find `max_connections`).
 pub fn find_in_conf_text<'a>(text: &'a str, name: &str) -> Option<&'a str> {

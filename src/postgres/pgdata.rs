@@ -2,6 +2,7 @@
 //! refusing to touch a directory that is not a PGDATA.
 
 use super::process::RunAs;
+use super::{Node, Stopped};
 use crate::error::{Error, Result};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -82,7 +83,10 @@ pub fn inspect(pgdata: &Path) -> Result<PgdataState> {
 
 /// Runs `initdb` so that PGDATA appears whole or not at all: into a sibling temporary
 /// directory that is renamed into place (or into the empty directory, emptied again on error).
-pub fn initdb(bindir: &Path, pgdata: &Path, superuser: &str, run_as: Option<RunAs>) -> Result<()> {
+/// Postgres must not run (`Stopped`); the superuser is `--connstr`'s user.
+pub fn initdb(_proof: &Stopped, node: &Node) -> Result<()> {
+    let (bindir, pgdata, run_as) = (&node.bindir, &node.pgdata, node.run_as);
+    let superuser = &super::sql::connstr_user(&node.connstr)?;
     let state = inspect(pgdata)?;
     let target = match state {
         PgdataState::Initialized => return Ok(()),
@@ -106,7 +110,7 @@ pub fn initdb(bindir: &Path, pgdata: &Path, superuser: &str, run_as: Option<RunA
     if let Some(u) = run_as {
         cmd.uid(u.uid).gid(u.gid);
     }
-    let out = cmd.output().map_err(|e| Error::Process { what: "cannot run initdb".into(), detail: e.to_string() });
+    let out = cmd.output().map_err(|e| Error::system("cannot run initdb", e));
     let result = match out {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => Err(Error::Process {
@@ -167,4 +171,28 @@ pub fn chown_tree(path: &Path, u: RunAs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// "Latest checkpoint location" from `pg_controldata` (as the Postgres user when we are root),
+/// i.e. the shutdown checkpoint's LSN after a fast shutdown. None if unreadable.
+pub fn checkpoint_lsn(node: &Node) -> Option<String> {
+    let mut cmd = Command::new(node.bindir.join("pg_controldata"));
+    cmd.arg(&node.pgdata).env("LC_ALL", "C").stdin(Stdio::null());
+    if let Some(u) = node.run_as {
+        cmd.uid(u.uid).gid(u.gid);
+    }
+    let out = match cmd.output() {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            log::warn!("pg_controldata failed: {}", String::from_utf8_lossy(&o.stderr).trim());
+            return None;
+        }
+        Err(e) => {
+            log::warn!("cannot run pg_controldata: {e}");
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lsn = text.lines().find_map(|l| l.strip_prefix("Latest checkpoint location:")).map(|v| v.trim().to_string());
+    lsn.filter(|v| v.split_once('/').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty()))
 }

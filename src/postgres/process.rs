@@ -1,6 +1,7 @@
 //! The Postgres child: spawning it as the unprivileged user, forwarding its log, waiting until
 //! it is ready, signalling it by pid safely, and making sure it never outlives compute_ctl.
 
+use super::{Node, Stopped};
 use crate::error::{Error, Result};
 use crate::sys;
 use std::collections::VecDeque;
@@ -36,7 +37,7 @@ const LOG_TAIL_LINES: usize = 20;
 
 impl LogTail {
     fn push(&self, line: String) {
-        let mut lines = self.0.lock().expect("log tail lock is never poisoned: no panics inside");
+        let mut lines = crate::locks::lock(&self.0);
         if lines.len() == LOG_TAIL_LINES {
             lines.pop_front();
         }
@@ -44,7 +45,7 @@ impl LogTail {
     }
 
     pub fn text(&self) -> String {
-        let lines = self.0.lock().expect("log tail lock is never poisoned: no panics inside");
+        let lines = crate::locks::lock(&self.0);
         lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
     }
 }
@@ -98,7 +99,7 @@ impl PostmasterHandle {
     }
 
     pub fn has_exited(&self) -> bool {
-        self.exit.status.lock().expect("exit lock is never poisoned").is_some()
+        crate::locks::lock(&self.exit.status).is_some()
     }
 }
 
@@ -114,7 +115,7 @@ impl StopMode {
 /// Signals a child by pid. The status lock is held so the reaper cannot reap (and the kernel
 /// cannot recycle the pid) between the check and the kill.
 fn signal_pid(pid: u32, exit: &ExitState, signal: i32) {
-    let status = exit.status.lock().expect("exit lock is never poisoned");
+    let status = crate::locks::lock(&exit.status);
     if status.is_none()
         && let Err(e) = sys::kill(pid, signal)
     {
@@ -123,19 +124,20 @@ fn signal_pid(pid: u32, exit: &ExitState, signal: i32) {
 }
 
 impl Postmaster {
-    /// Spawns `pgbin -D pgdata` (plus `extra_args`) and returns at once; see [`wait_ready`].
+    /// Spawns `postgres -D PGDATA` and returns at once; see [`wait_ready`]. It consumes the
+    /// [`Stopped`] proof: nothing that needs Postgres down can follow.
     ///
     /// `on_exit` runs on the reaper thread when Postgres exits, whoever stopped it.
     ///
     /// [`wait_ready`]: Postmaster::wait_ready
     pub fn spawn(
-        pgbin: &Path,
-        pgdata: &Path,
-        run_as: Option<RunAs>,
+        _proof: Stopped,
+        node: &Node,
         env: &[(&str, &str)],
         on_exit: Box<dyn FnOnce(ExitStatus) + Send>,
     ) -> Result<Postmaster> {
-        let mut cmd = Command::new(pgbin);
+        let (pgbin, pgdata, run_as) = (node.postgres_bin(), &node.pgdata, node.run_as);
+        let mut cmd = Command::new(&pgbin);
         cmd.arg("-D").arg(pgdata).stdin(Stdio::null()).stderr(Stdio::piped());
         // Debian's Postgres speaks sd_notify itself: it must not tell systemd it is ready
         // before compute_ctl has configured it (and systemd would refuse a non-main pid).
@@ -148,12 +150,8 @@ impl Postmaster {
         if let Some(user) = run_as {
             cmd.uid(user.uid).gid(user.gid);
         }
-        let parent = std::process::id();
-        // SAFETY-free: the closure only calls async-signal-safe prctl/getppid (see sys).
-        unsafe_free_pre_exec(&mut cmd, move || sys::set_parent_death_signal(sys::SIGQUIT, parent));
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| Error::Process { what: format!("cannot run {}", pgbin.display()), detail: e.to_string() })?;
+        sys::die_with_parent(&mut cmd, sys::SIGQUIT);
+        let mut child = cmd.spawn().map_err(|e| Error::system(format!("cannot run {}", pgbin.display()), e))?;
         let log = LogTail::default();
         let stderr = child.stderr.take().expect("stderr was piped above");
         let log_thread = forward_log(stderr, log.clone());
@@ -174,7 +172,7 @@ impl Postmaster {
 
     /// The exit status, once Postgres has exited.
     pub fn exit_status(&self) -> Option<ExitStatus> {
-        *self.exit.status.lock().expect("exit lock is never poisoned")
+        *crate::locks::lock(&self.exit.status)
     }
 
     /// Waits until `postmaster.pid` names this process and says `ready`, polling every
@@ -230,19 +228,19 @@ impl Postmaster {
     /// Waits for Postgres to exit, at most `timeout`; returns its status if it did.
     pub fn wait_exit(&self, timeout: Option<Duration>) -> Option<ExitStatus> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut status = self.exit.status.lock().expect("exit lock is never poisoned");
+        let mut status = crate::locks::lock(&self.exit.status);
         loop {
             if let Some(s) = *status {
                 return Some(s);
             }
             match deadline {
-                None => status = self.exit.changed.wait(status).expect("exit lock is never poisoned"),
+                None => status = crate::locks::wait(&self.exit.changed, status),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         return None;
                     }
-                    status = self.exit.changed.wait_timeout(status, d - now).expect("exit lock is never poisoned").0;
+                    status = crate::locks::wait_timeout(&self.exit.changed, status, d - now);
                 }
             }
         }
@@ -284,7 +282,7 @@ fn spawn_reaper(
                 log::error!("waiting for postgres (pid {pid}) failed: {e}");
             }
             let status = {
-                let mut guard = exit.status.lock().expect("exit lock is never poisoned");
+                let mut guard = crate::locks::lock(&exit.status);
                 let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(1 << 8));
                 *guard = Some(status);
                 status
@@ -303,16 +301,6 @@ pub fn describe_exit(status: ExitStatus) -> String {
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => status.to_string(),
-    }
-}
-
-/// `CommandExt::pre_exec` is an `unsafe fn` because the closure runs between fork and exec;
-/// ours calls only async-signal-safe functions, which is the whole contract.
-#[allow(unsafe_code)]
-pub(crate) fn unsafe_free_pre_exec(cmd: &mut Command, f: impl Fn() -> std::io::Result<()> + Send + Sync + 'static) {
-    // SAFETY: `f` performs only async-signal-safe system calls and allocates nothing.
-    unsafe {
-        cmd.pre_exec(f);
     }
 }
 

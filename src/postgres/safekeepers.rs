@@ -8,7 +8,7 @@
 //!   [`Error::Interrupted`] when a termination request arrived (the child is then stopped).
 //!   The child never outlives compute_ctl: it gets SIGKILL when its parent dies.
 
-use super::process::{LogTail, RunAs, describe_exit, forward_log, unsafe_free_pre_exec};
+use super::process::{LogTail, RunAs, describe_exit, forward_log};
 use crate::error::{Error, Result};
 use crate::spec::Lsn;
 use crate::sys;
@@ -46,13 +46,10 @@ pub fn sync(
     if let Some(u) = run_as {
         cmd.uid(u.uid).gid(u.gid);
     }
-    let parent = std::process::id();
-    unsafe_free_pre_exec(&mut cmd, move || sys::set_parent_death_signal(sys::SIGKILL, parent));
+    sys::die_with_parent(&mut cmd, sys::SIGKILL);
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| Error::Process {
-        what: format!("cannot run {} --sync-safekeepers", pgbin.display()),
-        detail: e.to_string(),
-    })?;
+    let mut child =
+        cmd.spawn().map_err(|e| Error::system(format!("cannot run {} --sync-safekeepers", pgbin.display()), e))?;
     log::info!("running postgres --sync-safekeepers (pid {})", child.id());
     let stdout = child.stdout.take().expect("stdout was piped above");
     let out_thread = std::thread::Builder::new()
@@ -89,10 +86,7 @@ pub fn sync(
 /// child is reaped only by this function, so its pid cannot be recycled while we signal it.
 fn wait(child: &mut Child, interrupted: &AtomicBool) -> Result<ExitStatus> {
     let reap = |child: &mut Child| {
-        child.try_wait().map_err(|e| Error::Process {
-            what: "cannot wait for postgres --sync-safekeepers".into(),
-            detail: e.to_string(),
-        })
+        child.try_wait().map_err(|e| Error::system("cannot wait for postgres --sync-safekeepers", e))
     };
     loop {
         if let Some(status) = reap(child)? {

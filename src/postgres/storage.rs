@@ -12,9 +12,9 @@
 //! `-D` pointing at someone's files is refused instead of wiped (Neon wipes whatever is there).
 
 use super::basebackup::{self, Request};
+use super::{Node, Stopped};
 use super::{conf, pgdata, safekeepers};
 use crate::error::{Error, Result};
-use crate::lifecycle::Context;
 use crate::spec::{ComputeMode, Lsn, ParsedSpec, StorageMode};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,42 +28,58 @@ const FIRST_PAUSE: Duration = Duration::from_millis(500);
 /// the retry schedule.
 const RETRIES_ENV: &str = "NEON_COMPUTE_TESTING_BASEBACKUP_RETRIES";
 
-/// Wipes PGDATA and fills it from the pageserver (reference 4.3 steps 1–4).
-pub fn prepare_from_pageserver(ctx: &Context, spec: &ParsedSpec) -> Result<()> {
-    let StorageMode::Pageserver { connstrings, .. } = spec.storage() else {
-        return Err(Error::Basebackup("the spec has no pageserver_connstring".into()));
-    };
-    let pgdata = &ctx.args.pgdata;
-    let staging = staging_dir(pgdata);
-    remove_old(pgdata, &staging)?;
-    let conf_text = conf::render(spec, ctx.args.internal_http_port, spec.spec().drop_subscriptions_before_start);
-    let result = fill(ctx, spec, &connstrings[0], &staging, &conf_text);
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e);
-    }
-    std::fs::rename(&staging, pgdata).map_err(|e| Error::io("cannot move the new PGDATA to", pgdata, e))
+/// How long the steps of [`prepare_from_pageserver`] took, for the caller to publish.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    pub sync_safekeepers_ms: u64,
+    pub pageserver_connect_micros: u64,
+    pub basebackup_ms: u64,
+    pub basebackup_bytes: u64,
 }
 
-fn fill(ctx: &Context, spec: &ParsedSpec, connstr: &str, staging: &Path, conf_text: &str) -> Result<()> {
-    fresh_dir(ctx, staging, conf_text)?;
+/// Wipes PGDATA and fills it from the pageserver (reference 4.3 steps 1–4). Postgres must not
+/// run (`Stopped`).
+pub fn prepare_from_pageserver(_proof: &Stopped, node: &Node, spec: &ParsedSpec) -> Result<Timings> {
+    let StorageMode::Pageserver { connstrings, .. } = spec.storage() else {
+        return Err(Error::Basebackup {
+            what: "basebackup: the spec has no pageserver_connstring".into(),
+            source: None,
+        });
+    };
+    let pgdata = &node.pgdata;
+    let staging = staging_dir(pgdata);
+    remove_old(pgdata, &staging)?;
+    let conf_text = conf::render(spec, node.internal_http_port, spec.spec().drop_subscriptions_before_start);
+    let timings = match fill(node, spec, &connstrings[0], &staging, &conf_text) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&staging, pgdata).map_err(|e| Error::io("cannot move the new PGDATA to", pgdata, e))?;
+    Ok(timings)
+}
+
+fn fill(node: &Node, spec: &ParsedSpec, connstr: &str, staging: &Path, conf_text: &str) -> Result<Timings> {
+    let mut timings = Timings::default();
+    fresh_dir(node, staging, conf_text)?;
     let s = spec.spec();
     let lsn = match s.mode {
         ComputeMode::Primary => {
             let started = Instant::now();
             let lsn = safekeepers::sync(
-                &ctx.bindir.join("postgres"),
+                &node.postgres_bin(),
                 staging,
                 s.storage_auth_token.as_deref(),
-                ctx.run_as,
-                &ctx.interrupted,
+                node.run_as,
+                &node.interrupted,
             )
             .map_err(|e| match e {
                 Error::Interrupted => e,
-                e => Error::Process { what: "failed to sync safekeepers".into(), detail: e.to_string() },
+                e => Error::step("failed to sync safekeepers", e),
             })?;
-            let ms = started.elapsed().as_millis() as u64;
-            ctx.shared.update(|m| m.metrics.sync_safekeepers_ms = ms);
+            timings.sync_safekeepers_ms = started.elapsed().as_millis() as u64;
             Some(lsn)
         }
         ComputeMode::Static(lsn) => {
@@ -83,55 +99,48 @@ fn fill(ctx: &Context, spec: &ParsedSpec, connstr: &str, staging: &Path, conf_te
         lsn,
         replica: s.mode != ComputeMode::Primary,
     };
-    let fetched = fetch_with_retries(ctx, &req, staging, conf_text)?;
+    let fetched = fetch_with_retries(node, &req, staging, conf_text)?;
     log::info!(
         "basebackup of {} bytes unpacked in {} ms (connect {} us)",
         fetched.bytes,
         fetched.ms,
         fetched.connect_micros
     );
-    ctx.shared.update(|m| {
-        m.metrics.pageserver_connect_micros = fetched.connect_micros;
-        m.metrics.basebackup_ms = fetched.ms;
-        m.metrics.basebackup_bytes = fetched.bytes;
-    });
-    if let Some(u) = ctx.run_as {
+    timings.pageserver_connect_micros = fetched.connect_micros;
+    timings.basebackup_ms = fetched.ms;
+    timings.basebackup_bytes = fetched.bytes;
+    if let Some(u) = node.run_as {
         pgdata::chown_tree(staging, u)?;
     }
-    pgdata::set_owner_and_mode(staging, ctx.run_as)
+    pgdata::set_owner_and_mode(staging, node.run_as)?;
+    Ok(timings)
 }
 
-fn fetch_with_retries(
-    ctx: &Context,
-    req: &Request<'_>,
-    staging: &Path,
-    conf_text: &str,
-) -> Result<basebackup::Fetched> {
+fn fetch_with_retries(node: &Node, req: &Request<'_>, staging: &Path, conf_text: &str) -> Result<basebackup::Fetched> {
     let retries = std::env::var(RETRIES_ENV).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(RETRIES);
     let lsn = req.lsn.map_or_else(|| "latest".to_string(), |l: Lsn| l.to_string());
     let mut pause = FIRST_PAUSE;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match basebackup::fetch(req, staging, &ctx.interrupted) {
+        match basebackup::fetch(req, staging, &node.interrupted) {
             Ok(f) => return Ok(f),
             Err(e) if attempt <= retries => {
                 log::warn!(
-                    "basebackup try {attempt} of {} failed: {e}; retrying in {} ms",
+                    "basebackup try {attempt} of {} failed: {}; retrying in {} ms",
                     retries + 1,
+                    e.report(),
                     pause.as_millis()
                 );
-                sleep_unless_interrupted(pause, &ctx.interrupted)?;
+                sleep_unless_interrupted(pause, &node.interrupted)?;
                 pause = pause.mul_f64(1.5);
                 // Start the next try from an empty directory: nothing of a failed one stays.
-                fresh_dir(ctx, staging, conf_text)?;
+                fresh_dir(node, staging, conf_text)?;
             }
             Err(e) => {
-                return Err(Error::Basebackup(format!(
-                    "failed to get basebackup@{lsn} from pageserver {} after {attempt} tries: {}",
-                    req.server(),
-                    e.to_string().trim_start_matches("basebackup: ")
-                )));
+                let what =
+                    format!("failed to get basebackup@{lsn} from pageserver {} after {attempt} tries", req.server());
+                return Err(Error::basebackup(what, e));
             }
         }
     }
@@ -178,12 +187,12 @@ fn remove_tree(p: &Path) -> Result<()> {
 
 /// An empty directory, mode 0700 and owned by the Postgres user, holding only our
 /// `postgresql.conf` (which `--sync-safekeepers` reads).
-fn fresh_dir(ctx: &Context, dir: &Path, conf_text: &str) -> Result<()> {
+fn fresh_dir(node: &Node, dir: &Path, conf_text: &str) -> Result<()> {
     remove_tree(dir)?;
     std::fs::create_dir(dir).map_err(|e| Error::io("cannot create", dir, e))?;
-    pgdata::set_owner_and_mode(dir, ctx.run_as)?;
+    pgdata::set_owner_and_mode(dir, node.run_as)?;
     conf::write_postgres_conf(dir, conf_text)?;
-    if let Some(u) = ctx.run_as {
+    if let Some(u) = node.run_as {
         let p = dir.join("postgresql.conf");
         std::os::unix::fs::chown(&p, Some(u.uid), Some(u.gid)).map_err(|e| Error::io("cannot chown", &p, e))?;
     }
@@ -192,13 +201,13 @@ fn fresh_dir(ctx: &Context, dir: &Path, conf_text: &str) -> Result<()> {
 
 /// The sync after a Primary's Postgres has exited (reference 6), so that what it wrote is on
 /// a quorum of safekeepers before the compute is gone. Does nothing in other modes.
-pub fn sync_after_exit(ctx: &Context, spec: &ParsedSpec) -> Result<()> {
+pub fn sync_after_exit(node: &Node, spec: &ParsedSpec) -> Result<()> {
     if spec.mode() != ComputeMode::Primary || !matches!(spec.storage(), StorageMode::Pageserver { .. }) {
         return Ok(());
     }
     log::info!("syncing safekeepers on shutdown");
     let token = spec.spec().storage_auth_token.as_deref();
-    let lsn = safekeepers::sync(&ctx.bindir.join("postgres"), &ctx.args.pgdata, token, ctx.run_as, &ctx.interrupted)?;
+    let lsn = safekeepers::sync(&node.postgres_bin(), &node.pgdata, token, node.run_as, &node.interrupted)?;
     log::info!("safekeepers synced on shutdown at LSN {lsn}");
     Ok(())
 }

@@ -26,20 +26,34 @@
 //! A crash anywhere before the marker leaves a state from which the next start finishes the
 //! job (the pass disables what is left, the drop drops it); after the marker nothing is done.
 
+use super::process::Postmaster;
+use super::{Node, Stopped, conf, sql};
 use crate::error::{Error, Result};
-use crate::escape::{quote_ident, quote_literal};
-use crate::lifecycle::Context;
-use crate::postgres::process::Postmaster;
-use crate::postgres::{apply, conf, sql};
+use crate::escape::quote_literal;
 use crate::spec::{Id, ParsedSpec};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-/// What keeps apply workers from starting until the drop is done.
+/// What keeps apply workers from starting until the drop is done. Only [`guard_before_start`]
+/// makes one, with the [`Stopped`] proof, so the drop and the release, which take it, cannot
+/// be reached once Postgres has started without the guard step before it:
+/// ```compile_fail,E0599
+/// let _ = compute_ctl::postgres::subscriptions::Guard::NeonSetting;
+/// ```
+/// ```no_run
+/// # use compute_ctl::postgres::{Node, Stopped, subscriptions::{self, Guard}};
+/// # use compute_ctl::spec::ParsedSpec;
+/// fn f(proof: &Stopped, node: &Node, spec: &ParsedSpec) -> compute_ctl::Result<Guard> {
+///     subscriptions::guard_before_start(proof, node, spec)
+/// }
+/// ```
 #[derive(Debug, PartialEq, Eq)]
-pub enum Guard {
+pub struct Guard(Kind);
+
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
     /// The flag is off, or the compute is not a primary.
     None,
     /// Neon's `neon.disable_logical_replication_subscribers=true` is in postgresql.conf.
@@ -72,11 +86,6 @@ pub struct Database {
     pub subscriptions: Vec<String>,
 }
 
-/// The connection string given to inherited subscriptions before they are dropped: a Unix
-/// socket directory that cannot exist, so `DROP SUBSCRIPTION` fails to reach the publisher at
-/// once and leaves every slot there alone.
-const NOWHERE: &str = "host=/nonexistent/compute_ctl/detached port=1 dbname=none connect_timeout=1";
-
 /// File in PGDATA that caches "done for timeline X", written after the marker commits, so a
 /// restart on local storage skips the single-user pass.
 const DONE_CACHE: &str = "compute_ctl_subscriptions_done";
@@ -87,10 +96,7 @@ pub fn preloads_neon(spec: &ParsedSpec) -> bool {
     let from_settings = s.setting("shared_preload_libraries");
     let from_conf =
         s.cluster.postgresql_conf.as_deref().and_then(|t| conf::find_in_conf_text(t, "shared_preload_libraries"));
-    [from_settings, from_conf]
-        .into_iter()
-        .flatten()
-        .any(|v| v.split(',').any(|l| l.trim().trim_matches('\'') == "neon"))
+    [from_settings, from_conf].into_iter().flatten().any(|v| conf::preloads(v, "neon"))
 }
 
 /// Whether this start drops inherited subscriptions: the flag is on and the compute is a
@@ -100,24 +106,25 @@ pub fn wanted(spec: &ParsedSpec) -> bool {
 }
 
 /// Step 1, before the postmaster starts (PGDATA prepared, postgresql.conf written).
-pub fn guard_before_start(ctx: &Context, spec: &ParsedSpec) -> Result<Guard> {
+/// Postgres must not run (`Stopped`).
+pub fn guard_before_start(_proof: &Stopped, node: &Node, spec: &ParsedSpec) -> Result<Guard> {
     if !wanted(spec) {
-        return Ok(Guard::None);
+        return Ok(Guard(Kind::None));
     }
     if preloads_neon(spec) {
-        return Ok(Guard::NeonSetting);
+        return Ok(Guard(Kind::NeonSetting));
     }
-    let cache = ctx.args.pgdata.join(DONE_CACHE);
+    let cache = node.pgdata.join(DONE_CACHE);
     if std::fs::read_to_string(&cache).is_ok_and(|t| t.trim() == spec.timeline_id().to_string()) {
         log::info!("subscriptions were already dropped for timeline {}: no guard needed", spec.timeline_id());
-        return Ok(Guard::Cached);
+        return Ok(Guard(Kind::Cached));
     }
-    if no_subscription_can_exist(&ctx.args.pgdata) {
+    if no_subscription_can_exist(&node.pgdata) {
         log::info!("pg_subscription is empty in a cleanly shut down cluster: no guard needed");
-        return Ok(Guard::NothingToGuard);
+        return Ok(Guard(Kind::NothingToGuard));
     }
     let started = std::time::Instant::now();
-    let found = single_user_disable(ctx, spec.timeline_id())?;
+    let found = single_user_disable(node, spec.timeline_id())?;
     match &found {
         Inherited::Done => log::info!(
             "single-user pass found the marker for timeline {} in {} ms: nothing disabled",
@@ -130,7 +137,7 @@ pub fn guard_before_start(ctx: &Context, spec: &ParsedSpec) -> Result<Guard> {
             started.elapsed().as_millis()
         ),
     }
-    Ok(Guard::SingleUser(found))
+    Ok(Guard(Kind::SingleUser(found)))
 }
 
 /// OID of the shared catalog `pg_subscription`.
@@ -179,8 +186,8 @@ const PASS_RESULT: &str = "compute_ctl_pass";
 /// as soon as the server is up, without listing again). Each command is one line: in
 /// single-user mode a newline ends a command. The result goes through a session setting to a
 /// `SELECT`, whose row single-user mode prints on stdout whatever the logging settings.
-fn single_user_disable(ctx: &Context, timeline: Id) -> Result<Inherited> {
-    let db = sql::connstr_dbname(&ctx.args.connstr)?;
+fn single_user_disable(node: &Node, timeline: Id) -> Result<Inherited> {
+    let db = sql::connstr_dbname(&node.connstr)?;
     let tl = quote_literal(&timeline.to_string());
     let body = format!(
         "DECLARE done boolean := false; found text; BEGIN \
@@ -197,9 +204,9 @@ fn single_user_disable(ctx: &Context, timeline: Id) -> Result<Inherited> {
         "DO {}\nSELECT current_setting('compute_ctl.pass') AS {PASS_RESULT}\n",
         crate::escape::dollar_quote(&body)
     );
-    let mut cmd = Command::new(ctx.bindir.join("postgres"));
+    let mut cmd = Command::new(node.postgres_bin());
     cmd.args(["--single", "-D"])
-        .arg(&ctx.args.pgdata)
+        .arg(&node.pgdata)
         // No background workers run in single-user mode; these keep the pass quick by sizing
         // less shared memory for them, and none is a setting pg_control records (WAL would
         // carry a parameter change for standbys): a small buffer pool saves shared_buffers'
@@ -211,22 +218,17 @@ fn single_user_disable(ctx: &Context, timeline: Id) -> Result<Inherited> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(u) = ctx.run_as {
+    if let Some(u) = node.run_as {
         cmd.uid(u.uid).gid(u.gid);
     }
-    let mut child = cmd.spawn().map_err(|e| Error::Process {
-        what: "cannot run postgres --single to guard subscriptions".into(),
-        detail: e.to_string(),
-    })?;
+    let mut child = cmd.spawn().map_err(|e| Error::system("cannot run postgres --single to guard subscriptions", e))?;
     child
         .stdin
         .take()
         .expect("stdin was piped")
         .write_all(script.as_bytes())
-        .map_err(|e| Error::Process { what: "cannot write to postgres --single".into(), detail: e.to_string() })?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::Process { what: "postgres --single (subscription guard)".into(), detail: e.to_string() })?;
+        .map_err(|e| Error::system("cannot write to postgres --single", e))?;
+    let out = child.wait_with_output().map_err(|e| Error::system("postgres --single (subscription guard)", e))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -285,22 +287,22 @@ const MARKER_ROW: &str = "INSERT INTO neon.drop_subscriptions_done VALUES (1, cu
 /// Step 2 and 3, once Postgres is ready: drop the inherited subscriptions unless the marker
 /// says this timeline is done, then record it. After a single-user pass the work is known
 /// already: the drops start at once, while another connection readies the marker table.
-pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec, guard: &Guard) -> Result<sql::Warm> {
+pub fn drop_inherited(node: &Node, spec: &ParsedSpec, guard: &Guard) -> Result<sql::Warm> {
     let warm = sql::Warm::new(KEEP_OPEN);
-    let connstr = &ctx.args.connstr;
+    let connstr = &node.connstr;
     let system_db = sql::connstr_dbname(connstr)?;
     let timeline = spec.timeline_id().to_string();
     let record = |client: &mut postgres::Client, sql: &str| {
         client.batch_execute(sql).map_err(|e| Error::sql("recording neon.drop_subscriptions_done", &system_db, e))
     };
-    let connect_system = || apply::maintenance_client_named(connstr, None, sql::APP_SUBSCRIPTIONS);
-    let mut client = match guard {
-        Guard::None => return Ok(warm),
-        Guard::SingleUser(Inherited::Done) => {
-            write_cache(ctx, &timeline);
+    let connect_system = || sql::connect_maintenance(connstr, None, sql::APP_SUBSCRIPTIONS);
+    let mut client = match &guard.0 {
+        Kind::None => return Ok(warm),
+        Kind::SingleUser(Inherited::Done) => {
+            write_cache(node, &timeline);
             return Ok(warm);
         }
-        Guard::SingleUser(Inherited::Todo(dbs)) => {
+        Kind::SingleUser(Inherited::Todo(dbs)) => {
             let (marker, dropped) = std::thread::scope(|scope| {
                 let marker = scope.spawn(|| {
                     let mut client = connect_system()?;
@@ -313,11 +315,11 @@ pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec, guard: &Guard) -> Result
             dropped?;
             marker?
         }
-        Guard::NeonSetting | Guard::Cached | Guard::NothingToGuard => {
+        Kind::NeonSetting | Kind::Cached | Kind::NothingToGuard => {
             let mut client = connect_system()?;
             if marker_done(&mut client, &system_db, &timeline)? {
                 log::info!("subscriptions were already dropped for timeline {timeline}");
-                write_cache(ctx, &timeline);
+                write_cache(node, &timeline);
                 if client.batch_execute(&rename_for_apply()).is_ok() {
                     warm.put(&system_db, client);
                 }
@@ -339,7 +341,7 @@ pub fn drop_inherited(ctx: &Context, spec: &ParsedSpec, guard: &Guard) -> Result
     };
     record(&mut client, &format!("{MARKER_ROW}; {}", rename_for_apply()))?;
     log::info!("recorded subscriptions dropped for timeline {timeline}");
-    write_cache(ctx, &timeline);
+    write_cache(node, &timeline);
     warm.put(&system_db, client);
     Ok(warm)
 }
@@ -370,11 +372,11 @@ fn marker_done(client: &mut postgres::Client, db: &str, timeline: &str) -> Resul
     }
 }
 
-fn write_cache(ctx: &Context, timeline: &str) {
-    let path = ctx.args.pgdata.join(DONE_CACHE);
+fn write_cache(node: &Node, timeline: &str) {
+    let path = node.pgdata.join(DONE_CACHE);
     if let Err(e) = conf::write_atomically(&path, timeline.as_bytes()) {
-        log::warn!("cannot cache the subscription marker (the next start will check again): {e}");
-    } else if let Some(u) = ctx.run_as {
+        log::warn!("cannot cache the subscription marker (the next start will check again): {}", e.report());
+    } else if let Some(u) = node.run_as {
         // Everything in PGDATA belongs to the Postgres user (tools like pg_basebackup read it).
         let _ = std::os::unix::fs::chown(&path, Some(u.uid), Some(u.gid));
     }
@@ -403,11 +405,11 @@ fn drop_in_databases(connstr: &str, dbs: &[&Database], warm: &sql::Warm) -> Resu
         for _ in 0..dbs.len().min(parallel) {
             scope.spawn(|| {
                 loop {
-                    let Some(db) = queue.lock().unwrap_or_else(|p| p.into_inner()).next() else { return };
+                    let Some(db) = crate::locks::lock(&queue).next() else { return };
                     match drop_in_database(connstr, &db.name, &db.subscriptions) {
                         Ok(client) => warm.put(&db.name, client),
                         Err(e) => {
-                            first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                            crate::locks::lock(&first_error).get_or_insert(e);
                             return;
                         }
                     }
@@ -415,7 +417,7 @@ fn drop_in_databases(connstr: &str, dbs: &[&Database], warm: &sql::Warm) -> Resu
             });
         }
     });
-    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    match crate::locks::into_inner(first_error) {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -428,7 +430,7 @@ fn drop_in_database(connstr: &str, db: &str, names: &[String]) -> Result<postgre
     let started = std::time::Instant::now();
     // A maintenance connection: the role, read-only and timeout settings a database may carry
     // are overridden at connect, as for the catalog apply that may take it over afterwards.
-    let mut client = apply::maintenance_client_named(connstr, Some(db), sql::APP_SUBSCRIPTIONS)?;
+    let mut client = sql::connect_maintenance(connstr, Some(db), sql::APP_SUBSCRIPTIONS)?;
     let connected = started.elapsed();
     // The commit does not wait for its WAL flush: the marker's commit, synchronous and later
     // in the WAL, flushes it too, and a crash before that leaves no marker, so the next start
@@ -437,13 +439,11 @@ fn drop_in_database(connstr: &str, db: &str, names: &[String]) -> Result<postgre
         "BEGIN; SET LOCAL synchronous_commit = off; \
          LOCK TABLE pg_catalog.pg_subscription IN ACCESS EXCLUSIVE MODE; ",
     );
-    let nowhere = quote_literal(NOWHERE);
     for name in names {
-        let q = quote_ident(name);
-        script.push_str(&format!(
-            "ALTER SUBSCRIPTION {q} DISABLE; ALTER SUBSCRIPTION {q} CONNECTION {nowhere}; \
-             ALTER SUBSCRIPTION {q} SET (slot_name = NONE); DROP SUBSCRIPTION {q}; "
-        ));
+        for sql in sql::detach_and_drop(name) {
+            script.push_str(&sql);
+            script.push_str("; ");
+        }
     }
     // Renamed in the same round trip for the catalog apply that may take the connection over.
     script.push_str(&format!("COMMIT; {}", rename_for_apply()));
@@ -459,12 +459,12 @@ fn drop_in_database(connstr: &str, db: &str, names: &[String]) -> Result<postgre
 }
 
 /// Step 4: let subscriptions created from now on replicate.
-pub fn release_guard(ctx: &Context, spec: &ParsedSpec, guard: Guard, pm: &Postmaster) -> Result<()> {
-    match guard {
-        Guard::None | Guard::SingleUser(_) | Guard::Cached | Guard::NothingToGuard => Ok(()),
-        Guard::NeonSetting => {
-            let text = conf::render(spec, ctx.args.internal_http_port, false);
-            conf::write_postgres_conf(&ctx.args.pgdata, &text)?;
+pub fn release_guard(node: &Node, spec: &ParsedSpec, guard: Guard, pm: &Postmaster) -> Result<()> {
+    match guard.0 {
+        Kind::None | Kind::SingleUser(_) | Kind::Cached | Kind::NothingToGuard => Ok(()),
+        Kind::NeonSetting => {
+            let text = conf::render(spec, node.internal_http_port, false);
+            conf::write_postgres_conf(&node.pgdata, &text)?;
             pm.reload();
             log::info!("neon.disable_logical_replication_subscribers released");
             Ok(())

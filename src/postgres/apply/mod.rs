@@ -33,7 +33,7 @@ use crate::spec::{ComputeSpec, Database, ParsedSpec, Role};
 use catalog::Snapshot;
 use per_db::{DbTask, Exec};
 use plan::SystemPlan;
-use postgres::{Client, NoTls};
+use postgres::Client;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -47,30 +47,21 @@ pub enum Concurrency {
     Reconfigure(usize),
 }
 
-/// Start-up options of every maintenance connection (see the module docs).
-const MAINTENANCE_OPTIONS: &str = "-c role=none -c default_transaction_read_only=off -c search_path=public \
-     -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0";
-
-/// A connection string that cannot connect: a subscription about to be dropped gets it, so
-/// `DROP SUBSCRIPTION` cannot reach the publisher to drop table-sync slots.
-pub(super) const UNREACHABLE_CONNINFO: &str =
-    "host=/nonexistent/compute_ctl/dropped-subscription port=1 connect_timeout=1";
-
 /// Statements run, per phase, for the log line at the end (and for tests and the benchmark).
 #[derive(Debug, Default)]
 pub struct Counter(Mutex<BTreeMap<&'static str, u64>>);
 
 impl Counter {
     pub fn add(&self, phase: &'static str, n: u64) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(phase).or_default() += n;
+        *crate::locks::lock(&self.0).entry(phase).or_default() += n;
     }
 
     pub fn total(&self) -> u64 {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
+        crate::locks::lock(&self.0).values().sum()
     }
 
     pub fn by_phase(&self) -> BTreeMap<&'static str, u64> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::locks::lock(&self.0).clone()
     }
 }
 
@@ -146,7 +137,7 @@ pub fn start_concurrency(spec: &ComputeSpec) -> usize {
 /// A maintenance connection (see the module docs) to `db`, or to the database of the
 /// connection string.
 pub fn maintenance_client(connstr: &str, db: Option<&str>) -> Result<Client> {
-    maintenance_client_named(connstr, db, sql::APP_APPLY)
+    sql::connect_maintenance(connstr, db, sql::APP_APPLY)
 }
 
 /// A connection to `db` left open by an earlier step of the start, else a new
@@ -156,25 +147,6 @@ pub fn maintenance_client_from(warm: Option<&Warm>, connstr: &str, db: &str) -> 
         Some(client) => Ok(client),
         None => maintenance_client(connstr, Some(db)),
     }
-}
-
-/// [`maintenance_client`] under another application name.
-pub fn maintenance_client_named(connstr: &str, db: Option<&str>, app: &str) -> Result<Client> {
-    let mut config = sql::config(connstr)?;
-    if let Some(db) = db {
-        config.dbname(db);
-    }
-    config.application_name(app);
-    let options = match config.get_options() {
-        Some(o) if !o.trim().is_empty() => format!("{o} {MAINTENANCE_OPTIONS}"),
-        _ => MAINTENANCE_OPTIONS.to_string(),
-    };
-    config.options(&options);
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
-    let name = config.get_dbname().or(config.get_user()).unwrap_or("postgres").to_string();
-    config.connect(NoTls).map_err(|e| Error::sql("connect", name, e))
 }
 
 /// What the cluster-wide phases after the roles and databases look at, read once.
@@ -204,9 +176,7 @@ impl SystemState {
         Ok(SystemState {
             current_user: row.get(0),
             neon_schema: row.get(1),
-            pg_stat_statements_preloaded: preload
-                .split(',')
-                .any(|l| l.trim().trim_matches('"') == "pg_stat_statements"),
+            pg_stat_statements_preloaded: conf::preloads(&preload, "pg_stat_statements"),
             pg_stat_statements_installed: row.get(3),
             neon_available: row.get(4),
             neon_installed: row.get(5),

@@ -36,7 +36,7 @@ pub struct DbTask {
 static VERIFIED: Mutex<BTreeSet<(String, u32, String)>> = Mutex::new(BTreeSet::new());
 
 fn verified() -> std::sync::MutexGuard<'static, BTreeSet<(String, u32, String)>> {
-    VERIFIED.lock().unwrap_or_else(|p| p.into_inner())
+    crate::locks::lock(&VERIFIED)
 }
 
 /// Forgets what was verified for `connstr` (every connection string when None), so that the
@@ -69,13 +69,13 @@ pub fn run_all(tasks: &[DbTask], workers: usize, shared: &Shared<'_>) -> Result<
                     let Some(task) = tasks.get(i) else { break };
                     if let Err(e) = run_one(task, shared) {
                         stop.store(true, Ordering::SeqCst);
-                        first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        crate::locks::lock(&first_error).get_or_insert(e);
                     }
                 }
             });
         }
     });
-    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    match crate::locks::into_inner(first_error) {
         Some(e) => Err(e),
         None => Ok(()),
     }

@@ -8,9 +8,9 @@
 
 use super::catalog::{self, DbDelta, Snapshot, Stmt};
 use super::per_db::{self, DbTask};
-use super::{SystemState, UNREACHABLE_CONNINFO, db_tasks, maintenance_client_named};
+use super::{SystemState, db_tasks};
 use crate::error::{Error, Result};
-use crate::escape::{quote_ident, quote_literal};
+use crate::escape::quote_ident;
 use crate::postgres::sql;
 use crate::spec::ComputeSpec;
 use postgres::Client;
@@ -142,13 +142,7 @@ fn drop_subscriptions_of(client: &mut Client, system_db: &str, db: &str, allow_f
         out.push(Step { phase: PHASE, db: None, stmt: s });
     }
     for name in names {
-        let s = quote_ident(&name);
-        for sql in [
-            format!("ALTER SUBSCRIPTION {s} DISABLE"),
-            format!("ALTER SUBSCRIPTION {s} CONNECTION {}", quote_literal(UNREACHABLE_CONNINFO)),
-            format!("ALTER SUBSCRIPTION {s} SET (slot_name = NONE)"),
-            format!("DROP SUBSCRIPTION {s}"),
-        ] {
+        for sql in sql::detach_and_drop(&name) {
             out.push(Step { phase: PHASE, db: Some(db.to_string()), stmt: plain(&sql) });
         }
     }
@@ -184,7 +178,7 @@ impl DryRun {
 pub fn dry_run(connstr: &str, spec: &ComputeSpec) -> Result<DryRun> {
     const APP: &str = "compute_ctl:plan";
     let system_db = sql::connstr_dbname(connstr)?;
-    let mut client = maintenance_client_named(connstr, Some(&system_db), APP)?;
+    let mut client = sql::connect_maintenance(connstr, Some(&system_db), APP)?;
     let plan = SystemPlan::build(&mut client, spec, &system_db)?;
     let mut out = DryRun::default();
     let push = |steps: &[Step], out: &mut DryRun| {
@@ -200,7 +194,7 @@ pub fn dry_run(connstr: &str, spec: &ComputeSpec) -> Result<DryRun> {
             continue;
         }
         let mut db_client =
-            if task.name == system_db { None } else { Some(maintenance_client_named(connstr, Some(&task.name), APP)?) };
+            if task.name == system_db { None } else { Some(sql::connect_maintenance(connstr, Some(&task.name), APP)?) };
         let c = db_client.as_mut().unwrap_or(&mut client);
         for (phase, op) in per_db::plan_one(c, task, &plan.roles_to_delete)? {
             out.statements.push(Planned { phase, db: task.name.clone(), sql: op.shown().to_string() });

@@ -1,0 +1,172 @@
+//! The owner's state holder and the one place that decides what an event does: [`step`].
+
+use super::states::{Empty, Failed, Reason, Restarted, Running, Terminated};
+use super::{Context, Parts, Status};
+use crate::postgres::process::StopMode;
+use crate::spec::ParsedSpec;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+
+/// Something the owner must react to.
+#[derive(Debug)]
+pub enum Event {
+    /// A spec given at start-up (command line, file, control plane): start at once.
+    Init(ParsedSpec),
+    /// `POST /configure` with a validated spec.
+    Configure(ParsedSpec),
+    /// `POST /terminate`.
+    Terminate(StopMode),
+    /// `POST /restart`.
+    Restart,
+    /// A route that works on Postgres asks whether it may (only while running).
+    Query,
+    /// SIGTERM, SIGINT or SIGQUIT.
+    Signal(i32),
+    /// The postmaster exited (sent from its reaper thread).
+    PostgresExited,
+}
+
+/// The owner's answer to an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Done (or allowed, for [`Event::Query`]).
+    Done,
+    /// Postgres stopped after `/terminate`; the LSN of its shutdown checkpoint when it could
+    /// be read from `pg_controldata`.
+    Terminated { lsn: Option<String> },
+    /// Not possible in this state.
+    WrongState(Status),
+    /// Not possible for this compute, whatever its state, and why.
+    NotPossible(String),
+    /// The transition ran and failed, with the error.
+    Failed(String),
+}
+
+/// An event as it travels to the owner, with where to send the reply (none for signals and
+/// Postgres exits).
+#[derive(Debug)]
+pub struct Message {
+    pub event: Event,
+    pub reply: Option<Sender<Reply>>,
+}
+
+/// The state value the owner holds between events. The transient states (`Init`,
+/// `Configuration…`, `TerminationPending`) live only inside one [`step`].
+pub enum State {
+    Empty(Empty),
+    Running(Running),
+    Failed(Failed),
+    Terminated(Terminated),
+}
+
+/// How the owner loop ends: the process exit code, and whether `/status` is answered for
+/// `--exit-delay` first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub code: i32,
+    pub lingers: bool,
+}
+
+impl State {
+    /// The first state, `Empty`, built from what the owner hands over.
+    pub fn new(parts: Parts) -> State {
+        State::Empty(Empty::enter(Context(Arc::new(parts))))
+    }
+
+    pub fn status(&self) -> Status {
+        match self {
+            State::Empty(_) => Status::Empty,
+            State::Running(_) => Status::Running,
+            State::Failed(_) => Status::Failed,
+            State::Terminated(_) => Status::Terminated,
+        }
+    }
+
+    /// Set once the compute has ended: a failed start (Postgres does not run) or a
+    /// termination.
+    pub fn exit(&self) -> Option<Exit> {
+        match self {
+            State::Empty(_) | State::Running(_) => None,
+            State::Failed(f) if f.postgres_running() => None,
+            State::Failed(_) => Some(Exit { code: 1, lingers: true }),
+            State::Terminated(t) => Some(Exit { code: t.code(), lingers: t.lingers() }),
+        }
+    }
+}
+
+/// Applies `event` to `state`: the next state and the reply. Every pair is spelled out, so a
+/// new state or event does not compile until it is decided here.
+pub fn step(state: State, event: Event) -> (State, Reply) {
+    use Event as E;
+    match (state, event) {
+        (State::Empty(s), E::Init(spec)) => started(s.init(spec).start()),
+        (State::Empty(s), E::Configure(spec)) => started(s.configure(spec).begin().start()),
+        (State::Empty(s), E::Terminate(_)) => terminated(s.terminate(Reason::Requested).wait()),
+        (State::Empty(s), E::Signal(sig)) => {
+            log::info!("received signal {sig} while waiting for a spec: exiting");
+            terminated(s.terminate(Reason::Signal).wait())
+        }
+        (s @ State::Empty(_), E::Query | E::Restart) => wrong(s),
+        (s @ State::Empty(_), E::PostgresExited) => (s, Reply::Done),
+
+        (State::Running(r), E::Configure(spec)) => started(r.reconfigure(spec).begin().apply()),
+        (State::Running(r), E::Terminate(mode)) => terminated(r.terminate(mode, Reason::Requested).wait()),
+        (State::Running(r), E::Signal(sig)) => {
+            log::info!("received signal {sig}: fast shutdown of postgres");
+            terminated(r.terminate(StopMode::Fast, Reason::Signal).wait())
+        }
+        (State::Running(r), E::Restart) => match r.restart() {
+            Restarted::Running(r) => (State::Running(r), Reply::Done),
+            Restarted::Failed(f) => started(Err(f)),
+            Restarted::NotPossible(r, why) => (State::Running(r), Reply::NotPossible(why)),
+        },
+        // The exit of the postmaster a restart replaced.
+        (State::Running(r), E::PostgresExited) if r.postgres_alive() => (State::Running(r), Reply::Done),
+        (State::Running(r), E::PostgresExited) => terminated(r.postgres_exited().wait()),
+        (s @ State::Running(_), E::Query) => (s, Reply::Done),
+        (s @ State::Running(_), E::Init(_)) => wrong(s),
+
+        (State::Failed(f), E::Configure(spec)) => match f.reconfigure(spec) {
+            Ok(pending) => started(pending.begin().apply()),
+            Err(f) => wrong(State::Failed(f)),
+        },
+        (State::Failed(f), E::Signal(sig)) => {
+            log::info!("received signal {sig}: fast shutdown of postgres");
+            terminated(f.terminate(StopMode::Fast, Reason::Signal).wait())
+        }
+        (State::Failed(f), E::PostgresExited) if f.postgres_running() || !f.had_postgres() => {
+            // The exit of the Postgres a failed start stopped, or a stale event.
+            (State::Failed(f), Reply::Done)
+        }
+        (State::Failed(f), E::PostgresExited) => terminated(f.terminate(StopMode::Fast, Reason::PostgresExited).wait()),
+        (s @ State::Failed(_), E::Init(_) | E::Terminate(_) | E::Query | E::Restart) => wrong(s),
+
+        (State::Terminated(t), E::Signal(_)) => (State::Terminated(t.stop_lingering()), Reply::Done),
+        (s @ State::Terminated(_), E::PostgresExited) => (s, Reply::Done),
+        (s @ State::Terminated(_), E::Init(_) | E::Configure(_) | E::Terminate(_) | E::Query | E::Restart) => wrong(s),
+    }
+}
+
+fn wrong(state: State) -> (State, Reply) {
+    let status = state.status();
+    (state, Reply::WrongState(status))
+}
+
+fn started(result: Result<Running, Failed>) -> (State, Reply) {
+    match result {
+        Ok(r) => (State::Running(r), Reply::Done),
+        Err(f) => {
+            let reply = Reply::Failed(f.error().report().to_string());
+            (State::Failed(f), reply)
+        }
+    }
+}
+
+fn terminated(t: Terminated) -> (State, Reply) {
+    let reply = if t.synced() {
+        Reply::Terminated { lsn: t.lsn().map(str::to_string) }
+    } else {
+        Reply::Failed("sync of safekeepers after postgres exited failed".into())
+    };
+    (State::Terminated(t), reply)
+}
