@@ -23,15 +23,17 @@
 //! target/release/compute_ctl, built first when cargo runs us. Every compute_ctl is stopped by
 //! pid and waited for; its Postgres gets its parent-death signal if we die.
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use support::{PGBIN_DIR, chmod, chown, compute_ctl_binary, median, ms, pg_cmd};
 
-const PGBIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 const TIMEOUT: Duration = Duration::from_secs(120);
 const GIB: i64 = 1 << 30;
 
@@ -56,10 +58,8 @@ fn main() {
             refused[i].push(r);
         }
     }
-    let m = |v: &mut Vec<f64>| median(v);
-    let (ps, cs) = (m(&mut stop[0]), m(&mut stop[1]));
-    let (pr, cr) = (m(&mut refused[0]), m(&mut refused[1]));
-    let (fs, fr) = (m(&mut stop[2]), m(&mut refused[2]));
+    let (ps, cs, fs) = (median(&stop[0]), median(&stop[1]), median(&stop[2]));
+    let (pr, cr, fr) = (median(&refused[0]), median(&refused[1]), median(&refused[2]));
     println!("{:<13} {:>14} {:>17}", "series", "stop median ms", "refused median ms");
     println!("{:<13} {ps:>14.1} {pr:>17.1}", "plain");
     println!("{:<13} {cs:>14.1} {cr:>17.1}", "checkpointed");
@@ -86,6 +86,8 @@ struct Bench {
     bin: PathBuf,
     pg_port: u16,
     http_port: u16,
+    /// The claims on both port pairs, held for the whole run.
+    _ports: [std::fs::File; 2],
 }
 
 impl Bench {
@@ -93,24 +95,18 @@ impl Bench {
         let root = std::env::temp_dir().join(format!("compute_ctl-bench-stop-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("sock")).unwrap();
-        let ids = postgres_ids();
         chmod(&root, 0o755);
         chmod(&root.join("sock"), 0o777);
         let pgdata = root.join("pgdata");
         std::fs::create_dir(&pgdata).unwrap();
         chmod(&pgdata, 0o700);
-        if let Some((u, g)) = ids {
-            std::os::unix::fs::chown(&pgdata, Some(u), Some(g)).unwrap();
-        }
-        let mut initdb = Command::new(format!("{PGBIN_DIR}/initdb"));
+        chown(&pgdata);
+        let mut initdb = pg_cmd("initdb");
         initdb.arg("-D").arg(&pgdata).args(["-U", "cloud_admin", "-E", "UTF8", "--locale=C.UTF-8", "--auth=trust"]);
-        if let Some((u, g)) = ids {
-            initdb.uid(u).gid(g);
-        }
         let out = initdb.output().expect("run initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        let pg_port = free_port(0);
-        let http_port = free_port(pg_port);
+        let (pg_port, pg_claim) = support::claim_port_pair();
+        let (http_port, http_claim) = support::claim_port_pair();
         let setting = |n: &str, v: &str| serde_json::json!({"name": n, "value": v, "vartype": "string"});
         let spec = serde_json::json!({
             "format_version": 1.0,
@@ -129,7 +125,7 @@ impl Bench {
         });
         let spec_path = root.join("spec.json");
         std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-        Bench { root, pgdata, spec: spec_path, bin, pg_port, http_port }
+        Bench { root, pgdata, spec: spec_path, bin, pg_port, http_port, _ports: [pg_claim, http_claim] }
     }
 
     /// One run: start, dirty 1 GiB (and checkpoint it here when `clean`: the floor), SIGTERM;
@@ -263,58 +259,4 @@ impl Drop for Owned {
             let _ = self.0.wait();
         }
     }
-}
-
-fn compute_ctl_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("COMPUTE_CTL_BIN") {
-        return PathBuf::from(p);
-    }
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        let st = Command::new(cargo).args(["build", "--release", "--quiet", "--bin", "compute_ctl"]).status();
-        assert!(st.is_ok_and(|s| s.success()), "cargo build --release --bin compute_ctl failed");
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("compute_ctl");
-    assert!(bin.exists(), "{} not found; build it or set COMPUTE_CTL_BIN", bin.display());
-    bin
-}
-
-fn postgres_ids() -> Option<(u32, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-    let line = passwd.lines().find(|l| l.starts_with("postgres:")).expect("a postgres OS user (we are root)");
-    let f: Vec<&str> = line.split(':').collect();
-    Some((f[2].parse().unwrap(), f[3].parse().unwrap()))
-}
-
-fn chmod(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// A port below the ephemeral range with the next one free too (compute_ctl's internal HTTP
-/// server takes it), other than `not` and `not + 1`.
-fn free_port(not: u16) -> u16 {
-    let start = 20000 + (std::process::id() % 5000) as u16 * 2;
-    (0..5000u16)
-        .map(|i| start + i * 2)
-        .filter(|p| *p < 32766 && *p != not && *p != not.wrapping_add(1) && p + 1 != not)
-        .find(|p| {
-            std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()
-                && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
-        })
-        .expect("a free port pair below 32768")
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
