@@ -95,7 +95,7 @@ Options:
       --internal-http-port PORT internal HTTP port (default external + 1)
       --http-bind ADDR          address both HTTP servers bind (default ::, as Neon)
       --http-auth-token-file F  require `Authorization: Bearer <token in F>` on every route
-                                except GET /metrics
+                                except GET /metrics, /healthz, /readyz and /startupz
       --pg-user NAME            OS user Postgres runs as when compute_ctl is root (default postgres)
       --exit-delay SECONDS      keep answering /status this long after terminate or a failed
                                 start before exiting (default 30)

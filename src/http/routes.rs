@@ -3,7 +3,8 @@
 //!
 //! Differences from Neon, on purpose: unknown paths (404) and wrong methods (405) get a JSON
 //! `{"error": …}` body like every other error; `/terminate` also works from `empty` and answers
-//! `{"lsn": …}`; `/insights` is a JSON object, not a JSON string holding JSON text.
+//! `{"lsn": …}`; `/insights` is a JSON object, not a JSON string holding JSON text. Added:
+//! `POST /restart` and the Kubernetes probes ([`super::probes`]).
 
 use super::request::Request;
 use super::response::{Body, Response};
@@ -26,7 +27,7 @@ pub struct App {
     /// False when the spec came from `-s` (then `/configure` answers 412, as in Neon).
     pub live_config_allowed: bool,
     pub node: Node,
-    /// `--http-auth-token-file`'s token; every route but `GET /metrics` then needs it.
+    /// `--http-auth-token-file`'s token; every route but those in `PUBLIC` then needs it.
     pub auth_token: Option<Token>,
     /// Requests being handled; the owner waits for them before the process exits so that
     /// the last answers (to `/terminate`, say) are written.
