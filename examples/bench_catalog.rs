@@ -101,9 +101,9 @@ fn psql_script(spec: &ParsedSpec) -> String {
             let _ = writeln!(out, "{};", st.sql);
         }
     };
-    push(catalog::create_superuser(s, &mut snap), &mut out);
-    push(catalog::create_and_alter_roles(s, &HashSet::new(), &mut snap), &mut out);
-    push(catalog::create_and_alter_databases(s, &mut snap), &mut out);
+    push(catalog::create_superuser(s, catalog::NEON_SUPERUSER, &mut snap), &mut out);
+    push(catalog::create_and_alter_roles(s, catalog::NEON_SUPERUSER, &HashSet::new(), &mut snap), &mut out);
+    push(catalog::create_and_alter_databases(s, catalog::NEON_SUPERUSER, &mut snap), &mut out);
     out.push_str("CREATE SCHEMA IF NOT EXISTS neon;\n");
     for db in &s.cluster.databases {
         let _ = writeln!(out, "\\c {}", db.name);
@@ -186,13 +186,13 @@ fn main() {
 
     let pg = Pg::start(&a, &root, free_port());
     let cs = connstr(pg.port);
-    let first = apply::apply(&cs, spec.spec(), Concurrency::AtStart).unwrap();
+    let first = apply::apply(&cs, spec.spec(), catalog::NEON_SUPERUSER, Concurrency::AtStart).unwrap();
     // What a live reconfigure with the same spec costs (databases already verified by this
     // process are not connected to again) ...
-    let second = apply::apply(&cs, spec.spec(), Concurrency::Reconfigure(1)).unwrap();
+    let second = apply::apply(&cs, spec.spec(), catalog::NEON_SUPERUSER, Concurrency::Reconfigure(1)).unwrap();
     // ... and what a restart costs (a new process checks every database once).
     apply::per_db::forget_verified(None);
-    let third = apply::apply(&cs, spec.spec(), Concurrency::AtStart).unwrap();
+    let third = apply::apply(&cs, spec.spec(), catalog::NEON_SUPERUSER, Concurrency::AtStart).unwrap();
     drop(pg);
 
     let lines = psql_script(&spec).lines().filter(|l| !l.starts_with('\\')).count();

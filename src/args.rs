@@ -8,9 +8,12 @@ use std::time::Duration;
 /// Where the spec comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpecSource {
-    /// `-s`: inline JSON; `/configure` is then refused with 412, as in Neon.
+    /// `-c`: a `ComputeConfig` file, as today's Neon (its spec may be null: wait).
+    Config(PathBuf),
+    /// `-s`: inline JSON (this project's extension); `/configure` is then refused with 412,
+    /// as in Neon of early 2025.
     Inline(String),
-    /// `-S`: a file.
+    /// `-S`: a file holding a bare spec (this project's extension).
     File(PathBuf),
     /// `-p`: asked from the control plane.
     ControlPlane(String),
@@ -32,6 +35,15 @@ pub struct Args {
     pub pg_user: String,
     pub http_auth_token_file: Option<PathBuf>,
     pub exit_delay: Duration,
+    /// `--privileged-role-name`: the role spec roles are made members of (`^[a-z_]+$`).
+    pub privileged_role_name: String,
+    /// `-r/--remote-ext-base-url`, normalized to end in exactly one `/`.
+    pub remote_ext_base_url: Option<String>,
+    /// `--installed-extensions-collection-interval`: first interval of the collection (the
+    /// spec's `suspend_timeout_seconds` replaces it).
+    pub installed_extensions_interval: Duration,
+    /// `--dev`: on a termination signal, leave pgbouncer and local_proxy alone.
+    pub dev: bool,
     /// `--pre-stop-checkpoint`: how long the `CHECKPOINT` before a fast shutdown may take
     /// (zero: none).
     pub pre_stop_checkpoint: Duration,
@@ -42,6 +54,8 @@ pub struct Args {
 pub struct PlanArgs {
     pub connstr: String,
     pub spec: PlanSpec,
+    /// `--privileged-role-name`, as for a run.
+    pub privileged_role_name: String,
 }
 
 /// Where `plan` reads the spec.
@@ -54,6 +68,9 @@ pub enum PlanSpec {
     /// `-c`: a configuration file, `{"spec": {...}}` (the body of `POST /configure`).
     Config(PathBuf),
 }
+
+/// The privileged role of Neon (`--privileged-role-name` default).
+pub const DEFAULT_PRIVILEGED_ROLE: &str = "neon_superuser";
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -85,14 +102,26 @@ Options:
   -D, --pgdata DIR              PGDATA directory (required)
   -C, --connstr URL             compute_ctl's own connection to Postgres, e.g.
                                 postgresql://cloud_admin@127.0.0.1:55432/postgres (required)
+  -c, --config FILE             a ComputeConfig file {\"spec\": ..., \"compute_ctl_config\": ...};
+                                a null spec waits for POST /configure
   -s, --spec JSON               the spec as inline JSON (POST /configure then answers 412)
-  -S, --spec-path FILE          the spec as a JSON file
+  -S, --spec-path FILE          the spec as a JSON file (a bare spec)
   -p, --control-plane-uri URL   fetch the spec from the control plane
   -i, --compute-id ID           compute id for the control plane (default compute-<unix time>)
   -b, --pgbin PATH              the postgres binary (env POSTGRES_PATH, default postgres);
                                 initdb, pg_ctl, pg_dump are found beside it
-      --external-http-port PORT external HTTP port (alias --http-port, default 3080)
-      --internal-http-port PORT internal HTTP port (default external + 1)
+      --external-http-port PORT external HTTP port (default 3080)
+      --internal-http-port PORT internal HTTP port (default 3081)
+      --http-port PORT          external HTTP port PORT and internal PORT + 1 (Neon's lakebase
+                                meaning); not together with the two flags above
+      --privileged-role-name N  role spec roles are members of (default neon_superuser;
+                                lower-case letters and _)
+  -r, --remote-ext-base-url URL base URL of the extension storage (no query part)
+      --installed-extensions-collection-interval SECONDS
+                                first interval of the installed-extensions metric (default
+                                3600; the spec's suspend_timeout_seconds replaces it)
+      --dev                     on a termination signal leave pgbouncer and local_proxy alone
+                                (compute_ctl never stops them, so this changes nothing)
       --http-bind ADDR          address both HTTP servers bind (default ::, as Neon)
       --http-auth-token-file F  require `Authorization: Bearer <token in F>` on every route
                                 except GET /metrics, /healthz, /readyz and /startupz
@@ -112,11 +141,14 @@ Options:
 
 plan: connect to the running Postgres (-C), read its catalog and print, phase by phase, the
 statements an apply of the spec would run, running none of them. -c FILE takes the body of
-POST /configure ({\"spec\": ...}). Exit 0 when nothing would change, 2 when something would,
-1 on error.
+POST /configure ({\"spec\": ...}); --privileged-role-name as for a run. Exit 0 when nothing
+would change, 2 when something would, 1 on error.
 
-Neon flags that are accepted and ignored: -r/--remote-ext-config, --cgroup, --filecache-connstr,
---vm-monitor-addr, --set-disk-quota-for-fs (with a value) and --resize-swap-on-bind.
+Neon flags that are accepted and ignored with a warning, because the feature is internal to
+Neon's VMs or to Databricks' lakebase mode: --cgroup, --filecache-connstr, --vm-monitor-addr,
+--set-disk-quota-for-fs (each with a value), --resize-swap-on-bind, --lakebase-mode BOOL
+(true runs in Neon's mode all the same), --pg-init-timeout SECONDS (lakebase only), and the
+old --remote-ext-config.
 ";
 
 fn usage(msg: String) -> Error {
@@ -144,6 +176,12 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let mut pg_user = None;
     let mut token_file = None;
     let mut exit_delay = None;
+    let mut config = None;
+    let mut lakebase_http_port = None;
+    let mut privileged_role = None;
+    let mut remote_ext = None;
+    let mut ext_interval = None;
+    let mut dev = false;
 
     let mut i = 0;
     while i < argv.len() {
@@ -192,12 +230,47 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             "--pre-stop-checkpoint" => pre_stop_checkpoint = Some(seconds(flag, &value(flag)?)?),
             "-D" | "--pgdata" => pgdata = Some(PathBuf::from(value(flag)?)),
             "-C" | "--connstr" => connstr = Some(value(flag)?),
+            "-c" | "--config" => config = Some(PathBuf::from(value(flag)?)),
             "-s" | "--spec" => inline = Some(value(flag)?),
             "-S" | "--spec-path" => file = Some(PathBuf::from(value(flag)?)),
             "-p" | "--control-plane-uri" => cplane = Some(value(flag)?),
             "-i" | "--compute-id" => compute_id = Some(value(flag)?),
             "-b" | "--pgbin" => pgbin = Some(PathBuf::from(value(flag)?)),
-            "--http-port" | "--external-http-port" => ext_port = Some(port_value(flag, &value(flag)?)?),
+            "--external-http-port" => ext_port = Some(port_value(flag, &value(flag)?)?),
+            "--http-port" => lakebase_http_port = Some(port_value(flag, &value(flag)?)?),
+            "--privileged-role-name" => {
+                let v = value(flag)?;
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                    return Err(usage(format!("{flag}: {v:?} must match ^[a-z_]+$")));
+                }
+                privileged_role = Some(v);
+            }
+            "-r" | "--remote-ext-base-url" => remote_ext = Some(ext_base_url(flag, &value(flag)?)?),
+            "--installed-extensions-collection-interval" => {
+                let v = value(flag)?;
+                let secs = v.parse::<u64>().map_err(|_| usage(format!("{flag}: expected seconds, got {v:?}")))?;
+                ext_interval = Some(Duration::from_secs(secs));
+            }
+            "--dev" => {
+                dev = true;
+                log::info!("--dev: compute_ctl never stops pgbouncer or local_proxy, so this changes nothing");
+            }
+            "--lakebase-mode" => {
+                let v = value(flag)?;
+                match v.as_str() {
+                    "false" => {}
+                    "true" => log::warn!(
+                        "{flag} true: Databricks' lakebase mode is internal to Databricks and not supported; \
+                         running in Neon's mode"
+                    ),
+                    _ => return Err(usage(format!("{flag}: expected true or false, got {v:?}"))),
+                }
+            }
+            "--pg-init-timeout" => {
+                let v = value(flag)?;
+                v.parse::<u64>().map_err(|_| usage(format!("{flag}: expected seconds, got {v:?}")))?;
+                log::warn!("{flag} is enforced only in Neon's lakebase mode; accepted and ignored");
+            }
             "--internal-http-port" => int_port = Some(port_value(flag, &value(flag)?)?),
             "--http-bind" => {
                 let v = value(flag)?;
@@ -206,16 +279,17 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             "--pg-user" => pg_user = Some(value(flag)?),
             "--http-auth-token-file" => token_file = Some(PathBuf::from(value(flag)?)),
             "--exit-delay" => exit_delay = Some(seconds(flag, &value(flag)?)?),
-            "-r"
-            | "--remote-ext-config"
-            | "--cgroup"
-            | "--filecache-connstr"
-            | "--vm-monitor-addr"
-            | "--set-disk-quota-for-fs" => {
+            "--remote-ext-config" => {
                 value(flag)?;
-                log::warn!("{flag} is accepted for compatibility with Neon and ignored");
+                log::warn!("{flag} was renamed to --remote-ext-base-url in Neon; accepted and ignored");
             }
-            "--resize-swap-on-bind" => log::warn!("{flag} is accepted for compatibility with Neon and ignored"),
+            "--cgroup" | "--filecache-connstr" | "--vm-monitor-addr" | "--set-disk-quota-for-fs" => {
+                value(flag)?;
+                log::warn!("{flag} configures Neon's VM monitor, which this build does not have; ignored");
+            }
+            "--resize-swap-on-bind" => {
+                log::warn!("{flag} configures Neon's VM swap, which this build does not manage; ignored")
+            }
             other => return Err(usage(format!("unknown argument {other:?} (see --help)"))),
         }
         if let Some(v) = attached {
@@ -229,19 +303,26 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let pgdata = pgdata.ok_or_else(|| usage("-D/--pgdata is required".into()))?;
     let connstr = connstr.ok_or_else(|| usage("-C/--connstr is required".into()))?;
     connstr.parse::<postgres::Config>().map_err(|e| usage(format!("-C/--connstr: cannot parse {connstr:?}: {e}")))?;
-    let spec = match (inline, file, cplane) {
-        (Some(s), None, None) => SpecSource::Inline(s),
-        (None, Some(f), None) => SpecSource::File(f),
-        (None, None, Some(u)) => SpecSource::ControlPlane(u.trim_end_matches('/').to_string()),
-        (None, None, None) => SpecSource::Wait,
-        _ => return Err(usage("give at most one of -s/--spec, -S/--spec-path, -p/--control-plane-uri".into())),
+    let spec = match (config, inline, file, cplane) {
+        (Some(c), None, None, None) => SpecSource::Config(c),
+        (None, Some(s), None, None) => SpecSource::Inline(s),
+        (None, None, Some(f), None) => SpecSource::File(f),
+        (None, None, None, Some(u)) => SpecSource::ControlPlane(u.trim_end_matches('/').to_string()),
+        (None, None, None, None) => SpecSource::Wait,
+        _ => {
+            return Err(usage(
+                "give at most one of -c/--config, -s/--spec, -S/--spec-path, -p/--control-plane-uri".into(),
+            ));
+        }
     };
-    let external_http_port = ext_port.unwrap_or(3080);
-    let internal_http_port = match int_port {
-        Some(p) => p,
-        None => external_http_port
-            .checked_add(1)
-            .ok_or_else(|| usage("--internal-http-port is needed when the external port is 65535".into()))?,
+    let (external_http_port, internal_http_port) = match (lakebase_http_port, ext_port, int_port) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err(usage("--http-port cannot be used with --external-http-port or --internal-http-port".into()));
+        }
+        (Some(p), None, None) => {
+            (p, p.checked_add(1).ok_or_else(|| usage("--http-port: the internal port would be 65536".into()))?)
+        }
+        (None, e, i) => (e.unwrap_or(3080), i.unwrap_or(3081)),
     };
     let pgbin = pgbin.or_else(|| env("POSTGRES_PATH").map(PathBuf::from)).unwrap_or_else(|| "postgres".into());
     let compute_id = compute_id.unwrap_or_else(|| {
@@ -260,8 +341,26 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         pg_user: pg_user.unwrap_or_else(|| "postgres".into()),
         http_auth_token_file: token_file,
         exit_delay: exit_delay.unwrap_or(Duration::from_secs(30)),
+        privileged_role_name: privileged_role.unwrap_or_else(|| DEFAULT_PRIVILEGED_ROLE.into()),
+        remote_ext_base_url: remote_ext,
+        installed_extensions_interval: ext_interval.unwrap_or(Duration::from_secs(3600)),
+        dev,
         pre_stop_checkpoint: pre_stop_checkpoint.unwrap_or(Duration::from_secs(10)),
     })))
+}
+
+/// Neon's check of `--remote-ext-base-url`: trailing slashes trimmed, exactly one added; a
+/// URL with a query part is refused.
+fn ext_base_url(flag: &str, v: &str) -> Result<String> {
+    let rest = v.strip_prefix("http://").or_else(|| v.strip_prefix("https://"));
+    let host = rest.map(|r| r.split('/').next().unwrap_or(""));
+    if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
+        return Err(usage(format!("{flag}: {v:?} is not an http:// or https:// URL")));
+    }
+    if v.contains('?') {
+        return Err(usage(format!("{flag}: {v:?} must not have query parameters")));
+    }
+    Ok(format!("{}/", v.trim_end_matches('/')))
 }
 
 fn seconds(flag: &str, v: &str) -> Result<Duration> {
@@ -277,6 +376,7 @@ fn seconds(flag: &str, v: &str) -> Result<Duration> {
 fn parse_plan(argv: &[String]) -> Result<Command> {
     let mut connstr = None;
     let mut specs = Vec::new();
+    let mut privileged = DEFAULT_PRIVILEGED_ROLE.to_string();
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
         let (flag, attached) = match arg.split_once('=') {
@@ -287,6 +387,13 @@ fn parse_plan(argv: &[String]) -> Result<Command> {
             attached.clone().or_else(|| it.next().cloned()).ok_or_else(|| usage(format!("plan: {flag} needs a value")))
         };
         match flag {
+            "--privileged-role-name" => {
+                let v = value()?;
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                    return Err(usage(format!("plan: {flag}: {v:?} must match ^[a-z_]+$")));
+                }
+                privileged = v;
+            }
             "-C" | "--connstr" => connstr = Some(value()?),
             "-s" | "--spec" => specs.push(PlanSpec::Inline(value()?)),
             "-S" | "--spec-path" => specs.push(PlanSpec::File(value()?.into())),
@@ -304,7 +411,7 @@ fn parse_plan(argv: &[String]) -> Result<Command> {
         0 => return Err(usage("plan: give the spec with -S FILE, -s JSON or -c FILE".into())),
         _ => return Err(usage("plan: give only one of -S, -s, -c".into())),
     };
-    Ok(Command::Plan(PlanArgs { connstr, spec }))
+    Ok(Command::Plan(PlanArgs { connstr, spec, privileged_role_name: privileged }))
 }
 
 fn port_value(flag: &str, v: &str) -> Result<u16> {
@@ -348,6 +455,61 @@ mod tests {
         assert_eq!((a.external_http_port, a.internal_http_port), (4000, 4001));
         assert_eq!(a.spec, SpecSource::File("/x.json".into()));
         assert_eq!(a.pg_user, "pg");
+        let mut v = BASE.to_vec();
+        v.extend(["--external-http-port", "4000", "-c", "/c.json"]);
+        let a = args(&v);
+        assert_eq!((a.external_http_port, a.internal_http_port), (4000, 3081));
+        assert_eq!(a.spec, SpecSource::Config("/c.json".into()));
+    }
+
+    #[test]
+    fn todays_neon_flags() {
+        let mut v = BASE.to_vec();
+        v.extend([
+            "--privileged-role-name",
+            "my_admin",
+            "-r",
+            "https://example.com/subpath",
+            "--installed-extensions-collection-interval",
+            "60",
+            "--dev",
+            "--lakebase-mode",
+            "false",
+            "--pg-init-timeout",
+            "10",
+            "-i",
+            "compute-1",
+        ]);
+        let a = args(&v);
+        assert_eq!(a.privileged_role_name, "my_admin");
+        assert_eq!(a.remote_ext_base_url.as_deref(), Some("https://example.com/subpath/"));
+        assert_eq!(a.installed_extensions_interval, Duration::from_secs(60));
+        assert!(a.dev);
+        assert_eq!(a.compute_id, "compute-1");
+        let d = args(&BASE);
+        assert_eq!(d.privileged_role_name, "neon_superuser");
+        assert_eq!(d.installed_extensions_interval, Duration::from_secs(3600));
+        assert!(!d.dev && d.remote_ext_base_url.is_none());
+        assert_eq!(ext_base_url("-r", "https://example.com//").unwrap(), "https://example.com/");
+    }
+
+    #[test]
+    fn todays_neon_flags_refuse_bad_values() {
+        for (extra, want) in [
+            (&["--privileged-role-name", "Neon-Admin"][..], "^[a-z_]+$"),
+            (&["--privileged-role-name", "x; drop"][..], "^[a-z_]+$"),
+            (&["-r", "http://gw/?a=1"][..], "query"),
+            (&["-r", "s3://bucket"][..], "not an http"),
+            (&["--lakebase-mode", "yes"][..], "true or false"),
+            (&["--http-port", "4000", "--internal-http-port", "4001"][..], "cannot be used with"),
+            (&["-c", "/c.json", "-p", "http://cp"][..], "at most one"),
+            (&["--installed-extensions-collection-interval", "-1"][..], "expected seconds"),
+        ] {
+            let mut v = BASE.to_vec();
+            v.extend(extra);
+            let e = run(&v).unwrap_err().to_string();
+            assert!(e.contains(want), "{extra:?}: {e}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 /// Runs compute_ctl to the end and returns the process exit code.
 pub fn run(args: Args) -> Result<i32> {
+    log::info!("compute build_tag: {}", crate::metrics::BUILD_TAG);
     let (tx, rx) = mpsc::channel::<Message>();
     let notifier = Arc::new(Notifier::from_env(&crate::notify::Env::from_process())?);
     if notifier.enabled() {
@@ -41,6 +42,7 @@ pub fn run(args: Args) -> Result<i32> {
         connstr: args.connstr.clone(),
         run_as: pgdata::postgres_identity(&args.pg_user)?,
         internal_http_port: args.internal_http_port,
+        privileged_role: args.privileged_role_name.clone(),
         interrupted: Arc::new(AtomicBool::new(false)),
     };
     let app = Arc::new(routes::App {
@@ -49,6 +51,7 @@ pub fn run(args: Args) -> Result<i32> {
         live_config_allowed: !matches!(args.spec, SpecSource::Inline(_)),
         node,
         auth_token,
+        compute_ctl_config: std::sync::OnceLock::new(),
         in_flight: AtomicUsize::new(0),
         heartbeat: Arc::new(Heartbeat::new()),
     });
@@ -115,6 +118,17 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
     let tx = crate::locks::lock(&app.events).clone();
     // The spec is read and validated before anything on disk is touched.
     let initial = match &args.spec {
+        SpecSource::Config(path) => {
+            let (spec, ctl) = crate::spec::ComputeConfig::load(path)?;
+            log::info!(
+                "config file {}: {}, {} JWKS key(s)",
+                path.display(),
+                if spec.is_some() { "with a spec" } else { "no spec yet" },
+                ctl.jwks.keys.len()
+            );
+            let _ = app.compute_ctl_config.set(ctl);
+            spec
+        }
         SpecSource::Inline(json) => Some(ParsedSpec::parse(json)?),
         SpecSource::File(path) => {
             let json = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read spec file", path, e))?;
@@ -159,9 +173,15 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
     });
     let initial = match (initial, &args.spec) {
         (Some(spec), _) => Some(spec),
-        (None, SpecSource::ControlPlane(uri)) => crate::control_plane::fetch_spec(uri, &args.compute_id)?,
+        (None, SpecSource::ControlPlane(uri)) => {
+            let (spec, ctl) = crate::control_plane::fetch_config(uri, &args.compute_id)?;
+            if let Some(ctl) = ctl {
+                let _ = app.compute_ctl_config.set(ctl);
+            }
+            spec
+        }
         (None, _) => {
-            log::info!("no spec given: waiting for POST /configure");
+            log::info!("no spec yet: waiting for POST /configure");
             None
         }
     };
@@ -172,7 +192,8 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
     // When the current end state began lingering.
     let mut linger_deadline: Option<Instant> = None;
     loop {
-        if let State::Running(_) = &state {
+        if let State::Running(running) = &state {
+            crate::monitor::set_extensions_interval(args.installed_extensions_interval, running.spec().spec());
             crate::monitor::ensure_started(&app.shared, &app.node.connstr);
         }
         let message = match state.exit() {

@@ -10,7 +10,7 @@
 //! terminate TLS); an `https://` URI is refused with a message saying so.
 
 use crate::error::{Error, Result};
-use crate::spec::{ComputeSpec, ParsedSpec};
+use crate::spec::{ComputeCtlConfig, ComputeSpec, ParsedSpec};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -27,9 +27,9 @@ struct SpecResponse {
     #[serde(default)]
     spec: Option<ComputeSpec>,
     status: CplaneStatus,
-    /// JWKS for local_proxy; received and not used, as in Neon.
+    /// Required by today's Neon; an answer without it (or with one of another shape) is
+    /// still accepted here, with a warning.
     #[serde(default)]
-    #[allow(dead_code)]
     compute_ctl_config: Option<serde_json::Value>,
 }
 
@@ -42,12 +42,13 @@ enum CplaneStatus {
 
 /// What one attempt came to.
 enum Attempt {
-    Done(Option<ParsedSpec>),
+    Done(Option<ParsedSpec>, Option<ComputeCtlConfig>),
     Retry(String),
 }
 
-/// `GET {uri}/compute/api/v2/computes/{id}/spec`; `Ok(None)` means "wait for /configure".
-pub fn fetch_spec(uri: &str, compute_id: &str) -> Result<Option<ParsedSpec>> {
+/// `GET {uri}/compute/api/v2/computes/{id}/spec`: the spec (None means "wait for
+/// /configure") and `compute_ctl_config` when the answer carried a valid one.
+pub fn fetch_config(uri: &str, compute_id: &str) -> Result<(Option<ParsedSpec>, Option<ComputeCtlConfig>)> {
     if uri.starts_with("https://") {
         return Err(Error::ControlPlane(format!(
             "{uri}: https is not supported by this build; use an http:// URI (e.g. a local TLS proxy)"
@@ -60,7 +61,7 @@ pub fn fetch_spec(uri: &str, compute_id: &str) -> Result<Option<ParsedSpec>> {
     for attempt in 1..=ATTEMPTS {
         log::info!("requesting the spec from the control plane: {url} (attempt {attempt}/{ATTEMPTS})");
         match fetch_once(&url, &token)? {
-            Attempt::Done(spec) => return Ok(spec),
+            Attempt::Done(spec, ctl) => return Ok((spec, ctl)),
             Attempt::Retry(why) => {
                 log::warn!("control plane attempt {attempt}/{ATTEMPTS} failed: {why}");
                 last = why;
@@ -85,13 +86,13 @@ fn fetch_once(url: &str, token: &str) -> Result<Attempt> {
     let resp = match resp {
         Ok(r) => r,
         Err(e) => {
-            crate::metrics::count_cplane_request("GetSpec", "unknown");
+            crate::metrics::count_cplane_request("GetConfig", "unknown");
             return Ok(Attempt::Retry(format!("network error: {e}")));
         }
     };
     let code = resp.status_code;
     let label = if resp.reason_phrase.is_empty() { code.to_string() } else { format!("{code} {}", resp.reason_phrase) };
-    crate::metrics::count_cplane_request("GetSpec", &label);
+    crate::metrics::count_cplane_request("GetConfig", &label);
     match code {
         200 => {}
         502 | 503 => return Ok(Attempt::Retry(format!("control plane is temporarily unavailable ({label})"))),
@@ -105,14 +106,25 @@ fn fetch_once(url: &str, token: &str) -> Result<Attempt> {
         Ok(p) => p,
         Err(e) => return Ok(Attempt::Retry(format!("cannot decode the response body: {e}"))),
     };
+    let ctl = match parsed.compute_ctl_config.map(serde_json::from_value::<ComputeCtlConfig>) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            log::warn!("the control plane's compute_ctl_config is not usable ({e}); going on without it");
+            None
+        }
+        None => {
+            log::warn!("the control plane's answer has no compute_ctl_config; going on without it");
+            None
+        }
+    };
     match (parsed.status, parsed.spec) {
         (CplaneStatus::Empty, _) => {
             log::info!("the control plane has no spec for this compute yet: waiting for POST /configure");
-            Ok(Attempt::Done(None))
+            Ok(Attempt::Done(None, ctl))
         }
         (CplaneStatus::Attached, None) => {
             Err(Error::ControlPlane("the compute is attached, but the control plane sent no spec".into()))
         }
-        (CplaneStatus::Attached, Some(spec)) => Ok(Attempt::Done(Some(ParsedSpec::validate(spec)?))),
+        (CplaneStatus::Attached, Some(spec)) => Ok(Attempt::Done(Some(ParsedSpec::validate(spec)?), ctl)),
     }
 }

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    // Before parsing, so that the warnings about ignored Neon flags are seen.
+    compute_ctl::logger::init(std::env::var("RUST_LOG").ok().as_deref());
     let command = match args::parse(&argv, |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
@@ -35,7 +37,6 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => args,
     };
-    compute_ctl::logger::init(std::env::var("RUST_LOG").ok().as_deref());
     match compute_ctl::compute::run(*args) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {

@@ -1,19 +1,69 @@
 //! Prometheus metrics: the process-wide counters, and the text exposition format written by
 //! hand (version 0.0.4, what `promtool check metrics` reads).
 //!
-//! Neon's four families (reference 3.5) keep their names and labels; empty families are left
-//! out, as Neon does. Added: `compute_ctl_up{status}` (one sample per status, 1 for the current
-//! one), `compute_ctl_startup_duration_seconds{step}` and `compute_ctl_startup_bytes{what}` (the
-//! `/metrics.json` fields), `compute_ctl_http_requests_total{server,route,code}`, and
+//! Neon's families (reference 2026 §8) keep their names and labels; empty label families are
+//! left out and scalars are always present, as Neon does: `compute_ctl_up{build_tag,status}`
+//! (one sample, the current status in its kebab-case form), the downtime pair
+//! `compute_pg_current_downtime_ms`/`compute_pg_downtime_ms_total` (fed by the monitor), the
+//! LFC and `pg_cctl_*` counters. Added: `compute_ctl_startup_duration_seconds{step}` and
+//! `compute_ctl_startup_bytes{what}` (the `/metrics.json` fields), and
+//! `compute_ctl_http_requests_total{server,route,code}`, and
 //! `compute_ctl_pending_restart_settings` with `compute_ctl_pending_restart{setting}`.
 //!
 //! The counters are process-wide by nature (the control-plane fetch happens before any HTTP
 //! server exists), so they live in one global registry rather than being threaded through.
 
-use crate::lifecycle::{Snapshot, Status};
+use crate::lifecycle::Snapshot;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+/// The `build_tag` label: `BUILD_TAG` at compile time, `latest` without it, as Neon.
+pub const BUILD_TAG: &str = match option_env!("BUILD_TAG") {
+    Some(t) => t,
+    None => "latest",
+};
+
+/// Counters that are plain numbers, always exported (from 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Counter {
+    LfcPrewarms,
+    LfcPrewarmErrors,
+    LfcOffloads,
+    LfcOffloadErrors,
+    /// `/refresh_configuration` calls (Neon's name).
+    PagestreamRequestErrors,
+    ConfigureStatementTimeoutErrors,
+}
+
+impl Counter {
+    const ALL: [(Counter, &'static str, &'static str); 6] = [
+        (Counter::LfcPrewarms, "compute_ctl_lfc_prewarms_total", "Total number of LFC prewarms requested"),
+        (Counter::LfcPrewarmErrors, "compute_ctl_lfc_prewarm_errors_total", "Total number of LFC prewarm errors"),
+        (Counter::LfcOffloads, "compute_ctl_lfc_offloads_total", "Total number of LFC offloads requested"),
+        (Counter::LfcOffloadErrors, "compute_ctl_lfc_offload_errors_total", "Total number of LFC offload errors"),
+        (
+            Counter::PagestreamRequestErrors,
+            "pg_cctl_pagestream_request_errors_total",
+            "Number of configuration refreshes requested of compute_ctl",
+        ),
+        (
+            Counter::ConfigureStatementTimeoutErrors,
+            "pg_cctl_configure_statement_timeout_errors_total",
+            "Number of catalog statements cancelled by statement_timeout",
+        ),
+    ];
+}
+
+/// The monitor's view of Postgres's availability.
+#[derive(Default)]
+struct Downtime {
+    last_up: Option<Instant>,
+    last_check: Option<Instant>,
+    current_ms: f64,
+    total_ms: f64,
+}
 
 /// One installed extension, aggregated over databases.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,6 +86,8 @@ struct Registry {
     installed: BTreeMap<InstalledExtension, u64>,
     /// `compute_ctl_http_requests_total`: (server, route, code) → count.
     http: BTreeMap<(&'static str, &'static str, u16), u64>,
+    counters: BTreeMap<Counter, u64>,
+    downtime: Downtime,
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
@@ -61,6 +113,32 @@ pub fn count_migration_failed(migration_id: &str) {
 /// the label's cardinality stays bounded.
 pub fn count_http_request(server: &'static str, route: &'static str, code: u16) {
     with(|r| *r.http.entry((server, route, code)).or_default() += 1);
+}
+
+/// Adds one to a scalar counter.
+pub fn count(counter: Counter) {
+    with(|r| *r.counters.entry(counter).or_default() += 1);
+}
+
+/// One monitor check at `now`: Postgres answered (`up`) or not. While it does not, the
+/// current downtime is the time since the last good check and the total grows by the time
+/// since the previous check, as Neon counts.
+pub fn monitor_check(up: bool, now: Instant) {
+    with(|r| r.downtime.check(up, now));
+}
+
+impl Downtime {
+    fn check(&mut self, up: bool, now: Instant) {
+        let since = |t: Option<Instant>| t.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64() * 1000.0);
+        if up {
+            self.last_up = Some(now);
+            self.current_ms = 0.0;
+        } else {
+            self.current_ms = since(self.last_up.or(self.last_check));
+            self.total_ms += since(self.last_check);
+        }
+        self.last_check = Some(now);
+    }
 }
 
 /// Replaces the installed-extension gauge (after a start or a reconfiguration).
@@ -122,13 +200,31 @@ pub fn render(snap: &Snapshot) -> String {
                 (vec![("server", *s), ("route", *route), ("code", code.as_str())], *n as f64)
             }),
         );
+        for (counter, name, help) in Counter::ALL {
+            let n = r.counters.get(&counter).copied().unwrap_or(0);
+            family(&mut out, name, "counter", help, std::iter::once((Vec::new(), n as f64)));
+        }
+        family(
+            &mut out,
+            "compute_pg_current_downtime_ms",
+            "gauge",
+            "Time since Postgres last answered the monitor, while it does not (0 when it does)",
+            std::iter::once((Vec::new(), r.downtime.current_ms)),
+        );
+        family(
+            &mut out,
+            "compute_pg_downtime_ms_total",
+            "counter",
+            "Total time Postgres did not answer the monitor",
+            std::iter::once((Vec::new(), r.downtime.total_ms)),
+        );
     });
     family(
         &mut out,
         "compute_ctl_up",
         "gauge",
-        "Compute status: 1 for the current status, 0 for the others",
-        Status::ALL.iter().map(|s| (vec![("status", s.wire_name())], if *s == snap.status { 1.0 } else { 0.0 })),
+        "Compute is up, with its build tag and current status",
+        std::iter::once((vec![("build_tag", BUILD_TAG), ("status", snap.status.display_name())], 1.0)),
     );
     family(
         &mut out,
@@ -236,6 +332,21 @@ mod tests {
         let mut out = String::new();
         family(&mut out, "m", "gauge", "h", std::iter::once((vec![("l", "a\"b\\c\nd")], 1.0)));
         assert_eq!(out, "# HELP m h\n# TYPE m gauge\nm{l=\"a\\\"b\\\\c\\nd\"} 1\n");
+    }
+
+    #[test]
+    fn downtime_counts_from_the_last_good_check() {
+        let mut d = Downtime::default();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + std::time::Duration::from_millis(n);
+        let mut check = |up, at| {
+            d.check(up, at);
+            (d.current_ms, d.total_ms)
+        };
+        assert_eq!(check(true, ms(0)), (0.0, 0.0));
+        assert_eq!(check(false, ms(500)), (500.0, 500.0));
+        assert_eq!(check(false, ms(1000)), (1000.0, 1000.0));
+        assert_eq!(check(true, ms(1500)), (0.0, 1000.0));
     }
 
     #[test]

@@ -13,15 +13,37 @@
 //! connections of the `--connstr` user, which plays Neon's `cloud_admin` (the control plane's
 //! own user). `last_active` only moves forward.
 //!
+//! Each tick also feeds the downtime metrics: a failed connect or query, or Postgres down
+//! while the compute should be running, counts as down (Neon's `report_down`).
+//!
+//! The installed-extensions gauge is collected once Postgres is up after a start, then every
+//! collection interval: `--installed-extensions-collection-interval`, replaced by the spec's
+//! `suspend_timeout_seconds` when it has one (`-1` or `0` mean 3600 s), as Neon does. (Neon
+//! sleeps twice the interval and never lets it shrink; here it is the interval as given.)
+//!
 //! Cost: one single-row query per 500 ms on an open connection, a few hundred microseconds of
 //! Postgres time per second.
 
 use crate::lifecycle::{Shared, Status};
 use crate::postgres::sql;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use crate::spec::ComputeSpec;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const INTERVAL: Duration = Duration::from_millis(500);
+
+/// Seconds between installed-extension collections.
+static EXTENSIONS_INTERVAL_SECS: AtomicU64 = AtomicU64::new(3600);
+
+/// Sets the collection interval from the flag and the running spec (see the module docs).
+pub fn set_extensions_interval(flag: Duration, spec: &ComputeSpec) {
+    let secs = match spec.suspend_timeout_seconds {
+        None => flag.as_secs(),
+        Some(s) if s <= 0 => 3600,
+        Some(s) => s as u64,
+    };
+    EXTENSIONS_INTERVAL_SECS.store(secs.max(1), Ordering::SeqCst);
+}
 
 /// One round trip: the whole of Neon's checks. State times are read as epoch microseconds, so
 /// the session's TimeZone does not matter (Neon formats them in the session's zone and reads
@@ -55,31 +77,46 @@ pub fn ensure_started(shared: &Shared, connstr: &str) {
 fn run(shared: &Shared, connstr: &str) {
     let superuser = sql::connstr_user(connstr).unwrap_or_default();
     let mut conn: Option<(postgres::Client, postgres::Statement)> = None;
-    let mut extensions_done = false;
+    // When the next installed-extensions collection is due; None: at once.
+    let mut next_extensions: Option<Instant> = None;
     loop {
         let snap = shared.get();
+        let now = Instant::now();
         match snap.status {
             Status::TerminationPending | Status::Terminated => return,
-            _ if !snap.postgres_up => conn = None,
+            // Waiting for a spec or starting: there is no Postgres to be down yet.
+            Status::Empty | Status::ConfigurationPending | Status::Init => conn = None,
+            _ if !snap.postgres_up => {
+                conn = None;
+                crate::metrics::monitor_check(false, now);
+            }
             _ => {
                 if conn.is_none() {
                     conn = connect(connstr);
                 }
+                let mut up = false;
                 if let Some((client, stmt)) = conn.as_mut() {
                     match sample(client, stmt, &superuser) {
-                        Ok(Some(t)) => shared.touch_active(t),
-                        Ok(None) => {}
+                        Ok(Some(t)) => {
+                            up = true;
+                            shared.touch_active(t);
+                        }
+                        Ok(None) => up = true,
                         Err(e) => {
                             log::warn!("activity monitor: {}; reconnecting", crate::error::db_error_text(&e));
                             conn = None;
                         }
                     }
-                    // The installed-extension gauge is filled once Postgres is up, off the
-                    // start-up path, as Neon does after start.
-                    if !extensions_done && let Some((client, _)) = conn.as_mut() {
-                        extensions_done = refresh_installed_extensions(client, connstr);
+                    // Off the start-up path, as Neon does after start.
+                    if next_extensions.is_none_or(|t| now >= t)
+                        && let Some((client, _)) = conn.as_mut()
+                        && refresh_installed_extensions(client, connstr)
+                    {
+                        let secs = EXTENSIONS_INTERVAL_SECS.load(Ordering::SeqCst);
+                        next_extensions = Some(now + Duration::from_secs(secs));
                     }
                 }
+                crate::metrics::monitor_check(up, now);
             }
         }
         std::thread::sleep(INTERVAL);

@@ -21,7 +21,7 @@ pub fn run(args: &PlanArgs, out: &mut dyn Write) -> Result<i32> {
             ..DryRun::default()
         }
     } else {
-        plan::dry_run(&args.connstr, s)?
+        plan::dry_run(&args.connstr, s, &args.privileged_role_name)?
     };
     let text = render(&dry);
     out.write_all(text.as_bytes()).map_err(|e| Error::io("cannot write the plan to", "stdout", e))?;

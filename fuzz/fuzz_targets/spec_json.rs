@@ -5,7 +5,9 @@
 //! - a rejected spec gets a message that says what is wrong (never empty);
 //! - a spec that validated keeps the invariants the rest of the program relies on without
 //!   re-checking (names fit in NAMEDATALEN and have no NUL, settings have valid names);
-//! - a valid spec, serialized again, parses and validates to the same value.
+//! - a valid spec, serialized again, parses and validates to the same value;
+//! - the same bytes as a `-c` config file never panic, and a valid spec renders
+//!   `postgresql.conf` without panicking.
 #![no_main]
 
 use compute_ctl::escape::is_conf_name;
@@ -16,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    let _ = compute_ctl::spec::ComputeConfig::parse(text, "fuzz");
     let parsed = ParsedSpec::parse(text);
     let Ok(spec) = serde_json::from_str::<ComputeSpec>(text) else {
         let err = parsed.expect_err("parse accepted what serde_json refused");
@@ -33,6 +36,8 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(valid.spec(), &spec);
     check_invariants(valid.spec());
+    let conf = compute_ctl::postgres::conf::render(&valid, 3081, false, "neon_superuser");
+    assert!(conf.ends_with("include_if_exists = 'compute_ctl_temp_override.conf'\n"));
 
     let json = serde_json::to_string(&spec).expect("a valid spec serializes");
     let again = ParsedSpec::parse(&json).unwrap_or_else(|e| panic!("re-serialized spec refused: {e}\n{json}"));

@@ -24,11 +24,16 @@ pub struct App {
     pub shared: Shared,
     /// `mpsc::Sender` is `Send` but not `Sync`; a clone is taken per request.
     pub events: Mutex<Sender<Message>>,
-    /// False when the spec came from `-s` (then `/configure` answers 412, as in Neon).
+    /// False when the spec came from `-s` (then `/configure` answers 412, as Neon did
+    /// before `-c`).
     pub live_config_allowed: bool,
     pub node: Node,
     /// `--http-auth-token-file`'s token; every route but those in `PUBLIC` then needs it.
     pub auth_token: Option<Token>,
+    /// `compute_ctl_config` of the `-c` file or of the control plane's answer, set once before
+    /// the compute starts (a `/configure` body's copy is ignored, as in Neon); unset with
+    /// `-s`, `-S` or no spec source.
+    pub compute_ctl_config: std::sync::OnceLock<crate::spec::ComputeCtlConfig>,
     /// Requests being handled; the owner waits for them before the process exits so that
     /// the last answers (to `/terminate`, say) are written.
     pub in_flight: AtomicUsize,

@@ -108,7 +108,12 @@ impl Boot {
         }
         // Written here in both modes: pageserver mode wrote it before the sync too, but a
         // basebackup may carry the source's own postgresql.conf, which must not win.
-        let text = conf::render(&self.spec, node.internal_http_port, self.spec.spec().drop_subscriptions_before_start);
+        let text = conf::render(
+            &self.spec,
+            node.internal_http_port,
+            self.spec.spec().drop_subscriptions_before_start,
+            &node.privileged_role,
+        );
         conf::write_postgres_conf(pgdata, &text)?;
         conf::line_in_file(&pgdata.join("pg_hba.conf"), conf::PG_HBA_ALL_MD5)?;
         conf::write_atomically(&pgdata.join(conf::TEMP_OVERRIDE), b"")?;
@@ -190,7 +195,16 @@ impl Ready {
         if spec.skip_pg_catalog_updates || spec.mode != ComputeMode::Primary {
             return Ok(());
         }
-        apply::apply_spec(&self.ctx.node.connstr, &self.spec, apply::Concurrency::AtStart, warm.as_ref())
+        let node = &self.ctx.node;
+        apply::apply_spec(
+            &node.connstr,
+            &self.spec,
+            &node.privileged_role,
+            apply::Concurrency::AtStart,
+            warm.as_ref(),
+        )?;
+        crate::postgres::migrations::run(&node.connstr, &node.privileged_role);
+        Ok(())
     }
 
     /// Lets subscriptions created from now on replicate.
@@ -211,7 +225,7 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
     }
     let node = &ctx.node;
     // A running compute never re-arms the subscriber guard: nothing here drops subscriptions.
-    let text = conf::render(spec, node.internal_http_port, false);
+    let text = conf::render(spec, node.internal_http_port, false, &node.privileged_role);
     let path = node.pgdata.join("postgresql.conf");
     let old = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
     conf::write_postgres_conf(&node.pgdata, &text)?;
@@ -239,7 +253,8 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
     drop(client);
     let s = spec.spec();
     if !s.skip_pg_catalog_updates && s.mode == ComputeMode::Primary {
-        apply::apply_spec(&node.connstr, spec, apply::Concurrency::Reconfigure(s.reconfigure_concurrency), None)?;
+        let concurrency = apply::Concurrency::Reconfigure(s.reconfigure_concurrency);
+        apply::apply_spec(&node.connstr, spec, &node.privileged_role, concurrency, None)?;
         pm.reload();
     }
     log::info!(

@@ -44,6 +44,7 @@ impl Fake {
             connstr: "host=127.0.0.1 port=1 user=cloud_admin dbname=postgres connect_timeout=2".into(),
             run_as: None,
             internal_http_port: 3081,
+            privileged_role: "neon_superuser".into(),
             interrupted: Arc::new(AtomicBool::new(false)),
         };
         let shared = Shared::new();

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::escape::{conf_value, is_bare_conf_token};
-use crate::spec::{ComputeMode, ParsedSpec};
+use crate::spec::{AuditLogLevel, ComputeMode, ParsedSpec};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
@@ -14,34 +14,71 @@ pub const PG_HBA_ALL_MD5: &str = "host\tall\t\tall\t\tall\t\tmd5";
 /// The file `postgresql.conf` includes last, for temporary overrides during an apply.
 pub const TEMP_OVERRIDE: &str = "compute_ctl_temp_override.conf";
 
-/// Renders `postgresql.conf` for `spec` (reference 4.4). `disable_subscribers` is the value of
-/// `neon.disable_logical_replication_subscribers` (the guard for Neon's Postgres).
-pub fn render(spec: &ParsedSpec, internal_http_port: u16, disable_subscribers: bool) -> String {
+/// Renders `postgresql.conf` for `spec` in the order of today's Neon (reference 2026 §4).
+/// `disable_subscribers` is the value of `neon.disable_logical_replication_subscribers` (the
+/// guard for Neon's Postgres); `privileged_role` is `--privileged-role-name`.
+pub fn render(spec: &ParsedSpec, internal_http_port: u16, disable_subscribers: bool, privileged_role: &str) -> String {
     let s = spec.spec();
     let mut out = String::new();
     if let Some(base) = &s.cluster.postgresql_conf {
         out.push_str(base);
         out.push('\n');
     }
-    out.push_str("# Neon storage settings\n");
-    if let Some(ps) = &s.pageserver_connstring {
-        let _ = writeln!(out, "neon.pageserver_connstring={}", conf_value(ps));
-    }
-    if let Some(stripe) = s.shard_stripe_size {
-        let _ = writeln!(out, "neon.stripe_size={stripe}");
+    out.push_str("# Neon storage settings\n\n");
+    // The neon extension reads the stripe size before it parses the connection string.
+    if let Some(info) = &s.pageserver_connection_info {
+        if let Some(stripe) = info.stripe_size {
+            let _ = writeln!(out, "# from compute spec's pageserver_connection_info.stripe_size field");
+            let _ = writeln!(out, "neon.stripe_size={stripe}");
+        }
+        let urls: Option<Vec<&str>> =
+            info.first_pageservers().into_iter().map(|p| p.and_then(|p| p.libpq_url.as_deref())).collect();
+        match urls {
+            Some(urls) => {
+                let _ = writeln!(out, "# derived from compute spec's pageserver_connection_info field");
+                let _ = writeln!(out, "neon.pageserver_connstring={}", conf_value(&urls.join(",")));
+            }
+            None => out.push_str("# no neon.pageserver_connstring\n"),
+        }
+    } else {
+        if let Some(stripe) = s.shard_stripe_size {
+            let _ = writeln!(out, "# from compute spec's shard_stripe_size field");
+            let _ = writeln!(out, "neon.stripe_size={stripe}");
+        }
+        if let Some(ps) = &s.pageserver_connstring {
+            let _ = writeln!(out, "# from compute spec's pageserver_connstring field");
+            let _ = writeln!(out, "neon.pageserver_connstring={}", conf_value(ps));
+        }
     }
     if !s.safekeeper_connstrings.is_empty() {
-        let _ = writeln!(out, "neon.safekeepers={}", conf_value(&s.safekeeper_connstrings.join(",")));
+        let list = s.safekeeper_connstrings.join(",");
+        let value = match s.safekeepers_generation {
+            Some(generation) => format!("g#{generation}:{list}"),
+            None => list,
+        };
+        let _ = writeln!(out, "neon.safekeepers={}", conf_value(&value));
     }
-    if let Some(t) = &s.tenant_id {
-        let _ = writeln!(out, "neon.tenant_id={}", conf_value(t));
-    }
-    if let Some(t) = &s.timeline_id {
-        let _ = writeln!(out, "neon.timeline_id={}", conf_value(t));
+    let ids = [
+        ("neon.tenant_id", &s.tenant_id),
+        ("neon.timeline_id", &s.timeline_id),
+        ("neon.project_id", &s.project_id),
+        ("neon.branch_id", &s.branch_id),
+        ("neon.endpoint_id", &s.endpoint_id),
+    ];
+    for (name, value) in ids {
+        if let Some(v) = value {
+            let _ = writeln!(out, "{name}={}", conf_value(v));
+        }
     }
     for lc in ["lc_messages", "lc_monetary", "lc_time", "lc_numeric"] {
         let _ = writeln!(out, "{lc}='C.UTF-8'");
     }
+    let mode = match s.mode {
+        ComputeMode::Primary => "primary",
+        ComputeMode::Static(_) => "static",
+        ComputeMode::Replica => "replica",
+    };
+    let _ = writeln!(out, "neon.compute_mode={mode}");
     match s.mode {
         ComputeMode::Static(lsn) => {
             let _ = writeln!(out, "hot_standby=on\nrecovery_target_lsn='{lsn}'");
@@ -52,6 +89,7 @@ pub fn render(spec: &ParsedSpec, internal_http_port: u16, disable_subscribers: b
     if std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|v| v.trim() == "2") {
         out.push_str("dynamic_shared_memory_type = mmap\n");
     }
+    let _ = writeln!(out, "neon.privileged_role_name={}", conf_value(privileged_role));
     if let Some(settings) = &s.cluster.settings {
         out.push_str("# Managed by compute_ctl: begin\n");
         for opt in settings {
@@ -65,10 +103,51 @@ pub fn render(spec: &ParsedSpec, internal_http_port: u16, disable_subscribers: b
         }
         out.push_str("# Managed by compute_ctl: end\n");
     }
+    audit_block(&mut out, spec);
     let _ = writeln!(out, "neon.extension_server_port={internal_http_port}");
     let _ = writeln!(out, "neon.disable_logical_replication_subscribers={disable_subscribers}");
+    if s.logs_export_host.is_some() {
+        out.push_str("log_destination='stderr,syslog'\n");
+    }
     let _ = writeln!(out, "include_if_exists = '{TEMP_OVERRIDE}'");
     out
+}
+
+/// The pgaudit lines of `audit_log_level` (reference 2026 §4, line 16). The libraries are
+/// appended to the `shared_preload_libraries` setting unless it already names them.
+fn audit_block(out: &mut String, spec: &ParsedSpec) {
+    let s = spec.spec();
+    let libs = s.setting("shared_preload_libraries");
+    let preload = |extra: &[&str]| {
+        let mut v = libs.unwrap_or("neon").to_string();
+        for lib in extra {
+            if !v.contains(lib) {
+                v.push(',');
+                v.push_str(lib);
+            }
+        }
+        conf_value(&v)
+    };
+    match s.audit_log_level {
+        AuditLogLevel::Disabled => {}
+        AuditLogLevel::Log | AuditLogLevel::Base => {
+            out.push_str("# Managed by compute_ctl base audit settings: start\n");
+            out.push_str("pgaudit.log='ddl,role'\npgaudit.log_catalog=off\n");
+            let _ = writeln!(out, "shared_preload_libraries={}", preload(&["pgaudit"]));
+            out.push_str("# Managed by compute_ctl base audit settings: end\n");
+        }
+        level @ (AuditLogLevel::Hipaa | AuditLogLevel::Extended | AuditLogLevel::Full) => {
+            out.push_str("# Managed by compute_ctl compliance audit settings: begin\n");
+            if level == AuditLogLevel::Full {
+                out.push_str("pgaudit.log_parameter=on\npgaudit.log='all'\n");
+            } else {
+                out.push_str("pgaudit.log_parameter=off\npgaudit.log='all, -misc'\n");
+            }
+            out.push_str("pgaudit.log_catalog=off\npgaudit.log_rotation_age=5\n");
+            let _ = writeln!(out, "shared_preload_libraries={}", preload(&["pgaudit", "pgauditlogtofile"]));
+            out.push_str("# Managed by compute_ctl compliance audit settings: end\n");
+        }
+    }
 }
 
 /// Writes `postgresql.conf` whole: to a temporary file that is renamed over the old one, so
@@ -145,6 +224,68 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    const IDS: &str =
+        r#""tenant_id":"b0554b632bd4d547a63b86c3630317e8","timeline_id":"2414a61ffc94e428f14b5758fe308e13""#;
+
+    fn rendered(extra: &str) -> String {
+        let json = format!(r#"{{"format_version":1.0,"cluster":{{"roles":[],"databases":[]}},{IDS},{extra}}}"#);
+        render(&ParsedSpec::parse(&json).unwrap(), 3081, false, "neon_superuser")
+    }
+
+    /// The `neon.*` lines in the order and with the conditions of today's Neon.
+    #[test]
+    fn neon_lines_in_todays_order() {
+        let text = rendered(
+            r#""pageserver_connection_info":{"shard_count":2,"stripe_size":2048,"shards":{
+                "0102":{"pageservers":[{"id":2,"libpq_url":"postgresql://no_user@ps2:6400","grpc_url":null}]},
+                "0002":{"pageservers":[{"id":1,"libpq_url":"postgresql://no_user@ps1:6400"}]}}},
+            "pageserver_connstring":"host=ignored","shard_stripe_size":1,
+            "safekeeper_connstrings":["sk1:5454","sk2:5454"],"safekeepers_generation":0,
+            "project_id":"p","branch_id":"b","endpoint_id":"e","mode":"Replica""#,
+        );
+        let want = "# Neon storage settings\n\n\
+            # from compute spec's pageserver_connection_info.stripe_size field\nneon.stripe_size=2048\n\
+            # derived from compute spec's pageserver_connection_info field\n\
+            neon.pageserver_connstring='postgresql://no_user@ps1:6400,postgresql://no_user@ps2:6400'\n\
+            neon.safekeepers='g#0:sk1:5454,sk2:5454'\n\
+            neon.tenant_id='b0554b632bd4d547a63b86c3630317e8'\nneon.timeline_id='2414a61ffc94e428f14b5758fe308e13'\n\
+            neon.project_id='p'\nneon.branch_id='b'\nneon.endpoint_id='e'\n\
+            lc_messages='C.UTF-8'\nlc_monetary='C.UTF-8'\nlc_time='C.UTF-8'\nlc_numeric='C.UTF-8'\n\
+            neon.compute_mode=replica\nhot_standby=on\n";
+        assert!(text.starts_with(want), "{text}");
+        assert!(
+            text.contains("\nneon.privileged_role_name='neon_superuser'\nneon.extension_server_port=3081\n"),
+            "{text}"
+        );
+        assert!(!text.contains("ignored"), "{text}");
+
+        // The legacy fields: the stripe size now comes before the connection string.
+        let text = rendered(
+            r#""pageserver_connstring":"host=a port=1,host=b port=2","shard_stripe_size":32768,
+            "safekeeper_connstrings":["sk1:5454"],"safekeepers_generation":7"#,
+        );
+        let want = "# Neon storage settings\n\n# from compute spec's shard_stripe_size field\nneon.stripe_size=32768\n\
+            # from compute spec's pageserver_connstring field\nneon.pageserver_connstring='host=a port=1,host=b port=2'\n\
+            neon.safekeepers='g#7:sk1:5454'\n";
+        assert!(text.starts_with(want), "{text}");
+        assert!(text.contains("\nneon.compute_mode=primary\n"), "{text}");
+    }
+
+    #[test]
+    fn audit_and_log_export_lines() {
+        let text = rendered(r#""audit_log_level":"Hipaa","logs_export_host":"logs:514""#);
+        assert!(text.contains(
+            "# Managed by compute_ctl compliance audit settings: begin\npgaudit.log_parameter=off\n\
+             pgaudit.log='all, -misc'\npgaudit.log_catalog=off\npgaudit.log_rotation_age=5\n\
+             shared_preload_libraries='neon,pgaudit,pgauditlogtofile'\n"
+        ));
+        assert!(text.ends_with(
+            "neon.disable_logical_replication_subscribers=false\nlog_destination='stderr,syslog'\n\
+             include_if_exists = 'compute_ctl_temp_override.conf'\n"
+        ));
+        assert!(!rendered(r#""mode":"Primary""#).contains("pgaudit"));
+    }
+
     #[test]
     fn settings_render_as_neon_and_stay_on_their_line() {
         let json = r#"{"format_version":1.0,"cluster":{"roles":[],"databases":[],"settings":[
@@ -153,7 +294,7 @@ mod tests {
             {"name":"work_mem","value":"4MB; x","vartype":"integer"}]},
             "tenant_id":"b0554b632bd4d547a63b86c3630317e8","timeline_id":"2414a61ffc94e428f14b5758fe308e13"}"#;
         let spec = ParsedSpec::parse(json).unwrap();
-        let text = render(&spec, 3081, false);
+        let text = render(&spec, 3081, false, "neon_superuser");
         assert!(text.contains("\nfsync = off\n"));
         assert!(text.contains("\ntest.escaping = 'here''s a \\\\ and\\nnew line'\n"));
         assert!(text.contains("\nwork_mem = '4MB; x'\n"));

@@ -13,6 +13,7 @@ pub mod apply;
 pub mod basebackup;
 pub mod conf;
 pub mod dump;
+pub mod migrations;
 pub mod pgdata;
 pub mod process;
 pub mod queries;
@@ -40,6 +41,9 @@ pub struct Node {
     pub run_as: Option<RunAs>,
     /// compute_ctl's internal HTTP port, written into `postgresql.conf`.
     pub internal_http_port: u16,
+    /// `--privileged-role-name`: the role the catalog apply and the migrations grant to,
+    /// written into `postgresql.conf`.
+    pub privileged_role: String,
     /// Set when termination is asked for; long steps (basebackup, safekeeper sync, waiting for
     /// readiness) poll it and give up with `Error::Interrupted`.
     pub interrupted: Arc<AtomicBool>,

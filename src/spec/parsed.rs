@@ -1,6 +1,6 @@
 //! Validation at the edge: JSON in, [`ParsedSpec`] or an error naming the field out.
 
-use super::{ComputeMode, ComputeSpec, GenericOption};
+use super::{ComputeMode, ComputeSpec, GenericOption, PageserverProtocol};
 use crate::error::{Error, Result};
 use crate::escape;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -114,31 +114,28 @@ impl ParsedSpec {
         let tenant_id = id("tenant_id", "neon.tenant_id")?;
         let timeline_id = id("timeline_id", "neon.timeline_id")?;
 
-        let storage = match spec_str(&spec, "pageserver_connstring", "neon.pageserver_connstring") {
+        let storage = match pageservers(&spec)? {
             None => StorageMode::Local,
-            Some(list) => {
-                let connstrings: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
-                if connstrings.iter().any(|c| c.is_empty()) {
-                    return Err(Error::invalid("pageserver_connstring", "empty entry in the comma-separated list"));
-                }
+            Some(connstrings) => {
                 let mut safekeepers = spec.safekeeper_connstrings.clone();
                 if safekeepers.is_empty()
                     && let Some(s) = spec.setting("neon.safekeepers")
                 {
                     safekeepers = s.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
                 }
-                if spec.mode == ComputeMode::Primary && safekeepers.is_empty() {
-                    return Err(Error::invalid(
-                        "safekeeper_connstrings",
-                        "a Primary in pageserver mode needs safekeepers (or cluster.settings neon.safekeepers)",
-                    ));
-                }
-                if spec.mode != ComputeMode::Primary {
+                if spec.mode == ComputeMode::Primary {
+                    check_safekeepers(&safekeepers)?;
+                } else {
                     safekeepers.clear();
                 }
                 StorageMode::Pageserver { connstrings, safekeepers }
             }
         };
+        if let Some(host) = &spec.logs_export_host
+            && !host.contains(':')
+        {
+            return Err(Error::invalid("logs_export_host", format!("{host:?} is not host:port")));
+        }
 
         // A number past f32's range parses as infinity, which serializes as null: refuse it
         // here rather than hand on a spec that does not survive its own round trip.
@@ -168,6 +165,86 @@ impl ParsedSpec {
     pub fn mode(&self) -> ComputeMode {
         self.spec.mode
     }
+}
+
+/// The pageserver of each shard (its libpq URL, in shard order), or None for local mode.
+/// `pageserver_connection_info` wins over the legacy connstring fields (reference 2026 §3.4);
+/// a description that names storage but cannot be used is an error, never local mode.
+fn pageservers(spec: &ComputeSpec) -> Result<Option<Vec<String>>> {
+    if let Some(info) = &spec.pageserver_connection_info {
+        const FIELD: &str = "pageserver_connection_info";
+        if info.shard_count > 0 && info.stripe_size.is_none() {
+            return Err(Error::invalid(
+                format!("{FIELD}.stripe_size"),
+                format!("required with shard_count {}", info.shard_count),
+            ));
+        }
+        if info.prefer_protocol == PageserverProtocol::Grpc {
+            log::warn!("{FIELD}.prefer_protocol is grpc; this build fetches basebackups over libpq only");
+        }
+        let mut urls = Vec::new();
+        for n in info.shard_numbers() {
+            let key = info.shard_key(n);
+            let field = format!("{FIELD}.shards[{key:?}]");
+            let shard = info.shards.get(&key).ok_or_else(|| {
+                Error::invalid(FIELD, format!("shard {key} missing from pageserver_connection_info shard map"))
+            })?;
+            let first = shard.pageservers.first().ok_or_else(|| {
+                Error::invalid(format!("{field}.pageservers"), "empty; each shard needs a pageserver")
+            })?;
+            match first.libpq_url.as_deref().map(str::trim) {
+                Some(url) if !url.is_empty() => urls.push(url.to_string()),
+                _ => {
+                    return Err(Error::invalid(
+                        format!("{field}.pageservers[0].libpq_url"),
+                        "missing; this build reaches pageservers over libpq only (no gRPC)",
+                    ));
+                }
+            }
+        }
+        if let Some(extra) = info.shards.keys().find(|k| !info.shard_numbers().any(|n| info.shard_key(n) == **k)) {
+            return Err(Error::invalid(
+                FIELD,
+                format!("shard {extra:?} is not one of the {} shards named by shard_count", info.shard_count.max(1)),
+            ));
+        }
+        return Ok(Some(urls));
+    }
+    let Some(list) = spec_str(spec, "pageserver_connstring", "neon.pageserver_connstring") else {
+        return Ok(None);
+    };
+    let connstrings: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+    if connstrings.iter().any(|c| c.is_empty()) {
+        return Err(Error::invalid("pageserver_connstring", "empty entry in the comma-separated list"));
+    }
+    if connstrings.len() > 1 {
+        let stripe = spec.shard_stripe_size.is_some()
+            || spec.setting("neon.stripe_size").is_some_and(|v| v.trim().parse::<u32>().is_ok());
+        if !stripe {
+            return Err(Error::invalid(
+                "shard_stripe_size",
+                format!("{} shards but no stripe_size (nor cluster.settings neon.stripe_size)", connstrings.len()),
+            ));
+        }
+    }
+    Ok(Some(connstrings))
+}
+
+/// A Primary writes WAL through its safekeepers: at least one, each named once.
+fn check_safekeepers(safekeepers: &[String]) -> Result<()> {
+    const FIELD: &str = "safekeeper_connstrings";
+    if safekeepers.is_empty() {
+        return Err(Error::invalid(
+            FIELD,
+            "a Primary in pageserver mode needs safekeepers (or cluster.settings neon.safekeepers)",
+        ));
+    }
+    let mut sorted: Vec<&String> = safekeepers.iter().collect();
+    sorted.sort();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::invalid(FIELD, format!("duplicate entry {:?}", w[0])));
+    }
+    Ok(())
 }
 
 /// A top-level string field, or the legacy `cluster.settings` entry that stands in for it.
@@ -317,7 +394,7 @@ mod tests {
         assert!(s.remote_extensions.is_some() && s.pgbouncer_settings.is_some());
         assert!(s.features.is_empty());
         assert_eq!(s.reconfigure_concurrency, 1);
-        let conf = crate::postgres::conf::render(&p, 3081, false);
+        let conf = crate::postgres::conf::render(&p, 3081, false, "neon_superuser");
         assert!(
             conf.contains("\ntest.escaping = 'here''s a backslash \\\\ and a quote '' and a double-quote \" hooray'\n")
         );
@@ -386,6 +463,69 @@ mod tests {
         assert!(err.contains("safekeeper_connstrings"), "{err}");
         let json = MIN.replacen('{', r#"{"pageserver_connstring":"postgresql://x@127.0.0.1:1","mode":"Replica","#, 1);
         assert!(matches!(ParsedSpec::parse(&json).unwrap().storage(), StorageMode::Pageserver { .. }));
+    }
+
+    /// Neon's test spec of March 2026, byte for byte: the new fields parse, and its legacy
+    /// `cluster.settings` storage entries still select pageserver mode.
+    #[test]
+    fn neon_2026_spec_parses() {
+        let p = ParsedSpec::parse(include_str!("../../tests/data/neon_cluster_spec_2026.json")).unwrap();
+        assert_eq!(p.spec().suspend_timeout_seconds, Some(3600));
+        assert!(matches!(p.storage(), StorageMode::Pageserver { .. }));
+    }
+
+    #[test]
+    fn pageserver_connection_info_wins_over_the_connstring() {
+        let json = MIN.replacen(
+            '{',
+            r#"{"pageserver_connstring":"host=old","safekeeper_connstrings":["sk:1"],
+            "pageserver_connection_info":{"shard_count":0,"shards":{"0000":{"pageservers":[
+                {"id":null,"libpq_url":"postgresql://no_user@new:6400","grpc_url":"grpc://new:51051"}]}}},"#,
+            1,
+        );
+        match ParsedSpec::parse(&json).unwrap().storage() {
+            StorageMode::Pageserver { connstrings, .. } => assert_eq!(connstrings, &["postgresql://no_user@new:6400"]),
+            other => panic!("expected pageserver mode, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unusable_pageserver_connection_info_is_an_error_not_local_mode() {
+        for (info, want) in [
+            (r#"{"shard_count":0,"shards":{}}"#, "shard 0000 missing"),
+            (r#"{"shard_count":2,"shards":{"0002":{"pageservers":[{"libpq_url":"x"}]}}}"#, "stripe_size"),
+            (r#"{"shard_count":0,"shards":{"0000":{"pageservers":[]}}}"#, "pageservers"),
+            (r#"{"shard_count":0,"shards":{"0000":{"pageservers":[{"grpc_url":"g"}]}}}"#, "libpq_url"),
+            (
+                r#"{"shard_count":0,"shards":{"0000":{"pageservers":[{"libpq_url":"x"}]},"0001":{"pageservers":[]}}}"#,
+                "\"0001\" is not one of",
+            ),
+        ] {
+            let json = MIN.replacen(
+                '{',
+                &format!(r#"{{"pageserver_connection_info":{info},"safekeeper_connstrings":["sk:1"],"#),
+                1,
+            );
+            let err = ParsedSpec::parse(&json).unwrap_err().to_string();
+            assert!(err.contains(want), "{info}: {err}");
+        }
+    }
+
+    #[test]
+    fn lenient_where_strictness_protects_nothing() {
+        // No suspend_timeout_seconds (today's Neon requires it); anon_extension is now unknown.
+        let json = MIN.replacen('{', r#"{"features":["anon_extension","tls_experimental"],"#, 1);
+        let p = ParsedSpec::parse(&json).unwrap();
+        assert_eq!(p.spec().suspend_timeout_seconds, None);
+        assert_eq!(
+            p.spec().features,
+            [super::super::ComputeFeature::UnknownFeature, super::super::ComputeFeature::TlsExperimental]
+        );
+        let err = ParsedSpec::parse(&MIN.replacen('{', r#"{"offload_lfc_interval_seconds":0,"#, 1)).unwrap_err();
+        let text = format!("{err:?}");
+        assert!(text.contains("nonzero") || text.contains("zero"), "{text}");
+        let err = ParsedSpec::parse(&MIN.replacen('{', r#"{"logs_export_host":"nohost","#, 1)).unwrap_err();
+        assert!(err.to_string().contains("logs_export_host"), "{err}");
     }
 
     #[test]

@@ -62,8 +62,10 @@ fn metrics_json_and_prometheus_text() {
         ),
         "{text}"
     );
-    assert!(text.contains("compute_ctl_up{status=\"running\"} 1\n"), "{text}");
-    assert!(text.contains("compute_ctl_up{status=\"empty\"} 0\n"), "{text}");
+    assert!(text.contains("compute_ctl_up{build_tag=\"latest\",status=\"running\"} 1\n"), "{text}");
+    assert_eq!(text.matches("compute_ctl_up{").count(), 1, "{text}");
+    assert!(text.contains("compute_pg_current_downtime_ms 0\n"), "{text}");
+    assert!(text.contains("compute_pg_downtime_ms_total 0\n"), "{text}");
     assert!(text.contains("compute_ctl_startup_duration_seconds{step=\"start_postgres\"} "), "{text}");
     assert!(
         text.contains(r#"compute_ctl_http_requests_total{server="external",route="/metrics.json",code="200"} 1"#),
@@ -327,11 +329,11 @@ fn control_plane_fetch_retries_503_and_undecodable_200() {
     assert!(first.contains("Authorization: Bearer cp-secret-77\r\n"), "{first}");
     let text = http::get(s.http_port, "/metrics").text();
     assert!(
-        text.contains(r#"compute_ctl_cplane_requests_total{rpc="GetSpec",http_status="503 Whatever"} 1"#),
+        text.contains(r#"compute_ctl_cplane_requests_total{rpc="GetConfig",http_status="503 Whatever"} 1"#),
         "{text}"
     );
     assert!(
-        text.contains(r#"compute_ctl_cplane_requests_total{rpc="GetSpec",http_status="200 Whatever"} 2"#),
+        text.contains(r#"compute_ctl_cplane_requests_total{rpc="GetConfig",http_status="200 Whatever"} 2"#),
         "{text}"
     );
     assert!(!c.log_text().contains("cp-secret-77"), "the control-plane token reached the log");

@@ -8,6 +8,7 @@ mod deploy;
 mod harness;
 mod http;
 mod lifecycle;
+mod neon2026;
 mod operate;
 mod plan;
 mod storage;

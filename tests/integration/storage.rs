@@ -10,11 +10,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "storage-token-42";
-const SYNC_LSN: &str = "0/169AD58";
-const SOURCE_ROW: &str = "hello from the source";
+pub(crate) const SYNC_LSN: &str = "0/169AD58";
+pub(crate) const SOURCE_ROW: &str = "hello from the source";
 
 /// `base.tar` of a real Postgres holding table `from_source`, made once per test run.
-fn fixture_tar() -> &'static Path {
+pub(crate) fn fixture_tar() -> &'static Path {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
         // Kept for the whole run (a static is never dropped); the next run removes it.

@@ -9,7 +9,8 @@ use crate::escape::{quote_ident, quote_ident_list, quote_literal, sql_option};
 use crate::spec::{ComputeSpec, Database, GenericOption, Role};
 use std::collections::{HashMap, HashSet};
 
-/// The role every spec role is a member of (reference 4.8).
+/// The default privileged role, the one every spec role is a member of (reference 4.8); the
+/// name comes from `--privileged-role-name`.
 pub const NEON_SUPERUSER: &str = "neon_superuser";
 
 /// One SQL statement and what to call it in logs and errors (never the password).
@@ -100,23 +101,25 @@ impl Snapshot {
     }
 }
 
-/// `neon_superuser`, created once with the memberships Neon gives it (reference 4.8 phase 1).
-pub fn create_superuser(spec: &ComputeSpec, snap: &mut Snapshot) -> Vec<Stmt> {
-    if snap.roles.contains_key(NEON_SUPERUSER) {
+/// The privileged role (`neon_superuser` by default), created once with the memberships Neon
+/// gives it (reference 4.8 phase 1).
+pub fn create_superuser(spec: &ComputeSpec, privileged: &str, snap: &mut Snapshot) -> Vec<Stmt> {
+    if snap.roles.contains_key(privileged) {
         return Vec::new();
     }
+    let role = quote_ident(privileged);
     let mut out = vec![Stmt::new(format!(
-        "CREATE ROLE {NEON_SUPERUSER} CREATEDB CREATEROLE NOLOGIN REPLICATION BYPASSRLS \
+        "CREATE ROLE {role} CREATEDB CREATEROLE NOLOGIN REPLICATION BYPASSRLS \
          IN ROLE pg_read_all_data, pg_write_all_data"
     ))];
     snap.roles.insert(
-        NEON_SUPERUSER.into(),
+        privileged.into(),
         RoleRow { createdb: true, createrole: true, replication: true, bypassrls: true, ..RoleRow::default() },
     );
     let existing: Vec<&str> =
         spec.cluster.roles.iter().map(|r| r.name.as_str()).filter(|n| snap.roles.contains_key(*n)).collect();
     if !existing.is_empty() {
-        out.push(Stmt::new(format!("GRANT {NEON_SUPERUSER} TO {}", quote_ident_list(existing.iter().copied()))));
+        out.push(Stmt::new(format!("GRANT {role} TO {}", quote_ident_list(existing.iter().copied()))));
         for name in existing {
             out.push(Stmt::new(format!("ALTER ROLE {} CREATEROLE CREATEDB", quote_ident(name))));
             if let Some(r) = snap.roles.get_mut(name) {
@@ -129,7 +132,7 @@ pub fn create_superuser(spec: &ComputeSpec, snap: &mut Snapshot) -> Vec<Stmt> {
         spec.cluster.databases.iter().map(|d| d.name.as_str()).filter(|n| snap.dbs.contains_key(*n)).collect();
     if !dbs.is_empty() {
         out.push(Stmt::new(format!(
-            "GRANT ALL PRIVILEGES ON DATABASE {} TO {NEON_SUPERUSER}",
+            "GRANT ALL PRIVILEGES ON DATABASE {} TO {role}",
             quote_ident_list(dbs.iter().copied())
         )));
     }
@@ -238,7 +241,13 @@ fn role_options(role: &Role) -> (String, String) {
 
 /// Creates missing spec roles; alters existing ones whose password, login or option columns
 /// differ. The md5 hash is compared with its `md5` prefix, so an unchanged role is left alone.
-pub fn create_and_alter_roles(spec: &ComputeSpec, jwks_roles: &HashSet<String>, snap: &mut Snapshot) -> Vec<Stmt> {
+pub fn create_and_alter_roles(
+    spec: &ComputeSpec,
+    privileged: &str,
+    jwks_roles: &HashSet<String>,
+    snap: &mut Snapshot,
+) -> Vec<Stmt> {
+    let privileged = quote_ident(privileged);
     let mut out = Vec::new();
     for role in &spec.cluster.roles {
         let want_password = role.encrypted_password.as_deref().map(stored_password);
@@ -269,8 +278,8 @@ pub fn create_and_alter_roles(spec: &ComputeSpec, jwks_roles: &HashSet<String>, 
                     .collect();
                 let defaults = defaults.join(" ");
                 out.push(Stmt::secret(
-                    format!("CREATE ROLE {name} {defaults} IN ROLE {NEON_SUPERUSER} {options}"),
-                    format!("CREATE ROLE {name} {defaults} IN ROLE {NEON_SUPERUSER} {shown} PASSWORD <redacted>"),
+                    format!("CREATE ROLE {name} {defaults} IN ROLE {privileged} {options}"),
+                    format!("CREATE ROLE {name} {defaults} IN ROLE {privileged} {shown} PASSWORD <redacted>"),
                 ));
             }
         }
@@ -329,7 +338,8 @@ pub fn rename_and_delete_databases(spec: &ComputeSpec, snap: &mut Snapshot) -> V
 
 /// Creates missing spec databases (one at a time: `CREATE DATABASE` copies a template that
 /// must not be in use) and corrects owners.
-pub fn create_and_alter_databases(spec: &ComputeSpec, snap: &mut Snapshot) -> Vec<Stmt> {
+pub fn create_and_alter_databases(spec: &ComputeSpec, privileged: &str, snap: &mut Snapshot) -> Vec<Stmt> {
+    let privileged = quote_ident(privileged);
     let mut out = Vec::new();
     for db in &spec.cluster.databases {
         let name = quote_ident(&db.name);
@@ -346,7 +356,7 @@ pub fn create_and_alter_databases(spec: &ComputeSpec, snap: &mut Snapshot) -> Ve
             }
             None => {
                 out.push(Stmt::new(format!("CREATE DATABASE {name} {}", database_options(db))));
-                out.push(Stmt::new(format!("GRANT ALL PRIVILEGES ON DATABASE {name} TO {NEON_SUPERUSER}")));
+                out.push(Stmt::new(format!("GRANT ALL PRIVILEGES ON DATABASE {name} TO {privileged}")));
                 let mut row = DbRow {
                     owner: db.owner.clone(),
                     restrict_conn: false,
@@ -459,10 +469,10 @@ mod tests {
             r#""cluster":{"roles":[{"name":"a","encrypted_password":"0123456789ABCDEF0123456789ABCDEF"}],"databases":[]}"#,
         );
         let mut snap = Snapshot::default();
-        let first = create_and_alter_roles(&s, &HashSet::new(), &mut snap);
+        let first = create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), &mut snap);
         assert_eq!(
             sqls(&first),
-            ["CREATE ROLE \"a\" INHERIT CREATEROLE CREATEDB BYPASSRLS REPLICATION IN ROLE neon_superuser LOGIN \
+            ["CREATE ROLE \"a\" INHERIT CREATEROLE CREATEDB BYPASSRLS REPLICATION IN ROLE \"neon_superuser\" LOGIN \
                  PASSWORD 'md50123456789abcdef0123456789abcdef'"]
         );
         assert!(!first[0].what.contains("0123456789"), "the log form hides the hash: {}", first[0].what);
@@ -480,7 +490,7 @@ mod tests {
         };
         let mut snap = Snapshot::default();
         snap.roles.insert("a".into(), row);
-        assert!(create_and_alter_roles(&s, &HashSet::new(), &mut snap).is_empty());
+        assert!(create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), &mut snap).is_empty());
     }
 
     #[test]
@@ -491,18 +501,20 @@ mod tests {
                 {"name":"NOCREATEDB","value":null,"vartype":"bool"},
                 {"name":"CONNECTION LIMIT","value":"3","vartype":"integer"}]}],"databases":[]}"#,
         );
-        let plan = create_and_alter_roles(&s, &HashSet::new(), &mut Snapshot::default());
+        let plan = create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), &mut Snapshot::default());
         assert_eq!(
             sqls(&plan),
-            ["CREATE ROLE \"r\" INHERIT CREATEROLE BYPASSRLS REPLICATION IN ROLE neon_superuser NOLOGIN NOCREATEDB \
-                 CONNECTION LIMIT 3 PASSWORD NULL"]
+            [
+                "CREATE ROLE \"r\" INHERIT CREATEROLE BYPASSRLS REPLICATION IN ROLE \"neon_superuser\" NOLOGIN NOCREATEDB \
+                 CONNECTION LIMIT 3 PASSWORD NULL"
+            ]
         );
         let row = RoleRow { connlimit: 3, inherit: true, ..RoleRow::default() };
         let mut snap = Snapshot::default();
         snap.roles.insert("r".into(), row.clone());
-        assert!(create_and_alter_roles(&s, &HashSet::new(), &mut snap).is_empty());
+        assert!(create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), &mut snap).is_empty());
         snap.roles.insert("r".into(), RoleRow { connlimit: 4, ..row });
-        assert_eq!(create_and_alter_roles(&s, &HashSet::new(), &mut snap).len(), 1);
+        assert_eq!(create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), &mut snap).len(), 1);
     }
 
     #[test]
@@ -567,23 +579,29 @@ mod tests {
         );
         let mut snap = Snapshot::default();
         assert_eq!(
-            sqls(&create_and_alter_databases(&s, &mut snap)),
+            sqls(&create_and_alter_databases(&s, NEON_SUPERUSER, &mut snap)),
             [
                 "CREATE DATABASE \"d\" LC_COLLATE 'C' TEMPLATE template0 OWNER \"we\"\"ird\"",
-                "GRANT ALL PRIVILEGES ON DATABASE \"d\" TO neon_superuser"
+                "GRANT ALL PRIVILEGES ON DATABASE \"d\" TO \"neon_superuser\""
             ]
         );
         // pg_get_userbyid gives the plain name, so an owner that needs quoting compares equal.
-        assert!(create_and_alter_databases(&s, &mut snap).is_empty());
+        assert!(create_and_alter_databases(&s, NEON_SUPERUSER, &mut snap).is_empty());
         // Options that ALTER DATABASE can change are compared with the row.
         let s2 = spec(
             r#""cluster":{"roles":[],"databases":[{"name":"d","owner":"we\"ird","options":[
                 {"name":"CONNECTION LIMIT","value":"7","vartype":"integer"},
                 {"name":"IS_TEMPLATE","value":"false","vartype":"bool"}]}]}"#,
         );
-        assert_eq!(sqls(&create_and_alter_databases(&s2, &mut snap)), ["ALTER DATABASE \"d\" WITH CONNECTION LIMIT 7"]);
-        assert!(create_and_alter_databases(&s2, &mut snap).is_empty());
+        assert_eq!(
+            sqls(&create_and_alter_databases(&s2, NEON_SUPERUSER, &mut snap)),
+            ["ALTER DATABASE \"d\" WITH CONNECTION LIMIT 7"]
+        );
+        assert!(create_and_alter_databases(&s2, NEON_SUPERUSER, &mut snap).is_empty());
         snap.dbs.get_mut("d").unwrap().owner = "other".into();
-        assert_eq!(sqls(&create_and_alter_databases(&s, &mut snap)), ["ALTER DATABASE \"d\" OWNER TO \"we\"\"ird\""]);
+        assert_eq!(
+            sqls(&create_and_alter_databases(&s, NEON_SUPERUSER, &mut snap)),
+            ["ALTER DATABASE \"d\" OWNER TO \"we\"\"ird\""]
+        );
     }
 }

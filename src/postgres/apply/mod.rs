@@ -9,7 +9,7 @@
 //! Per-database phases run on a bounded pool of threads ([`per_db`]). `compute_ctl plan`
 //! prints the same plans without running them ([`plan::dry_run`]).
 //!
-//! Phases, in order: `neon_superuser`; drop invalid databases; rename roles; create and alter
+//! Phases, in order: the privileged role (`--privileged-role-name`, default `neon_superuser`); drop invalid databases; rename roles; create and alter
 //! roles; rename and delete databases (a deleted database's subscriptions are dropped first,
 //! leaving the publisher's slots alone); create databases and fix owners; schema `neon`; per
 //! database: references of deleted roles, schema `public`; `pg_stat_statements` when
@@ -73,18 +73,30 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-/// Applies the spec's catalog.
-pub fn apply_spec(connstr: &str, spec: &ParsedSpec, concurrency: Concurrency, warm: Option<&Warm>) -> Result<()> {
-    apply_with(connstr, spec.spec(), concurrency, warm).map(|_| ())
+/// Applies the spec's catalog; `privileged` is `--privileged-role-name`.
+pub fn apply_spec(
+    connstr: &str,
+    spec: &ParsedSpec,
+    privileged: &str,
+    concurrency: Concurrency,
+    warm: Option<&Warm>,
+) -> Result<()> {
+    apply_with(connstr, spec.spec(), privileged, concurrency, warm).map(|_| ())
 }
 
 /// Applies the spec's catalog and says how many statements each phase ran.
-pub fn apply(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency) -> Result<Report> {
-    apply_with(connstr, spec, concurrency, None)
+pub fn apply(connstr: &str, spec: &ComputeSpec, privileged: &str, concurrency: Concurrency) -> Result<Report> {
+    apply_with(connstr, spec, privileged, concurrency, None)
 }
 
 /// [`apply`], first using connections an earlier step left open (see [`Warm`]).
-pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, warm: Option<&Warm>) -> Result<Report> {
+pub fn apply_with(
+    connstr: &str,
+    spec: &ComputeSpec,
+    privileged: &str,
+    concurrency: Concurrency,
+    warm: Option<&Warm>,
+) -> Result<Report> {
     let started = Instant::now();
     let workers = match concurrency {
         Concurrency::AtStart => start_concurrency(spec),
@@ -93,7 +105,7 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
     let system_db = sql::connstr_dbname(connstr)?;
     let counter = Counter::default();
     let mut client = maintenance_client_from(warm, connstr, &system_db)?;
-    let plan = SystemPlan::build(&mut client, spec, &system_db)?;
+    let plan = SystemPlan::build(&mut client, spec, privileged, &system_db)?;
     if plan.creates_superuser {
         // Default privileges checked before were for a neon_superuser that is gone.
         per_db::forget_verified(Some(connstr));
@@ -101,7 +113,13 @@ pub fn apply_with(connstr: &str, spec: &ComputeSpec, concurrency: Concurrency, w
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
     plan::run_steps(&mut sys, connstr, &plan.head)?;
     let tasks = &plan.tasks;
-    let shared = per_db::Shared { connstr, roles_to_delete: &plan.roles_to_delete, counter: &counter, warm };
+    let shared = per_db::Shared {
+        connstr,
+        roles_to_delete: &plan.roles_to_delete,
+        privileged_role: privileged,
+        counter: &counter,
+        warm,
+    };
     per_db::run_all(tasks, workers, &shared)?;
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
     plan::run_steps(&mut sys, connstr, &plan.tail)?;

@@ -7,7 +7,7 @@
 //! per database that first takes a self-conflicting lock on `pg_shdepend`, so those
 //! transactions queue one after another instead of deadlocking across databases.
 
-use super::catalog::{NEON_SUPERUSER, Stmt};
+use super::catalog::Stmt;
 use super::{Counter, maintenance_client_from};
 use crate::error::{Error, Result};
 use crate::escape::quote_ident;
@@ -49,6 +49,8 @@ pub fn forget_verified(connstr: Option<&str>) {
 pub struct Shared<'a> {
     pub connstr: &'a str,
     pub roles_to_delete: &'a [String],
+    /// `--privileged-role-name`.
+    pub privileged_role: &'a str,
     pub counter: &'a Counter,
     /// Connections left open by an earlier step of the start, taken before opening new ones.
     pub warm: Option<&'a crate::postgres::sql::Warm>,
@@ -101,7 +103,7 @@ fn run_one(task: &DbTask, shared: &Shared<'_>) -> Result<()> {
         exec.plain(DELETE_REFS, "COMMIT")?;
     }
     if check_schema {
-        let ops = plan_schema_perms(exec.client, &task.name, &task.owner)?;
+        let ops = plan_schema_perms(exec.client, &task.name, &task.owner, shared.privileged_role)?;
         run_ops(&mut exec, SCHEMA_PERMS, &ops)?;
         let oid = match task.oid {
             Some(oid) => oid,
@@ -143,7 +145,12 @@ fn run_ops(exec: &mut Exec<'_>, phase: &'static str, ops: &[Op]) -> Result<()> {
 
 /// What a dry run of one database prints: the per-database phases planned from a read-only
 /// look at it (no transaction, no lock; nothing is remembered as verified).
-pub fn plan_one(client: &mut Client, task: &DbTask, roles_to_delete: &[String]) -> Result<Vec<(&'static str, Op)>> {
+pub fn plan_one(
+    client: &mut Client,
+    task: &DbTask,
+    roles_to_delete: &[String],
+    privileged: &str,
+) -> Result<Vec<(&'static str, Op)>> {
     let deleting: Vec<&String> = roles_to_delete.iter().filter(|r| **r != task.owner).collect();
     let mut out = Vec::new();
     if !deleting.is_empty() {
@@ -156,7 +163,8 @@ pub fn plan_one(client: &mut Client, task: &DbTask, roles_to_delete: &[String]) 
         out.push((DELETE_REFS, Op::Plain("COMMIT")));
     }
     if task.manage_schema {
-        out.extend(plan_schema_perms(client, &task.name, &task.owner)?.into_iter().map(|o| (SCHEMA_PERMS, o)));
+        let ops = plan_schema_perms(client, &task.name, &task.owner, privileged)?;
+        out.extend(ops.into_iter().map(|o| (SCHEMA_PERMS, o)));
     }
     Ok(out)
 }
@@ -259,7 +267,7 @@ const SCHEMA_PERMS: &str = "change_schema_perms";
 /// (`acldefault`), so the check holds on any Postgres version.
 const SCHEMA_STATE: &str = "
 WITH p AS (SELECT oid, nspowner FROM pg_catalog.pg_namespace WHERE nspname = 'public'),
-     su AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'neon_superuser'),
+     su AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1),
      w AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'web_access'),
      me AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
 SELECT pg_catalog.pg_get_userbyid(p.nspowner)::text,
@@ -276,10 +284,10 @@ SELECT pg_catalog.pg_get_userbyid(p.nspowner)::text,
 FROM p";
 
 /// Schema `public`: owned by the database owner when the admin still owns it, `CREATE` for
-/// `web_access`, default privileges for `neon_superuser` (reference 4.8 8b); each statement
-/// only when its state is not there yet.
-fn plan_schema_perms(client: &mut Client, db: &str, owner: &str) -> Result<Vec<Op>> {
-    let rows = client.query(SCHEMA_STATE, &[]).map_err(|e| Error::sql(SCHEMA_PERMS, db, e))?;
+/// `web_access`, default privileges for the privileged role (reference 4.8 8b); each
+/// statement only when its state is not there yet.
+fn plan_schema_perms(client: &mut Client, db: &str, owner: &str, privileged: &str) -> Result<Vec<Op>> {
+    let rows = client.query(SCHEMA_STATE, &[&privileged]).map_err(|e| Error::sql(SCHEMA_PERMS, db, e))?;
     let Some(row) = rows.first() else { return Ok(Vec::new()) };
     let schema_owner: String = row.get(0);
     let need_web_access: bool = row.get(1);
@@ -297,7 +305,8 @@ fn plan_schema_perms(client: &mut Client, db: &str, owner: &str) -> Result<Vec<O
     for (ok, what) in [(tables_ok, "TABLES"), (sequences_ok, "SEQUENCES")] {
         if !ok {
             let sql = format!(
-                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON {what} TO {NEON_SUPERUSER} WITH GRANT OPTION"
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON {what} TO {} WITH GRANT OPTION",
+                quote_ident(privileged)
             );
             ops.push(Op::Run(stmt(sql)));
         }

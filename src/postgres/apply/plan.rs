@@ -50,7 +50,7 @@ fn plain(sql: &str) -> Stmt {
 impl SystemPlan {
     /// Reads the catalog through `client` (connected to `system_db`) and plans every
     /// cluster-wide phase, in the order the apply runs them.
-    pub fn build(client: &mut Client, spec: &ComputeSpec, system_db: &str) -> Result<SystemPlan> {
+    pub fn build(client: &mut Client, spec: &ComputeSpec, privileged: &str, system_db: &str) -> Result<SystemPlan> {
         let read = |e| Error::sql("read catalog", system_db, e);
         let mut snap = Snapshot::load(client).map_err(read)?;
         let state = SystemState::load(client).map_err(read)?;
@@ -62,12 +62,15 @@ impl SystemPlan {
             .collect();
 
         let mut head: Vec<Step> = Vec::new();
-        let superuser = catalog::create_superuser(spec, &mut snap);
+        let superuser = catalog::create_superuser(spec, privileged, &mut snap);
         let creates_superuser = !superuser.is_empty();
         head.extend(on_system("create_superuser", superuser));
         head.extend(on_system("drop_invalid_databases", catalog::drop_invalid_databases(&mut snap)));
         head.extend(on_system("rename_roles", catalog::rename_roles(spec, &mut snap)));
-        head.extend(on_system("create_and_alter_roles", catalog::create_and_alter_roles(spec, &jwks_roles, &mut snap)));
+        head.extend(on_system(
+            "create_and_alter_roles",
+            catalog::create_and_alter_roles(spec, privileged, &jwks_roles, &mut snap),
+        ));
         const DBS: &str = "rename_and_delete_databases";
         for delta in catalog::rename_and_delete_databases(spec, &mut snap) {
             match delta {
@@ -78,7 +81,10 @@ impl SystemPlan {
                 }
             }
         }
-        head.extend(on_system("create_and_alter_databases", catalog::create_and_alter_databases(spec, &mut snap)));
+        head.extend(on_system(
+            "create_and_alter_databases",
+            catalog::create_and_alter_databases(spec, privileged, &mut snap),
+        ));
         if !state.neon_schema {
             head.extend(on_system("create_schema_neon", vec![plain("CREATE SCHEMA IF NOT EXISTS neon")]));
         }
@@ -175,11 +181,11 @@ impl DryRun {
 }
 
 /// Plans an apply of `spec` against the Postgres of `connstr` and runs none of it.
-pub fn dry_run(connstr: &str, spec: &ComputeSpec) -> Result<DryRun> {
+pub fn dry_run(connstr: &str, spec: &ComputeSpec, privileged: &str) -> Result<DryRun> {
     const APP: &str = "compute_ctl:plan";
     let system_db = sql::connstr_dbname(connstr)?;
     let mut client = sql::connect_maintenance(connstr, Some(&system_db), APP)?;
-    let plan = SystemPlan::build(&mut client, spec, &system_db)?;
+    let plan = SystemPlan::build(&mut client, spec, privileged, &system_db)?;
     let mut out = DryRun::default();
     let push = |steps: &[Step], out: &mut DryRun| {
         for s in steps {
@@ -196,7 +202,7 @@ pub fn dry_run(connstr: &str, spec: &ComputeSpec) -> Result<DryRun> {
         let mut db_client =
             if task.name == system_db { None } else { Some(sql::connect_maintenance(connstr, Some(&task.name), APP)?) };
         let c = db_client.as_mut().unwrap_or(&mut client);
-        for (phase, op) in per_db::plan_one(c, task, &plan.roles_to_delete)? {
+        for (phase, op) in per_db::plan_one(c, task, &plan.roles_to_delete, privileged)? {
             out.statements.push(Planned { phase, db: task.name.clone(), sql: op.shown().to_string() });
         }
     }
