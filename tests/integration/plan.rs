@@ -129,10 +129,10 @@ fn plan_prints_the_statements_the_apply_then_runs_and_changes_nothing() {
     let expected = "\
 -- create_and_alter_roles (database \"postgres\")
 ALTER ROLE \"alice\" LOGIN PASSWORD <redacted>;
-CREATE ROLE \"bob\" INHERIT CREATEROLE CREATEDB BYPASSRLS REPLICATION IN ROLE neon_superuser LOGIN PASSWORD <redacted>;
+CREATE ROLE \"bob\" INHERIT CREATEROLE CREATEDB BYPASSRLS REPLICATION IN ROLE \"neon_superuser\" LOGIN PASSWORD <redacted>;
 -- create_and_alter_databases (database \"postgres\")
 CREATE DATABASE \"bobdb\" OWNER \"bob\";
-GRANT ALL PRIVILEGES ON DATABASE \"bobdb\" TO neon_superuser;
+GRANT ALL PRIVILEGES ON DATABASE \"bobdb\" TO \"neon_superuser\";
 -- delete_role_references (database \"appdb\")
 BEGIN;
 LOCK TABLE pg_catalog.pg_shdepend IN SHARE ROW EXCLUSIVE MODE;
