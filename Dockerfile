@@ -4,14 +4,14 @@
 #
 #   docker build -t compute_ctl .      (this machine's architecture)
 #   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/compute_ctl --push .
-#   docker run -p 3080:3080 -p 55432:55432 -v pgdata:/var/lib/postgresql/data compute_ctl
+#   docker run -p 3080:3080 -p 55432:55432 -v pgdata:/var/lib/postgresql/data \
+#       -v ./token:/run/secrets/compute_ctl_token:ro -e APP_PASSWORD_FILE=/run/secrets/app_pw \
+#       -v ./app_pw:/run/secrets/app_pw:ro compute_ctl
 #
-# Ports: 3080 external HTTP API (/status, /configure, /terminate, /metrics, ...);
-# 3081 internal HTTP API (extension server for Postgres itself: do not publish);
-# 55432 PostgreSQL (set by the spec's `port` setting).
-# A different spec: mount it and point -S at it, e.g.
-#   docker run ... -v ./my-spec.json:/etc/compute_ctl/spec.json:ro compute_ctl
-# or give all arguments yourself (they replace CMD below; see `compute_ctl --help`).
+# The image holds no credentials (see the entrypoint below and the README's Docker section):
+# the API token and the example role's password come from mounted files or the environment.
+# Ports: 3080 external HTTP API; 55432 PostgreSQL (set by the spec's `port` setting). The
+# internal API (3081, for Postgres itself) listens on the container's loopback only.
 
 # --- build: the static musl binary for the image's architecture ---------------------------
 # Runs on the builder's own platform and cross-compiles (rust-lld links, no C toolchain, see
@@ -43,9 +43,9 @@ RUN out=$(.ci/build-static "$TARGETARCH") && echo "$out" && cp "$(echo "$out" | 
 FROM postgres:15.18-bookworm
 COPY --from=build /compute_ctl /usr/local/bin/compute_ctl
 
-# A local-mode spec: Postgres on 55432 for every address (remote logins use md5 passwords:
-# role alice, password "secret"), with compute_ctl's catalog updates.
-COPY <<'JSON' /etc/compute_ctl/spec.json
+# The example local-mode spec: Postgres on 55432 for every address, role `alice` (who logs in
+# with her password; the hash is filled in at start, never stored in the image) owning `appdb`.
+COPY <<'JSON' /etc/compute_ctl/spec.template.json
 {
   "format_version": 1.0,
   "operation_uuid": "docker-local-start",
@@ -55,7 +55,7 @@ COPY <<'JSON' /etc/compute_ctl/spec.json
     "cluster_id": "docker",
     "name": "compute_ctl in Docker",
     "roles": [
-      { "name": "alice", "encrypted_password": "4a0a68b43b6cd5cf266fa02f196e2371", "options": null }
+      { "name": "alice", "encrypted_password": "@ALICE_MD5@", "options": null }
     ],
     "databases": [
       { "name": "appdb", "owner": "alice", "options": null }
@@ -72,21 +72,52 @@ COPY <<'JSON' /etc/compute_ctl/spec.json
 }
 JSON
 
-EXPOSE 3080 3081 55432
+# The entrypoint turns what was mounted or set into arguments; the image holds no secret.
+# - API token: the file $COMPUTE_CTL_TOKEN_FILE (default /run/secrets/compute_ctl_token). With
+#   it, the API listens on every address and every route but /metrics needs the token; without
+#   it, the API is unauthenticated and listens on the container's loopback only (publishing
+#   3080 then reaches nothing), unless --http-bind is given as an argument.
+# - alice's password: $APP_PASSWORD_FILE (a mounted file) or $APP_PASSWORD. With one, the
+#   example spec starts at once; with neither, compute_ctl starts in `empty` and waits for
+#   POST /configure with your spec.
+# Arguments given to `docker run IMAGE ...` are appended (see `compute_ctl --help`).
+COPY --chmod=0755 <<'SH' /usr/local/bin/compute_ctl-entrypoint
+#!/bin/sh
+set -eu
+token="${COMPUTE_CTL_TOKEN_FILE:-/run/secrets/compute_ctl_token}"
+set -- -D /var/lib/postgresql/data -C postgresql://cloud_admin@127.0.0.1:55432/postgres \
+    -b /usr/lib/postgresql/15/bin/postgres --pg-user postgres --external-http-port 3080 "$@"
+if [ -f "$token" ]; then
+    # 0.0.0.0 rather than the default ::, which fails where IPv6 is switched off.
+    set -- --http-auth-token-file "$token" --http-bind 0.0.0.0 "$@"
+fi
+password=""
+if [ -n "${APP_PASSWORD_FILE:-}" ]; then
+    password="$(cat "$APP_PASSWORD_FILE")"
+elif [ -n "${APP_PASSWORD:-}" ]; then
+    password="$APP_PASSWORD"
+fi
+if [ -n "$password" ]; then
+    # md5(password || role name), as a Neon spec carries it; written where only root reads.
+    hash="$(printf '%s%s' "$password" alice | md5sum | cut -d' ' -f1)"
+    umask 077
+    mkdir -p /run/compute_ctl
+    sed "s/@ALICE_MD5@/$hash/" /etc/compute_ctl/spec.template.json > /run/compute_ctl/spec.json
+    set -- -S /run/compute_ctl/spec.json "$@"
+fi
+exec /usr/local/bin/compute_ctl "$@"
+SH
+
+EXPOSE 3080 55432
 # compute_ctl runs as root only to start Postgres as the `postgres` user (--pg-user) and to
 # make PGDATA its own; it runs `initdb` itself when the volume is empty.
 USER root
 # The base image stops with SIGINT; compute_ctl takes SIGTERM, SIGINT and SIGQUIT alike (a fast
 # shutdown of Postgres, then exit), and SIGTERM is Docker's usual signal.
 STOPSIGNAL SIGTERM
-# No curl in the image: compute_ctl asks its own /status (exit 0 only when `running`).
+# No curl in the image: compute_ctl reads its own public /metrics (exit 0 only when `running`).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["/usr/local/bin/compute_ctl", "--probe", "3080"]
-ENTRYPOINT ["/usr/local/bin/compute_ctl"]
-CMD ["-D", "/var/lib/postgresql/data", \
-     "-C", "postgresql://cloud_admin@127.0.0.1:55432/postgres", \
-     "-S", "/etc/compute_ctl/spec.json", \
-     "-b", "/usr/lib/postgresql/15/bin/postgres", \
-     "--pg-user", "postgres", \
-     "--http-bind", "0.0.0.0", \
-     "--http-port", "3080"]
+# exec form, so compute_ctl (exec'd by the script) is PID 1 and gets the stop signal.
+ENTRYPOINT ["/usr/local/bin/compute_ctl-entrypoint"]
+CMD []

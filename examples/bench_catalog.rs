@@ -102,7 +102,10 @@ fn psql_script(spec: &ParsedSpec) -> String {
         }
     };
     push(catalog::create_superuser(s, catalog::NEON_SUPERUSER, &mut snap), &mut out);
-    push(catalog::create_and_alter_roles(s, catalog::NEON_SUPERUSER, &HashSet::new(), &mut snap), &mut out);
+    push(
+        catalog::create_and_alter_roles(s, catalog::NEON_SUPERUSER, &HashSet::new(), "cloud_admin", &mut snap),
+        &mut out,
+    );
     push(catalog::create_and_alter_databases(s, catalog::NEON_SUPERUSER, &mut snap), &mut out);
     out.push_str("CREATE SCHEMA IF NOT EXISTS neon;\n");
     for db in &s.cluster.databases {

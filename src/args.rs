@@ -1,7 +1,7 @@
 //! The command line, parsed by hand and compatible with Neon's compute_ctl flags.
 
 use crate::error::{Error, Result};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,7 +30,11 @@ pub struct Args {
     pub pgbin: PathBuf,
     pub external_http_port: u16,
     pub internal_http_port: u16,
-    pub http_bind: IpAddr,
+    /// `--http-bind`: the external server's address when given; otherwise all addresses
+    /// when requests are authorized, loopback when they are not.
+    pub http_bind: Option<IpAddr>,
+    /// `--internal-http-bind`: the internal server's address (default loopback).
+    pub internal_http_bind: IpAddr,
     pub compute_id: String,
     pub pg_user: String,
     pub http_auth_token_file: Option<PathBuf>,
@@ -47,6 +51,22 @@ pub struct Args {
     /// `--pre-stop-checkpoint`: how long the `CHECKPOINT` before a fast shutdown may take
     /// (zero: none).
     pub pre_stop_checkpoint: Duration,
+    pub autoscaling: Autoscaling,
+}
+
+/// What `AUTOSCALING` turns on: Postgres in the memory cgroup, and the vm-monitor.
+#[derive(Debug, Clone)]
+pub struct Autoscaling {
+    /// The `AUTOSCALING` environment variable is set (to anything, even empty), as in Neon.
+    pub enabled: bool,
+    /// `--cgroup`: the memory cgroup Postgres runs in and the monitor watches.
+    pub cgroup: String,
+    /// `--cgroup-root`: replaces `/sys/fs/cgroup` (for tests).
+    pub cgroup_root: Option<PathBuf>,
+    /// `--filecache-connstr`: the monitor's connection for file-cache resizing (default: -C).
+    pub filecache_connstr: Option<String>,
+    /// `--vm-monitor-addr`.
+    pub vm_monitor_addr: SocketAddr,
 }
 
 /// `compute_ctl plan`: what an apply of a spec would run against a running Postgres.
@@ -122,9 +142,13 @@ Options:
                                 3600; the spec's suspend_timeout_seconds replaces it)
       --dev                     on a termination signal leave pgbouncer and local_proxy alone
                                 (compute_ctl never stops them, so this changes nothing)
-      --http-bind ADDR          address both HTTP servers bind (default ::, as Neon)
+      --http-bind ADDR          address of the external HTTP server (default :: when JWT keys
+                                or a token file authorize requests, else 127.0.0.1 only)
+      --internal-http-bind ADDR address of the internal HTTP server (default 127.0.0.1; it has
+                                no authorization, as in Neon)
       --http-auth-token-file F  require `Authorization: Bearer <token in F>` on every route
-                                except GET /metrics, /healthz, /readyz and /startupz
+                                except GET /metrics, /healthz, /readyz and /startupz (besides
+                                JWTs when compute_ctl_config.jwks has keys)
       --pg-user NAME            OS user Postgres runs as when compute_ctl is root (default postgres)
       --exit-delay SECONDS      keep answering /status this long after terminate or a failed
                                 start before exiting (default 30)
@@ -132,6 +156,14 @@ Options:
                                 run a CHECKPOINT, bounded by this, before a fast shutdown so
                                 that the shutdown checkpoint has little left (default 10;
                                 0: none)
+      --vm-monitor-addr ADDR    with AUTOSCALING: where the vm-monitor listens for the
+                                autoscaler-agent (default 0.0.0.0:10301)
+      --cgroup NAME             with AUTOSCALING: the memory cgroup Postgres runs in and the
+                                vm-monitor watches (default neon-postgres)
+      --filecache-connstr STR   with AUTOSCALING: the vm-monitor's connection for resizing the
+                                file cache (default: the -C connection)
+      --cgroup-root DIR         for tests: the cgroup v2 mount (default /sys/fs/cgroup), or a
+                                directory imitating it (cgroup.procs, memory.stat files)
       --terminate [PORT]        ask the compute on PORT (default 3080) for a fast termination
                                 and wait until Postgres has stopped (a preStop hook)
       --probe [PORT]            health check: exit 0 when the compute on PORT (default 3080)
@@ -144,11 +176,12 @@ statements an apply of the spec would run, running none of them. -c FILE takes t
 POST /configure ({\"spec\": ...}); --privileged-role-name as for a run. Exit 0 when nothing
 would change, 2 when something would, 1 on error.
 
+Environment: AUTOSCALING (any value) runs Postgres in the memory cgroup and starts the vm-monitor.
+
 Neon flags that are accepted and ignored with a warning, because the feature is internal to
-Neon's VMs or to Databricks' lakebase mode: --cgroup, --filecache-connstr, --vm-monitor-addr,
---set-disk-quota-for-fs (each with a value), --resize-swap-on-bind, --lakebase-mode BOOL
-(true runs in Neon's mode all the same), --pg-init-timeout SECONDS (lakebase only), and the
-old --remote-ext-config.
+Neon's VMs or to Databricks' lakebase mode: --set-disk-quota-for-fs (with a value),
+--resize-swap-on-bind, --lakebase-mode BOOL (true runs in Neon's mode all the same),
+--pg-init-timeout SECONDS (lakebase only), and the old --remote-ext-config.
 ";
 
 fn usage(msg: String) -> Error {
@@ -173,9 +206,14 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let mut ext_port = None;
     let mut int_port = None;
     let mut http_bind = None;
+    let mut internal_bind = None;
     let mut pg_user = None;
     let mut token_file = None;
     let mut exit_delay = None;
+    let mut cgroup = None;
+    let mut cgroup_root = None;
+    let mut filecache_connstr = None;
+    let mut vm_monitor_addr = None;
     let mut config = None;
     let mut lakebase_http_port = None;
     let mut privileged_role = None;
@@ -272,20 +310,28 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
                 log::warn!("{flag} is enforced only in Neon's lakebase mode; accepted and ignored");
             }
             "--internal-http-port" => int_port = Some(port_value(flag, &value(flag)?)?),
-            "--http-bind" => {
-                let v = value(flag)?;
-                http_bind = Some(v.parse::<IpAddr>().map_err(|_| usage(format!("{flag}: not an IP address: {v:?}")))?);
-            }
+            "--http-bind" => http_bind = Some(ip_value(flag, &value(flag)?)?),
+            "--internal-http-bind" => internal_bind = Some(ip_value(flag, &value(flag)?)?),
             "--pg-user" => pg_user = Some(value(flag)?),
             "--http-auth-token-file" => token_file = Some(PathBuf::from(value(flag)?)),
             "--exit-delay" => exit_delay = Some(seconds(flag, &value(flag)?)?),
+            "--cgroup" => cgroup = Some(value(flag)?),
+            "--cgroup-root" => cgroup_root = Some(PathBuf::from(value(flag)?)),
+            "--filecache-connstr" => filecache_connstr = Some(value(flag)?),
+            "--vm-monitor-addr" => {
+                let v = value(flag)?;
+                vm_monitor_addr = Some(
+                    v.parse::<SocketAddr>()
+                        .map_err(|_| usage(format!("{flag}: expected IP:PORT (no host names), got {v:?}")))?,
+                );
+            }
             "--remote-ext-config" => {
                 value(flag)?;
                 log::warn!("{flag} was renamed to --remote-ext-base-url in Neon; accepted and ignored");
             }
-            "--cgroup" | "--filecache-connstr" | "--vm-monitor-addr" | "--set-disk-quota-for-fs" => {
+            "--set-disk-quota-for-fs" => {
                 value(flag)?;
-                log::warn!("{flag} configures Neon's VM monitor, which this build does not have; ignored");
+                log::warn!("{flag} is internal to Neon's VMs; accepted and ignored");
             }
             "--resize-swap-on-bind" => {
                 log::warn!("{flag} configures Neon's VM swap, which this build does not manage; ignored")
@@ -336,11 +382,19 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         pgbin,
         external_http_port,
         internal_http_port,
-        http_bind: http_bind.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+        http_bind,
+        internal_http_bind: internal_bind.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
         compute_id,
         pg_user: pg_user.unwrap_or_else(|| "postgres".into()),
         http_auth_token_file: token_file,
         exit_delay: exit_delay.unwrap_or(Duration::from_secs(30)),
+        autoscaling: Autoscaling {
+            enabled: env("AUTOSCALING").is_some(),
+            cgroup: cgroup.unwrap_or_else(|| crate::cgroup::DEFAULT_NAME.into()),
+            cgroup_root,
+            filecache_connstr,
+            vm_monitor_addr: vm_monitor_addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 10301))),
+        },
         privileged_role_name: privileged_role.unwrap_or_else(|| DEFAULT_PRIVILEGED_ROLE.into()),
         remote_ext_base_url: remote_ext,
         installed_extensions_interval: ext_interval.unwrap_or(Duration::from_secs(3600)),
@@ -414,6 +468,10 @@ fn parse_plan(argv: &[String]) -> Result<Command> {
     Ok(Command::Plan(PlanArgs { connstr, spec, privileged_role_name: privileged }))
 }
 
+fn ip_value(flag: &str, v: &str) -> Result<IpAddr> {
+    v.parse::<IpAddr>().map_err(|_| usage(format!("{flag}: not an IP address: {v:?}")))
+}
+
 fn port_value(flag: &str, v: &str) -> Result<u16> {
     v.parse::<u16>().map_err(|_| usage(format!("{flag}: expected a port number, got {v:?}")))
 }
@@ -445,6 +503,20 @@ mod tests {
         assert_eq!(a.spec, SpecSource::Wait);
         assert_eq!(a.pg_user, "postgres");
         assert!(a.compute_id.starts_with("compute-"));
+        assert_eq!(a.http_bind, None, "decided at start from whether requests are authorized");
+        assert_eq!(a.internal_http_bind, IpAddr::from([127, 0, 0, 1]));
+    }
+
+    #[test]
+    fn bind_addresses() {
+        let mut v = BASE.to_vec();
+        v.extend(["--http-bind", "::", "--internal-http-bind=0.0.0.0"]);
+        let a = args(&v);
+        assert_eq!(a.http_bind, Some(IpAddr::from([0u16; 8])));
+        assert_eq!(a.internal_http_bind, IpAddr::from([0, 0, 0, 0]));
+        let mut v = BASE.to_vec();
+        v.extend(["--internal-http-bind", "localhost"]);
+        assert!(run(&v).unwrap_err().to_string().contains("--internal-http-bind: not an IP address"));
     }
 
     #[test]
@@ -545,6 +617,25 @@ mod tests {
         v.extend(["--pre-stop-checkpoint", "0"]);
         assert_eq!(args(&v).pre_stop_checkpoint, Duration::ZERO);
         assert_eq!(args(&BASE).pre_stop_checkpoint, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn autoscaling_flags() {
+        let a = args(&BASE);
+        assert!(!a.autoscaling.enabled);
+        assert_eq!(a.autoscaling.cgroup, "neon-postgres");
+        assert_eq!(a.autoscaling.vm_monitor_addr.to_string(), "0.0.0.0:10301");
+        let mut v = BASE.to_vec();
+        v.extend(["--cgroup", "pg", "--vm-monitor-addr=127.0.0.1:4000", "--cgroup-root", "/tmp/cg"]);
+        let argv: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        let Command::Run(a) = parse(&argv, |k| (k == "AUTOSCALING").then(String::new)).unwrap() else { panic!() };
+        assert!(a.autoscaling.enabled, "an empty AUTOSCALING counts, as in Neon");
+        assert_eq!(a.autoscaling.cgroup, "pg");
+        assert_eq!(a.autoscaling.vm_monitor_addr.port(), 4000);
+        assert_eq!(a.autoscaling.cgroup_root, Some(PathBuf::from("/tmp/cg")));
+        let mut v = BASE.to_vec();
+        v.extend(["--vm-monitor-addr", "localhost:10301"]);
+        assert!(run(&v).unwrap_err().to_string().contains("--vm-monitor-addr"));
     }
 
     #[test]

@@ -10,13 +10,12 @@
 use crate::args::{Args, SpecSource};
 use crate::error::{Error, Result};
 use crate::heartbeat::{self, Heartbeat};
-use crate::http::{routes, server};
-use crate::lifecycle::{self, Event, Message, Parts, Shared, State};
+use crate::http::{listen, routes};
+use crate::lifecycle::{self, Event, Message, Parts, Reply, Shared, State};
 use crate::notify::Notifier;
 use crate::postgres::process::StopMode;
 use crate::postgres::{Node, pgdata};
 use crate::spec::ParsedSpec;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -35,9 +34,9 @@ pub fn run(args: Args) -> Result<i32> {
                 .map_or(String::new(), |w| format!("; watchdog ping every {} ms", w.as_millis()))
         );
     }
-    let auth_token = args.http_auth_token_file.as_deref().map(routes::Token::from_file).transpose()?;
     let node = Node {
-        pgdata: args.pgdata.clone(),
+        // A symlinked PGDATA is resolved once; everything works on the real directory.
+        pgdata: pgdata::resolve(&args.pgdata),
         bindir: pgdata::bindir(&args.pgbin)?,
         connstr: args.connstr.clone(),
         run_as: pgdata::postgres_identity(&args.pg_user)?,
@@ -50,7 +49,6 @@ pub fn run(args: Args) -> Result<i32> {
         events: Mutex::new(tx),
         live_config_allowed: !matches!(args.spec, SpecSource::Inline(_)),
         node,
-        auth_token,
         compute_ctl_config: std::sync::OnceLock::new(),
         in_flight: AtomicUsize::new(0),
         heartbeat: Arc::new(Heartbeat::new()),
@@ -116,6 +114,10 @@ impl Owner {
 
 fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
     let tx = crate::locks::lock(&app.events).clone();
+    // With AUTOSCALING, Postgres runs in the memory cgroup; a missing one fails here.
+    let a = &args.autoscaling;
+    let path = std::env::var("PATH").ok();
+    crate::cgroup::set(crate::cgroup::Placement::new(a.enabled, &a.cgroup, a.cgroup_root.as_deref(), path.as_deref())?);
     // The spec is read and validated before anything on disk is touched.
     let initial = match &args.spec {
         SpecSource::Config(path) => {
@@ -134,12 +136,27 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
             let json = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read spec file", path, e))?;
             Some(ParsedSpec::parse(&json)?)
         }
-        SpecSource::ControlPlane(_) | SpecSource::Wait => None,
+        // The control plane's answer carries the JWT keys, which decide the servers'
+        // addresses: asked before they start, as Neon does.
+        SpecSource::ControlPlane(uri) => {
+            let (spec, ctl) = crate::control_plane::fetch_config(uri, &args.compute_id)?;
+            if let Some(ctl) = ctl {
+                let _ = app.compute_ctl_config.set(ctl);
+            }
+            spec
+        }
+        SpecSource::Wait => None,
     };
+    let (external_auth, internal_auth) = listen::authorizers(&args, app.compute_ctl_config.get())?;
 
     let exit_tx = Mutex::new(tx.clone());
     let postmaster = Arc::new(Mutex::new(None));
-    spawn_signal_thread(&app.node.interrupted, &postmaster, tx.clone())?;
+    spawn_signal_thread(
+        &app.node.interrupted,
+        &postmaster,
+        tx.clone(),
+        (app.node.connstr.clone(), args.pre_stop_checkpoint),
+    )?;
     if std::process::id() == 1 {
         let postmaster = postmaster.clone();
         let is_ours = move |pid: u32| crate::locks::lock(&postmaster).as_ref().is_some_and(|pm| pm.pid() == pid);
@@ -147,18 +164,7 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         log::info!("running as PID 1: reaping orphaned processes");
     }
 
-    // Internal first: once the external server answers, both are up.
-    for (port, which, name) in [
-        (args.internal_http_port, routes::Server::Internal, "internal"),
-        (args.external_http_port, routes::Server::External, "external"),
-    ] {
-        let addr = SocketAddr::new(args.http_bind, port);
-        server::spawn(addr, name, routes::handler(app.clone(), which)).map_err(|source| Error::Bind {
-            server: name,
-            addr,
-            source,
-        })?;
-    }
+    listen::start(&args, &app, external_auth, internal_auth)?;
     drop(tx);
 
     let mut state = State::new(Parts {
@@ -171,20 +177,9 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         notifier: owner.notifier.clone(),
         pre_stop_checkpoint: args.pre_stop_checkpoint,
     });
-    let initial = match (initial, &args.spec) {
-        (Some(spec), _) => Some(spec),
-        (None, SpecSource::ControlPlane(uri)) => {
-            let (spec, ctl) = crate::control_plane::fetch_config(uri, &args.compute_id)?;
-            if let Some(ctl) = ctl {
-                let _ = app.compute_ctl_config.set(ctl);
-            }
-            spec
-        }
-        (None, _) => {
-            log::info!("no spec yet: waiting for POST /configure");
-            None
-        }
-    };
+    if initial.is_none() && !matches!(args.spec, SpecSource::ControlPlane(_)) {
+        log::info!("no spec yet: waiting for POST /configure");
+    }
     if let Some(spec) = initial {
         state = lifecycle::step(state, Event::Init(spec)).0;
     }
@@ -195,6 +190,7 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         if let State::Running(running) = &state {
             crate::monitor::set_extensions_interval(args.installed_extensions_interval, running.spec().spec());
             crate::monitor::ensure_started(&app.shared, &app.node.connstr);
+            crate::vm_monitor::ensure_started(&args, running.spec().spec().disable_lfc_resizing != Some(true));
         }
         let message = match state.exit() {
             None => owner.recv(),
@@ -213,24 +209,47 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         // Nobody can reach the owner any more (not expected: it holds a sender): end as on a
         // signal.
         let Message { event, reply } = message.unwrap_or(Message { event: Event::Signal(0), reply: None });
+        let configure = matches!(event, Event::Configure(_));
+        if stops_postgres(&state, &event) {
+            crate::vm_monitor::stop();
+        }
         let (next, answer) = lifecycle::step(state, event);
         state = next;
         if let Some(reply) = reply {
+            // A /configure that ran gets the status it left, read before the next event runs.
+            let answer = match answer {
+                Reply::Done if configure => Reply::Configured(app.shared.get().body()),
+                other => other,
+            };
             let _ = reply.send(answer);
         }
     }
 }
 
-/// SIGTERM, SIGINT, SIGQUIT: the first one interrupts a start and asks the owner for a fast
-/// shutdown; any further one escalates to an immediate shutdown right here, so a stuck fast
-/// shutdown can always be cut short.
+/// Whether `step` will stop Postgres (or find it gone) for this event: the vm-monitor is
+/// stopped first, so the agent never talks to a Postgres on its way down.
+fn stops_postgres(state: &State, event: &Event) -> bool {
+    match (state, event) {
+        (State::Running(_), Event::Terminate(_) | Event::Signal(_) | Event::PostgresExited) => true,
+        (State::Failed(f), Event::Signal(_)) => f.postgres_running(),
+        (State::Failed(f), Event::PostgresExited) => !f.postgres_running(),
+        _ => false,
+    }
+}
+
+/// SIGTERM, SIGINT, SIGQUIT: the first one interrupts a start, asks the owner for a fast
+/// shutdown and starts it right here (so a catalog apply in progress stops at its running
+/// statement); any further one escalates to an immediate shutdown, so a stuck fast shutdown
+/// can always be cut short. SIGHUP (whose default action would kill compute_ctl and, through
+/// the parent-death signal, Postgres) is forwarded to Postgres as a reload.
 fn spawn_signal_thread(
     interrupted: &Arc<AtomicBool>,
     postmaster: &Arc<Mutex<Option<crate::postgres::process::PostmasterHandle>>>,
     tx: Sender<Message>,
+    (connstr, pre_stop): (String, Duration),
 ) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP])
         .map_err(|e| Error::system("cannot install signal handlers", e))?;
     let interrupted = interrupted.clone();
     let postmaster = postmaster.clone();
@@ -239,15 +258,52 @@ fn spawn_signal_thread(
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
+                let pm = crate::locks::lock(&postmaster).clone();
+                if sig == SIGHUP {
+                    match pm.filter(|pm| !pm.has_exited()) {
+                        Some(pm) => {
+                            log::info!("received SIGHUP: reloading the configuration of postgres (pid {})", pm.pid());
+                            pm.reload();
+                        }
+                        None => log::info!("received SIGHUP: no postgres running, nothing to reload"),
+                    }
+                    continue;
+                }
                 log::info!("received termination signal {sig}");
                 interrupted.store(true, Ordering::SeqCst);
-                if count.fetch_add(1, Ordering::SeqCst) > 0
-                    && let Some(pm) = crate::locks::lock(&postmaster).as_ref()
-                {
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                if !first && let Some(pm) = &pm {
                     log::warn!("second signal: immediate shutdown of postgres (pid {})", pm.pid());
                     pm.stop(StopMode::Immediate);
                 }
-                let _ = tx.send(Message { event: Event::Signal(sig), reply: None });
+                let pm = pm.filter(|pm| first && !pm.has_exited());
+                let Some(pm) = pm else {
+                    let _ = tx.send(Message { event: Event::Signal(sig), reply: None });
+                    continue;
+                };
+                // The fast shutdown starts here rather than when the owner gets to the event: it
+                // ends every session at once, so an apply or reconfigure in progress stops at
+                // its running statement instead of finishing a long plan first. Before it, the
+                // bounded pre-stop CHECKPOINT (`--pre-stop-checkpoint`), while Postgres still
+                // serves, on its own thread so that a second signal can still escalate.
+                let to_owner = tx.clone();
+                let connstr = connstr.clone();
+                let spawned = std::thread::Builder::new().name("pre-stop".into()).spawn(move || {
+                    log::info!("{}", crate::postgres::stop::checkpoint(&connstr, pre_stop).describe());
+                    // Queued before Postgres can exit, so the owner sees the signal before the exit.
+                    let _ = to_owner.send(Message { event: Event::Signal(sig), reply: None });
+                    // The agent is told first, so it never talks to a Postgres on its way down.
+                    crate::vm_monitor::stop();
+                    pm.stop(StopMode::Fast);
+                });
+                if let Err(e) = spawned {
+                    log::error!("cannot start the pre-stop thread ({e}): fast shutdown without a checkpoint");
+                    let _ = tx.send(Message { event: Event::Signal(sig), reply: None });
+                    crate::vm_monitor::stop();
+                    if let Some(pm) = crate::locks::lock(&postmaster).clone() {
+                        pm.stop(StopMode::Fast);
+                    }
+                }
             }
         })
         .map_err(|e| Error::system("cannot start the signal thread", e))?;

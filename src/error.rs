@@ -41,6 +41,8 @@ pub enum Error {
     Interrupted,
     /// A request named a database that does not exist.
     NoSuchDatabase(String),
+    /// A table stayed locked longer than the step waits (the message says which step).
+    LockTimeout(String),
 }
 
 impl Error {
@@ -97,6 +99,7 @@ impl fmt::Display for Error {
             Error::Interrupted => write!(f, "interrupted by a termination request"),
             // Neon's exact words, which clients match; the name is in the request.
             Error::NoSuchDatabase(_) => write!(f, "database does not exist"),
+            Error::LockTimeout(msg) => write!(f, "{msg}"),
         }
     }
 }

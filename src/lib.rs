@@ -5,6 +5,8 @@
 //! until it is ready, applies roles and databases, serves an HTTP API, and stops Postgres
 //! cleanly on signals. With `drop_subscriptions_before_start` it drops the logical-replication
 //! subscriptions a branch inherited, once per timeline, before any apply worker can start.
+//! With `AUTOSCALING` set it runs Postgres in its memory cgroup ([`cgroup`]) and serves the
+//! autoscaler-agent ([`vm_monitor`]).
 //!
 //! The lifecycle is a typestate; see [`lifecycle`] for the state diagram and the
 //! `compile_fail` proofs of the paths that do not exist.
@@ -18,6 +20,8 @@
 #![allow(missing_debug_implementations)]
 
 pub mod args;
+pub mod auth;
+pub mod cgroup;
 pub mod compute;
 pub mod control_plane;
 pub mod error;
@@ -35,5 +39,6 @@ pub mod postgres;
 pub mod spec;
 mod sys;
 pub mod time;
+pub mod vm_monitor;
 
 pub use error::{Error, Result};

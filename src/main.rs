@@ -4,10 +4,11 @@ use compute_ctl::args::{self, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    compute_ctl::time::mark_process_start();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     // Before parsing, so that the warnings about ignored Neon flags are seen.
     compute_ctl::logger::init(std::env::var("RUST_LOG").ok().as_deref());
-    let command = match args::parse(&argv, |k| std::env::var(k).ok()) {
+    let command = match args::parse(&argv, |k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("compute_ctl: {e}");

@@ -280,11 +280,12 @@ pub fn render(snap: &Snapshot) -> String {
         "Extensions downloaded during the last start",
         std::iter::once((Vec::new(), m.num_ext_downloaded as f64)),
     );
+    crate::vm_monitor::render_metrics(&mut out);
     out
 }
 
 /// Writes one family: `# HELP`, `# TYPE` and its samples; nothing when it has no samples.
-fn family<'a>(
+pub(crate) fn family<'a>(
     out: &mut String,
     name: &str,
     kind: &str,

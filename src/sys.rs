@@ -120,3 +120,121 @@ pub fn spawn_orphan_reaper(is_ours: impl Fn(u32) -> bool + Send + 'static) -> io
     })?;
     Ok(())
 }
+
+/// Makes `cmd`'s child join the cgroup whose `cgroup.procs` is `procs` before it execs: the
+/// file is opened here, in the parent (so the open is checked with our credentials, before
+/// the child drops to the Postgres user), and the child writes its own pid into it.
+///
+/// The closure registered below does only async-signal-safe things with memory prepared
+/// before the fork (getpid, write to an already open descriptor), so the function is safe for
+/// every caller: nothing a caller passes can make the child allocate or lock. The descriptor
+/// is close-on-exec and closed in the parent when `cmd` is dropped.
+pub fn join_cgroup_before_exec(cmd: &mut std::process::Command, procs: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::OpenOptions::new().append(true).open(procs)?;
+    let hook = move || {
+        let fd = file.as_raw_fd();
+        // SAFETY: getpid(2) takes nothing; `digits` is a stack buffer.
+        let mut pid = unsafe { libc::getpid() } as u32;
+        let mut digits = [0u8; 12];
+        let mut at = digits.len() - 1;
+        digits[at] = b'\n';
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (pid % 10) as u8;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        let line = &digits[at..];
+        // SAFETY: write(2) of a stack buffer to a descriptor we own; both outlive the call.
+        let n = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+        if n == line.len() as isize { Ok(()) } else { Err(io::Error::last_os_error()) }
+    };
+    // SAFETY: `hook` runs between fork and exec, where only async-signal-safe calls are
+    // allowed: it calls getpid and write on memory that exists before the fork, and nothing
+    // else (no allocation, no lock, no panic path: the arithmetic cannot overflow).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+    Ok(())
+}
+
+/// A watch on one directory (not its subdirectories) for files created, written, closed
+/// after writing, renamed into it or removed: how the start notices at once that Postgres
+/// wrote `ready` into `postmaster.pid`, instead of on a polling tick.
+pub struct DirWatch {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl DirWatch {
+    pub fn new(dir: &std::path::Path) -> io::Result<DirWatch> {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: inotify_init1(2) takes integer flags only.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a descriptor we just opened and own alone.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let mask = libc::IN_MODIFY | libc::IN_CLOSE_WRITE | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_DELETE;
+        // SAFETY: `path` is a NUL-terminated string that outlives the call.
+        let rc = unsafe { libc::inotify_add_watch(raw, path.as_ptr(), mask) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(DirWatch { fd })
+    }
+
+    /// Waits until something changed in the directory, at most `timeout`; the pending
+    /// events are consumed. True when there was a change.
+    pub fn wait(&self, timeout: std::time::Duration) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let fd = self.fd.as_raw_fd();
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one pollfd, a local that outlives the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            return if err.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(err) };
+        }
+        if rc == 0 {
+            return Ok(false);
+        }
+        // The events only say "look again"; drain them (non-blocking) and let the caller read.
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reads at most `buf.len()` bytes into a local buffer that outlives the call.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// Fills `buf` from the kernel's random generator (getrandom(2): one system call, no file to
+/// open, unlike /dev/urandom).
+pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: writes at most `rest.len()` bytes into `rest`, which outlives the call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}

@@ -1,6 +1,20 @@
 //! RFC 3339 timestamps in UTC without a date-time dependency.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// When `main` began: the origin of the start-up timing line (see `lifecycle::boot`).
+static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+
+/// Records the start of the process; the first call wins.
+pub fn mark_process_start() {
+    PROCESS_START.get_or_init(Instant::now);
+}
+
+/// Microseconds since [`mark_process_start`] (or since this first call, when it never ran).
+pub fn since_process_start_us() -> u64 {
+    PROCESS_START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
 
 /// `2025-02-20T17:14:16.123456789Z`, as chrono serializes a `DateTime<Utc>` (Neon's
 /// `start_time`).

@@ -118,11 +118,61 @@ fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// A request head: the request with its body still empty, where the body starts, how long it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub request: Request,
+    /// Bytes of the head, its blank line included: the body starts here.
+    pub head_len: usize,
+    /// `Content-Length` (0 without one); not yet checked against `Limits::max_body`.
+    pub body_len: usize,
+}
+
+impl Head {
+    /// 413 when the announced body is over the limit.
+    pub fn check_body_len(&self, limits: &Limits) -> Result<(), ParseError> {
+        if self.body_len > limits.max_body {
+            return Err(reject(
+                413,
+                format!("body of {} bytes is over the limit of {} bytes", self.body_len, limits.max_body),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `buf` holds all of the body.
+    pub fn is_complete(&self, buf: &[u8]) -> bool {
+        self.head_len.checked_add(self.body_len).is_some_and(|t| t <= buf.len())
+    }
+
+    /// The whole request and the bytes it used; None while `buf` does not hold all of its body.
+    pub fn complete(self, buf: &[u8]) -> Option<(Request, usize)> {
+        let total = self.head_len.checked_add(self.body_len)?;
+        let body = buf.get(self.head_len..total)?;
+        let mut req = self.request;
+        req.body = body.to_vec();
+        Some((req, total))
+    }
+}
+
 /// Parses one request from the start of `buf`; on success returns it and how many bytes it
 /// used (the rest belongs to the next request on a keep-alive connection).
 pub fn parse(buf: &[u8], limits: &Limits) -> Result<(Request, usize), ParseError> {
+    let head = parse_head(buf, limits)?;
+    head.check_body_len(limits)?;
+    head.complete(buf).ok_or(ParseError::Incomplete)
+}
+
+/// Parses the head of the request at the start of `buf`, without waiting for its body, so that
+/// a request can be refused (401, say) before a byte of its body is read.
+pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, ParseError> {
     let head_end = match find(buf, b"\r\n\r\n") {
         Some(i) => i,
+        // A client that ends lines with a bare LF would otherwise wait for a blank CRLF line
+        // that never comes, until the head deadline.
+        None if has_bare_lf(&buf[..buf.len().min(limits.max_head_bytes)]) => {
+            return Err(reject(400, "request lines must end with CRLF, not a bare LF"));
+        }
         None => {
             // A line or head right at its limit may be followed by part of its terminator
             // (`\r`, `\r\n`, `\r\n\r`); those bytes do not count, or a request would be
@@ -140,6 +190,9 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<(Request, usize), ParseError
     };
     if head_end > limits.max_head_bytes {
         return Err(reject(431, "request header fields too large"));
+    }
+    if has_bare_lf(&buf[..head_end]) {
+        return Err(reject(400, "request lines must end with CRLF, not a bare LF"));
     }
     let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| reject(400, "request head is not valid UTF-8"))?;
     let mut lines = head.split("\r\n");
@@ -183,7 +236,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<(Request, usize), ParseError
         }
         headers.push((name.to_string(), value.to_string()));
     }
-    let mut req = Request { method: method.to_string(), path, query, minor_version, headers, body: Vec::new() };
+    let req = Request { method: method.to_string(), path, query, minor_version, headers, body: Vec::new() };
 
     if let Some(te) = req.header("transfer-encoding") {
         return Err(if te.eq_ignore_ascii_case("chunked") {
@@ -203,16 +256,27 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<(Request, usize), ParseError
         }
         (Some(_), Some(_)) => return Err(reject(400, "more than one Content-Length")),
     };
-    if length > limits.max_body {
-        return Err(reject(413, format!("body of {length} bytes is over the limit of {} bytes", limits.max_body)));
-    }
-    let body_start = head_end + 4;
-    let total = body_start + length;
-    if buf.len() < total {
-        return Err(ParseError::Incomplete);
-    }
-    req.body = buf[body_start..total].to_vec();
-    Ok((req, total))
+    Ok(Head { request: req, head_len: head_end + 4, body_len: length })
+}
+
+/// The head (request line and headers, without the blank line) when `buf` holds all of it.
+pub fn complete_head(buf: &[u8]) -> Option<&[u8]> {
+    find(buf, b"\r\n\r\n").map(|i| &buf[..i])
+}
+
+/// Whether a head asks for `100 Continue` before it sends its body (`Expect: 100-continue`).
+pub fn expects_continue(head: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(head) else { return false };
+    text.split("\r\n").skip(1).any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("expect") && value.trim().eq_ignore_ascii_case("100-continue")
+        })
+    })
+}
+
+/// True when a line feed in `head` is not preceded by a carriage return.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -240,6 +304,17 @@ mod tests {
         assert_eq!(p("POST /configure HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc"), Err(ParseError::Incomplete));
         let (r, _) = p("POST /configure HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc").unwrap();
         assert_eq!(r.body, b"abc");
+    }
+
+    #[test]
+    fn the_head_is_known_before_the_body() {
+        let text = "POST /configure HTTP/1.1\r\nAuthorization: Bearer x\r\nContent-Length: 999999999999\r\n\r\n{";
+        let head = parse_head(text.as_bytes(), &Limits::default()).unwrap();
+        assert_eq!(head.request.header("authorization"), Some("Bearer x"));
+        assert_eq!((head.head_len, head.body_len), (text.len() - 1, 999_999_999_999));
+        assert!(matches!(head.check_body_len(&Limits::default()), Err(ParseError::Reject(413, _))));
+        assert!(!head.is_complete(text.as_bytes()));
+        assert_eq!(head.complete(text.as_bytes()), None);
     }
 
     #[test]
@@ -274,6 +349,22 @@ mod tests {
         assert!(matches!(parse(&longer.as_bytes()[..22], &limits), Err(ParseError::Reject(414, _))));
         let longer = text.replacen("X: ", "X: b", 1);
         assert!(matches!(parse(longer.as_bytes(), &limits), Err(ParseError::Reject(431, _))));
+    }
+
+    #[test]
+    fn bare_lf_line_ends_are_refused_at_once() {
+        for text in
+            ["GET /status HTTP/1.1\nHost: a\n\n", "GET /status HTTP/1.1\n", "GET / HTTP/1.1\r\nA: b\nC: d\r\n\r\n"]
+        {
+            assert!(matches!(p(text), Err(ParseError::Reject(400, _))), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn expect_continue_is_recognised() {
+        let head = complete_head(b"POST /c HTTP/1.1\r\nEXPECT:  100-Continue\r\nContent-Length: 9\r\n\r\n").unwrap();
+        assert!(expects_continue(head));
+        assert!(!expects_continue(complete_head(b"POST /c HTTP/1.1\r\nX: 100-continue\r\n\r\n").unwrap()));
     }
 
     #[test]

@@ -7,7 +7,13 @@ pub enum Body {
     Bytes(Vec<u8>),
     /// Sent with `Transfer-Encoding: chunked` as it is read.
     Stream(Box<dyn Read + Send>),
+    /// `101 Switching Protocols`: after the head, the server hands the socket (and any bytes
+    /// it read past the request) to this function and is done with the connection.
+    Upgrade(Upgrade),
 }
+
+/// Takes over an upgraded connection: the socket, and the bytes already read after the request.
+pub type Upgrade = Box<dyn FnOnce(std::net::TcpStream, Vec<u8>) + Send>;
 
 pub struct Response {
     pub status: u16,
@@ -35,6 +41,22 @@ impl Response {
         Response { status, content_type: Some(content_type), headers: Vec::new(), body: Body::Bytes(text.into_bytes()) }
     }
 
+    /// A `101` switching to the protocol named by the `Upgrade` header in `headers`.
+    pub fn upgrade(headers: Vec<(&'static str, String)>, then: Upgrade) -> Response {
+        Response { status: 101, content_type: None, headers, body: Body::Upgrade(then) }
+    }
+
+    /// Takes the upgrade out of a `101` response (the server calls it after writing the head).
+    pub fn take_upgrade(&mut self) -> Option<Upgrade> {
+        match std::mem::replace(&mut self.body, Body::Bytes(Vec::new())) {
+            Body::Upgrade(u) => Some(u),
+            other => {
+                self.body = other;
+                None
+            }
+        }
+    }
+
     pub fn with_header(mut self, name: &'static str, value: String) -> Response {
         self.headers.push((name, value));
         self
@@ -49,6 +71,11 @@ impl Response {
         for (k, v) in &self.headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
+        if self.status == 101 {
+            head.push_str("Connection: Upgrade\r\n\r\n");
+            out.write_all(head.as_bytes())?;
+            return out.flush();
+        }
         head.push_str(if keep_alive { "Connection: keep-alive\r\n" } else { "Connection: close\r\n" });
         match self.body {
             Body::Bytes(b) => {
@@ -58,6 +85,10 @@ impl Response {
                     all.extend_from_slice(&b);
                 }
                 out.write_all(&all)?;
+            }
+            Body::Upgrade(_) => {
+                head.push_str("Content-Length: 0\r\n\r\n");
+                out.write_all(head.as_bytes())?;
             }
             Body::Stream(mut r) => {
                 head.push_str("Transfer-Encoding: chunked\r\n\r\n");
@@ -86,6 +117,7 @@ impl Response {
 
 pub fn reason(status: u16) -> &'static str {
     match status {
+        101 => "Switching Protocols",
         200 => "OK",
         201 => "Created",
         204 => "No Content",
@@ -102,6 +134,8 @@ pub fn reason(status: u16) -> &'static str {
         414 => "URI Too Long",
         415 => "Unsupported Media Type",
         422 => "Unprocessable Entity",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",

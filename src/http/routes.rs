@@ -1,5 +1,6 @@
-//! Routes of the external and internal servers, with Neon's methods, bodies and codes, and the
-//! optional bearer-token check in front of them.
+//! Routes of the external and internal servers, with Neon's methods, bodies and codes.
+//! Authorization happens before a request gets here (`gate`, which consults the tables below:
+//! a route missing from them is treated as unknown, and unknown paths need no token).
 //!
 //! Differences from Neon, on purpose: unknown paths (404) and wrong methods (405) get a JSON
 //! `{"error": …}` body like every other error; `/terminate` also works from `empty` and answers
@@ -28,8 +29,6 @@ pub struct App {
     /// before `-c`).
     pub live_config_allowed: bool,
     pub node: Node,
-    /// `--http-auth-token-file`'s token; every route but those in `PUBLIC` then needs it.
-    pub auth_token: Option<Token>,
     /// `compute_ctl_config` of the `-c` file or of the control plane's answer, set once before
     /// the compute starts (a `/configure` body's copy is ignored, as in Neon); unset with
     /// `-s`, `-S` or no spec source.
@@ -39,42 +38,6 @@ pub struct App {
     pub in_flight: AtomicUsize,
     /// The owner loop's heartbeat, for `/healthz`.
     pub heartbeat: Arc<crate::heartbeat::Heartbeat>,
-}
-
-/// A bearer token. Its `Debug` never shows it, so it cannot leak into a log line.
-pub struct Token(Vec<u8>);
-
-impl Token {
-    /// Reads the token file: the token is its content without surrounding whitespace.
-    pub fn from_file(path: &std::path::Path) -> crate::Result<Token> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| crate::Error::io("cannot read --http-auth-token-file", path, e))?;
-        let token = text.trim();
-        if token.is_empty() {
-            return Err(crate::Error::Usage(format!("--http-auth-token-file {}: the file is empty", path.display())));
-        }
-        Ok(Token(token.as_bytes().to_vec()))
-    }
-
-    /// The token itself, to send it (never to log it).
-    pub fn reveal(&self) -> String {
-        String::from_utf8_lossy(&self.0).into_owned()
-    }
-
-    /// Compares in time that depends only on the lengths, never on where the bytes differ.
-    pub fn matches(&self, given: &[u8]) -> bool {
-        let mut diff = self.0.len() ^ given.len();
-        for (i, b) in self.0.iter().enumerate() {
-            diff |= usize::from(b ^ given.get(i).copied().unwrap_or(!b));
-        }
-        std::hint::black_box(diff) == 0
-    }
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
 }
 
 impl App {
@@ -90,7 +53,7 @@ impl App {
     /// The owner's leave for a route that works on Postgres: 412 unless `running`.
     fn admit(&self) -> Result<(), Response> {
         match self.ask(Event::Query)? {
-            Reply::Done | Reply::Terminated { .. } => Ok(()),
+            Reply::Done | Reply::Configured(_) | Reply::Terminated { .. } => Ok(()),
             Reply::WrongState(s) => Err(precondition(s)),
             Reply::NotPossible(msg) => Err(Response::error(409, msg)),
             Reply::Failed(msg) => Err(Response::error(500, msg)),
@@ -103,6 +66,7 @@ impl App {
 fn failure(context: &str, e: &Error) -> Response {
     let code = match e {
         Error::NoSuchDatabase(_) => 404,
+        Error::LockTimeout(_) => 503,
         _ => 500,
     };
     let msg = e.report();
@@ -117,7 +81,7 @@ pub enum Server {
 }
 
 impl Server {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Server::External => "external",
             Server::Internal => "internal",
@@ -157,9 +121,6 @@ const EXTERNAL: &[(&str, &[&str])] = &[
     ("/startupz", &["GET", "HEAD"]),
 ];
 
-/// Routes that answer without the bearer token: the metrics, and the Kubernetes probes (the
-/// kubelet cannot send a secret header; they reveal only the state).
-const PUBLIC: &[&str] = &["/metrics", "/healthz", "/readyz", "/startupz"];
 const INTERNAL: &[(&str, &[&str])] = &[("/extensions", &["POST"]), ("/grants", &["POST"])];
 
 fn route(app: &App, server: Server, req: &Request) -> Response {
@@ -186,12 +147,21 @@ fn route(app: &App, server: Server, req: &Request) -> Response {
     resp
 }
 
-/// A random (version 4) UUID from the kernel's generator; a request id needs no more.
-fn uuid_v4() -> String {
-    use std::io::Read;
+/// The route `path` names on `server`, if any (also the metrics label).
+pub(super) fn known_path(server: Server, path: &str) -> Option<&'static str> {
+    let table = match server {
+        Server::External => EXTERNAL,
+        Server::Internal => INTERNAL,
+    };
+    table.iter().find(|(p, _)| *p == path).map(|(p, _)| *p)
+}
+
+/// A random (version 4) UUID from the kernel's generator; a request id needs no more. One
+/// getrandom(2) per request, since a control plane may poll `/status` every millisecond.
+pub(super) fn uuid_v4() -> String {
     let mut b = [0u8; 16];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
-        // No /dev/urandom (a bare chroot): std's per-process random hash keys, mixed with time.
+    if crate::sys::fill_random(&mut b).is_err() {
+        // No getrandom (a very old kernel): std's per-process random hash keys, mixed with time.
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
@@ -206,14 +176,6 @@ fn uuid_v4() -> String {
 
 fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&str])>) -> Response {
     let m = req.method.as_str();
-    let public = server == Server::External && PUBLIC.contains(&req.path.as_str()) && (m == "GET" || m == "HEAD");
-    if !public && let Some(token) = &app.auth_token {
-        let given = req.header("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
-        if !given.is_some_and(|g| token.matches(g.as_bytes())) {
-            return Response::error(401, "missing or invalid bearer token")
-                .with_header("WWW-Authenticate", "Bearer".into());
-        }
-    }
     let Some((path, methods)) = known else {
         return Response::error(404, format!("no route for {}", req.path));
     };
@@ -245,7 +207,18 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
 }
 
 fn status(app: &App) -> Response {
-    Response::json(200, &app.shared.get().body())
+    let body = app.shared.get().body();
+    match crate::vm_monitor::status_json() {
+        // With AUTOSCALING: the monitor's state (a bind failure, say) beside Neon's fields.
+        Some(vm) => match serde_json::to_value(&body) {
+            Ok(mut v) => {
+                v["vm_monitor"] = vm;
+                Response::json(200, &v)
+            }
+            Err(_) => Response::json(200, &body),
+        },
+        None => Response::json(200, &body),
+    }
 }
 
 /// Neon's `/info`: the CPUs this compute may use.
@@ -297,9 +270,16 @@ fn configure(app: &App, req: &Request) -> Response {
         Err(e) => return Response::error(400, e.report().to_string()),
     };
     match app.ask(Event::Configure(spec)) {
+        // The state this request left, taken by the owner before its next event: concurrent
+        // requests each get their own, never the next one's `configuration_pending`.
+        Ok(Reply::Configured(body)) => Response::json(200, &body),
         Ok(Reply::Done | Reply::Terminated { .. }) => status(app),
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
+        // A termination signal cut the configuration short: not the spec's fault.
+        Ok(Reply::Failed(msg)) if app.shared.get().status == Status::TerminationPending => {
+            Response::error(503, format!("the compute is terminating: {msg}"))
+        }
         Ok(Reply::Failed(msg)) => Response::error(500, format!("compute configuration failed: {msg}")),
         Err(resp) => resp,
     }
@@ -313,7 +293,7 @@ fn terminate(app: &App, req: &Request) -> Response {
     };
     match app.ask(Event::Terminate(mode)) {
         Ok(Reply::Terminated { lsn }) => Response::json(200, &serde_json::json!({ "lsn": lsn })),
-        Ok(Reply::Done) => Response::json(200, &serde_json::json!({ "lsn": null })),
+        Ok(Reply::Done | Reply::Configured(_)) => Response::json(200, &serde_json::json!({ "lsn": null })),
         Ok(Reply::WrongState(Status::Terminated)) => Response::empty(201),
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
@@ -327,6 +307,7 @@ fn terminate(app: &App, req: &Request) -> Response {
 /// pageserver mode, where the control plane must restart the compute.
 fn restart(app: &App) -> Response {
     match app.ask(Event::Restart) {
+        Ok(Reply::Configured(body)) => Response::json(200, &body),
         Ok(Reply::Done | Reply::Terminated { .. }) => status(app),
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
@@ -360,19 +341,65 @@ fn check_writability(app: &App) -> Response {
 
 /// `GET /database_schema?database=NAME`: `pg_dump --schema-only` of that database as a
 /// chunked response; 404 when it does not exist. A failure midway cuts the body short.
+///
+/// A dump waiting on a locked table holds a Postgres connection, so: at most [`MAX_DUMPS`] run
+/// at once (429 beyond), each waits at most `dump::LOCK_WAIT` for its locks (503 after), and a
+/// client that goes away before the dump starts writing gets its `pg_dump` killed.
 fn database_schema(app: &App, req: &Request) -> Response {
     let Some(database) = req.query_param("database") else {
         return Response::error(400, "missing query parameter `database`");
     };
-    match dump::schema(&app.node, &database) {
+    if database.is_empty() {
+        return Response::error(400, "query parameter `database` is empty");
+    }
+    let Some(slot) = DumpSlot::take() else {
+        return Response::error(
+            429,
+            format!("{MAX_DUMPS} /database_schema requests are running already; try again when one is done"),
+        );
+    };
+    match dump::schema(&app.node, &database, &super::server::client_gone) {
         Ok(None) => Response::text(200, "text/plain; charset=utf-8", String::new()),
         Ok(Some(stream)) => Response {
             status: 200,
             content_type: Some("text/plain; charset=utf-8"),
             headers: Vec::new(),
-            body: Body::Stream(Box::new(stream)),
+            body: Body::Stream(Box::new(SlotHeld { stream, _slot: slot })),
         },
         Err(e) => failure("", &e),
+    }
+}
+
+/// `pg_dump`s running at once for `/database_schema`; each holds a Postgres connection.
+pub const MAX_DUMPS: usize = 4;
+
+static DUMPS: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_DUMPS`] places, held until the response is written or dropped.
+struct DumpSlot(());
+
+impl DumpSlot {
+    fn take() -> Option<DumpSlot> {
+        DUMPS.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < MAX_DUMPS).then_some(n + 1)).ok()?;
+        Some(DumpSlot(()))
+    }
+}
+
+impl Drop for DumpSlot {
+    fn drop(&mut self) {
+        DUMPS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A dump's output, keeping its place until the stream is done.
+struct SlotHeld {
+    stream: dump::Dump,
+    _slot: DumpSlot,
+}
+
+impl std::io::Read for SlotHeld {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.read(buf)
     }
 }
 
@@ -443,21 +470,5 @@ fn grants(app: &App, req: &Request) -> Response {
     match queries::grant_on_schema(&app.node, &body.database, &body.schema, &list, &body.role) {
         Ok(()) => Response::json(201, &body),
         Err(e) => failure("failed to grant role privileges to the schema", &e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_compare() {
-        let t = Token(b"s3cret".to_vec());
-        assert!(t.matches(b"s3cret"));
-        assert!(!t.matches(b"s3cres"));
-        assert!(!t.matches(b"s3cret2"));
-        assert!(!t.matches(b"s3cre"));
-        assert!(!t.matches(b""));
-        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
     }
 }

@@ -15,7 +15,7 @@ use super::states::{Failed, Running, synced_after_exit};
 use crate::error::{Error, Result};
 use crate::postgres::process::Postmaster;
 use crate::postgres::subscriptions::{self, Guard};
-use crate::postgres::{Stopped, apply, conf, pgdata, sql, storage};
+use crate::postgres::{Stopped, apply, conf, hba, pgdata, sql, storage};
 use crate::spec::{ComputeMode, ParsedSpec, StorageMode};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -42,6 +42,9 @@ pub struct Ready {
     guard: Option<Guard>,
     /// Connections the subscriptions drop leaves for the catalog apply.
     warm: Option<sql::Warm>,
+    /// Microseconds since `main` began when Postgres was spawned and when it was ready.
+    spawned_us: u64,
+    ready_us: u64,
 }
 
 /// A start that went wrong: what is needed to clean up and enter `Failed`.
@@ -55,12 +58,26 @@ struct Aborted {
 pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
     let started = Instant::now();
     let mut boot = Boot { ctx, spec, proof: Stopped::minted_by_boot(), guard: None };
-    if let Err(error) = boot.prepare_pgdata().and_then(|()| boot.check_interrupted()) {
+    // A spec that would weaken compute_ctl's own roles is refused before PGDATA is touched.
+    let superuser = sql::connstr_user(&boot.ctx.node.connstr);
+    let privileged = boot.ctx.node.privileged_role.clone();
+    let checked = superuser.and_then(|me| apply::privileged::check(boot.spec.spec(), &me, &privileged));
+    if let Err(error) = checked.and_then(|()| boot.prepare_pgdata()).and_then(|()| boot.check_interrupted()) {
         return Err(abort(Aborted { ctx: boot.ctx, spec: boot.spec, postmaster: None, error }));
     }
     let mut ready = boot.start_postgres().map_err(|a| abort(*a))?;
     match ready.configure(started) {
-        Ok(()) => Ok(Running::enter(ready.ctx, ready.spec, ready.postmaster)),
+        Ok(()) => {
+            // One line that splits the start into before-spawn, Postgres start and after-ready
+            // (examples/bench_start.rs reads it).
+            log::info!(
+                "start timing: postgres spawned at {} us, ready at {} us, running at {} us since main",
+                ready.spawned_us,
+                ready.ready_us,
+                crate::time::since_process_start_us()
+            );
+            Ok(Running::enter(ready.ctx, ready.spec, ready.postmaster))
+        }
         Err(error) => {
             ready.warm = None;
             Err(abort(Aborted { ctx: ready.ctx, spec: ready.spec, postmaster: Some(ready.postmaster), error }))
@@ -69,7 +86,12 @@ pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
 }
 
 /// Stops the Postgres a failed start left running, syncs after it, and enters `Failed`.
-fn abort(a: Aborted) -> Failed {
+fn abort(mut a: Aborted) -> Failed {
+    // The sync after exit clears the termination flag: remember here that a signal ended it.
+    if a.ctx.node.interrupted.load(Ordering::SeqCst) && !matches!(a.error, Error::Interrupted) {
+        log::info!("after a termination signal: {}", a.error.report());
+        a.error = Error::Interrupted;
+    }
     if let Some(pm) = a.postmaster {
         log::info!("start failed: stopping postgres (pid {})", pm.pid());
         pm.shutdown(Duration::from_secs(10));
@@ -91,10 +113,12 @@ impl Boot {
     pub fn prepare_pgdata(&mut self) -> Result<()> {
         let node = &self.ctx.node;
         let pgdata = &node.pgdata;
+        pgdata::refuse_foreign_postmaster(pgdata)?;
         match self.spec.storage() {
             StorageMode::Local => {
                 pgdata::initdb(&self.proof, node)?;
                 pgdata::ensure_owned(pgdata, node.run_as)?;
+                hba::restrict_local(&self.proof, node)?;
             }
             StorageMode::Pageserver { .. } => {
                 let t = storage::prepare_from_pageserver(&self.proof, node, &self.spec)?;
@@ -114,17 +138,21 @@ impl Boot {
             self.spec.spec().drop_subscriptions_before_start,
             &node.privileged_role,
         );
-        conf::write_postgres_conf(pgdata, &text)?;
+        // Only what changed is written (a restart of the same spec writes nothing), unsynced:
+        // see `conf::write_if_changed`.
+        conf::write_if_changed(&pgdata.join("postgresql.conf"), text.as_bytes())?;
         conf::line_in_file(&pgdata.join("pg_hba.conf"), conf::PG_HBA_ALL_MD5)?;
-        conf::write_atomically(&pgdata.join(conf::TEMP_OVERRIDE), b"")?;
+        conf::write_if_changed(&pgdata.join(conf::TEMP_OVERRIDE), b"")?;
         let standby = pgdata.join("standby.signal");
         if matches!(self.spec.mode(), ComputeMode::Static(_) | ComputeMode::Replica) && !standby.exists() {
             std::fs::write(&standby, b"").map_err(|e| Error::io("cannot create", &standby, e))?;
         }
         if let Some(u) = node.run_as {
+            use std::os::unix::fs::MetadataExt;
             for f in ["postgresql.conf", "pg_hba.conf", conf::TEMP_OVERRIDE, "standby.signal"] {
                 let p = pgdata.join(f);
-                if p.exists() {
+                // A stat, not a chown per start: a chown to the same owner still dirties the inode.
+                if std::fs::metadata(&p).is_ok_and(|m| m.uid() != u.uid || m.gid() != u.gid) {
                     std::os::unix::fs::chown(&p, Some(u.uid), Some(u.gid))
                         .map_err(|e| Error::io("cannot chown", &p, e))?;
                 }
@@ -145,6 +173,7 @@ impl Boot {
         let token = spec.spec().storage_auth_token.clone();
         let env: Vec<(&str, &str)> = token.as_deref().map(|t| ("NEON_AUTH_TOKEN", t)).into_iter().collect();
         let on_exit = ctx.on_postgres_exit.clone();
+        let spawned_us = crate::time::since_process_start_us();
         let spawned = Postmaster::spawn(proof, &ctx.node, &env, Box::new(move |status| on_exit(status)));
         let pm = match spawned {
             Ok(pm) => pm,
@@ -154,10 +183,11 @@ impl Boot {
         if let Err(error) = pm.wait_ready(READY_TIMEOUT, &ctx.node.interrupted) {
             return Err(Box::new(Aborted { ctx, spec, postmaster: Some(pm), error }));
         }
+        let ready_us = crate::time::since_process_start_us();
         let ms = elapsed_ms(started);
         log::info!("postgres is ready after {ms} ms");
         ctx.shared.update(|s| s.metrics.start_postgres_ms = ms);
-        Ok(Ready { ctx, spec, postmaster: pm, guard, warm: None })
+        Ok(Ready { ctx, spec, postmaster: pm, guard, warm: None, spawned_us, ready_us })
     }
 }
 
@@ -224,6 +254,7 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
         return Err(Error::PostgresStart { reason: "postgres is not running".into(), log_tail: pm.log_tail() });
     }
     let node = &ctx.node;
+    apply::privileged::check(spec.spec(), &sql::connstr_user(&node.connstr)?, &node.privileged_role)?;
     // A running compute never re-arms the subscriber guard: nothing here drops subscriptions.
     let text = conf::render(spec, node.internal_http_port, false, &node.privileged_role);
     let path = node.pgdata.join("postgresql.conf");
@@ -243,6 +274,10 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
             return Err(e);
         }
     };
+    if let Err(e) = apply::settings::check_startable(&node.postgres_bin(), &node.pgdata, node.run_as) {
+        conf::write_atomically(&path, &old)?;
+        return Err(e);
+    }
     if !check.need_restart.is_empty() {
         log::info!("reconfigure: {} take effect only after a restart", check.need_restart.join(", "));
     }

@@ -217,8 +217,12 @@ impl Context {
         log::info!("compute status: {}", status.wire_name());
     }
 
-    /// The bounded `CHECKPOINT` before a fast shutdown (see [`crate::postgres::stop`]).
+    /// The bounded `CHECKPOINT` before a fast shutdown (see [`crate::postgres::stop`]). After
+    /// a termination signal the signal thread has run it already, before its fast shutdown.
     fn pre_stop_checkpoint(&self) {
+        if self.node.interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let outcome = crate::postgres::stop::checkpoint(&self.node.connstr, self.pre_stop_checkpoint);
         log::info!("{}", outcome.describe());
     }

@@ -263,10 +263,20 @@ impl Running {
 
 impl Failed {
     pub(super) fn enter(ctx: Context, error: Error, running: Option<(Postmaster, ParsedSpec)>) -> Failed {
+        // After a termination signal, whatever the step failed with (its sessions ended by the
+        // fast shutdown the signal started) is the signal's doing: say so, report termination.
+        let interrupted = matches!(error, Error::Interrupted) || ctx.node.interrupted.load(Ordering::SeqCst);
+        let error = if interrupted && !matches!(error, Error::Interrupted) {
+            log::info!("after a termination signal: {}", error.report());
+            Error::Interrupted
+        } else {
+            error
+        };
         let text = error.report().to_string();
         log::error!("compute failed: {text}");
         ctx.set_postgres_up(running.is_some());
-        ctx.publish(Status::Failed, Some(text));
+        let status = if interrupted { Status::TerminationPending } else { Status::Failed };
+        ctx.publish(status, Some(text));
         Failed { ctx, error, running: running.map(Box::new) }
     }
 

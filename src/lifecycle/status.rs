@@ -136,7 +136,7 @@ pub struct Snapshot {
 }
 
 /// Neon's `ComputeStatusResponse`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StatusBody {
     pub start_time: String,
     pub tenant: Option<String>,

@@ -1,7 +1,7 @@
 //! The owner's state holder and the one place that decides what an event does: [`step`].
 
 use super::states::{Empty, Failed, Reason, Restarted, Running, Terminated};
-use super::{Context, Parts, Status};
+use super::{Context, Parts, Status, StatusBody};
 use crate::postgres::process::StopMode;
 use crate::spec::ParsedSpec;
 use std::sync::Arc;
@@ -31,6 +31,9 @@ pub enum Event {
 pub enum Reply {
     /// Done (or allowed, for [`Event::Query`]).
     Done,
+    /// A `/configure` was applied: the status it left, taken by the owner before its next
+    /// event (so concurrent requests each get their own).
+    Configured(StatusBody),
     /// Postgres stopped after `/terminate`; the LSN of its shutdown checkpoint when it could
     /// be read from `pg_controldata`.
     Terminated { lsn: Option<String> },

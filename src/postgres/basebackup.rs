@@ -82,8 +82,43 @@ pub struct Fetched {
 
 /// Connects, sends the command, and unpacks the stream into `dir` (which should be empty).
 /// Errors are `Error::Basebackup` with the cause; the caller retries and cleans `dir`.
-/// `interrupted` is checked at every read, so a termination request stops a flowing stream.
+/// `interrupted` ends the wait at once with [`Error::Interrupted`], even when the pageserver
+/// stopped sending: the transfer runs on its own thread, which stops at its next read (its
+/// socket has no timeout to wake it earlier; the process is ending anyway).
 pub fn fetch(req: &Request<'_>, dir: &Path, interrupted: &AtomicBool) -> Result<Fetched, Error> {
+    let (connstr, token) = (req.connstr.to_string(), req.token.map(str::to_string));
+    let owned = Request { connstr: "", token: None, ..req.clone() };
+    let dir = dir.to_path_buf();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop2 = stop.clone();
+    std::thread::Builder::new()
+        .name("basebackup".into())
+        .spawn(move || {
+            let req = Request { connstr: &connstr, token: token.as_deref(), ..owned };
+            let _ = tx.send(fetch_here(&req, &dir, &stop2));
+        })
+        .map_err(|e| Error::system("cannot start the basebackup thread", e))?;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(result) => return result,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if interrupted.load(Ordering::SeqCst) {
+                    stop.store(true, Ordering::SeqCst);
+                    return Err(Error::Interrupted);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::Basebackup {
+                    what: "the basebackup thread ended without an answer".into(),
+                    source: None,
+                });
+            }
+        }
+    }
+}
+
+fn fetch_here(req: &Request<'_>, dir: &Path, interrupted: &AtomicBool) -> Result<Fetched, Error> {
     let mut config: postgres::Config =
         req.connstr.parse().map_err(|e| Error::basebackup("invalid pageserver connection string", e))?;
     if let Some(t) = req.token {

@@ -8,14 +8,23 @@ use super::{Node, sql};
 use crate::error::{Error, Result};
 use std::io::Read;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long a dump waits for its table locks (`--lock-wait-timeout`): a dump blocked on a
+/// locked table holds a Postgres connection.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Starts `pg_dump` on `database`. `Ok(None)`: it succeeded and wrote nothing;
-/// `Err(Error::NoSuchDatabase)` when the database does not exist.
-pub fn schema(node: &Node, database: &str) -> Result<Option<Dump>> {
+/// `Err(Error::NoSuchDatabase)` when the database does not exist; `Err(Error::LockTimeout)`
+/// when a table stayed locked for [`LOCK_WAIT`]. While pg_dump has written nothing yet (it
+/// takes its locks first), `abandoned` is asked every 50 ms; when it says the requester has
+/// gone, pg_dump is killed and reaped.
+pub fn schema(node: &Node, database: &str, abandoned: &dyn Fn() -> bool) -> Result<Option<Dump>> {
     let config = sql::config(&node.connstr)?;
     let mut cmd = Command::new(node.bindir.join("pg_dump"));
-    cmd.args(["--schema-only", "--no-password"]);
+    cmd.args(["--schema-only", "--no-password", &format!("--lock-wait-timeout={}s", LOCK_WAIT.as_secs())]);
     if let Some(host) = config.get_hosts().first() {
         match host {
             postgres::config::Host::Tcp(h) => cmd.arg("--host").arg(h),
@@ -43,27 +52,53 @@ pub fn schema(node: &Node, database: &str) -> Result<Option<Dump>> {
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    let mut first = vec![0u8; 64 * 1024];
-    let n = match stdout.read(&mut first) {
-        Ok(n) => n,
+    // The first read happens on its own thread, so that a requester that goes away while
+    // pg_dump waits for a lock is noticed.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = vec![0u8; 64 * 1024];
+        let n = stdout.read(&mut first);
+        let _ = tx.send((n.map(|n| first[..n].to_vec()), stdout));
+    });
+    let (first, stdout) = loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(got) => break got,
+            Err(RecvTimeoutError::Timeout) if !abandoned() => {}
+            Err(_) => {
+                log::info!("pg_dump of {database:?}: the client went away; killing pg_dump (pid {})", child.id());
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed("the client went away".into()));
+            }
+        }
+    };
+    let first = match first {
+        Ok(bytes) => bytes,
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
             return Err(Error::system("unexpected I/O error reading pg_dump's output", e));
         }
     };
-    if n == 0 {
+    if first.is_empty() {
         let status = child.wait();
         let text = errors.join().unwrap_or_default();
         if text.contains(&format!("database \"{database}\" does not exist")) {
             return Err(Error::NoSuchDatabase(database.to_string()));
+        }
+        // --lock-wait-timeout works through statement_timeout around the LOCK TABLEs.
+        if text.contains("canceling statement due to") && text.contains("LOCK TABLE") {
+            return Err(Error::LockTimeout(format!(
+                "pg_dump could not lock a table within {} s: {}",
+                LOCK_WAIT.as_secs(),
+                text.trim()
+            )));
         }
         return match status {
             Ok(s) if s.success() => Ok(None),
             _ => Err(failed(text.trim().to_string())),
         };
     }
-    first.truncate(n);
     Ok(Some(Dump { first: std::io::Cursor::new(first), stdout, child: Some(child), errors: Some(errors) }))
 }
 

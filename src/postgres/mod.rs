@@ -13,6 +13,7 @@ pub mod apply;
 pub mod basebackup;
 pub mod conf;
 pub mod dump;
+pub mod hba;
 pub mod migrations;
 pub mod pgdata;
 pub mod process;
@@ -22,6 +23,7 @@ pub mod sql;
 pub mod stop;
 pub mod storage;
 pub mod subscriptions;
+pub mod version;
 
 use process::RunAs;
 use std::path::PathBuf;

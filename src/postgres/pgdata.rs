@@ -8,6 +8,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// True when compute_ctl runs as root (then Postgres runs as `--pg-user`).
 pub fn running_as_root() -> bool {
@@ -81,19 +83,79 @@ pub fn inspect(pgdata: &Path) -> Result<PgdataState> {
     }
 }
 
-/// Runs `initdb` so that PGDATA appears whole or not at all: into a sibling temporary
-/// directory that is renamed into place (or into the empty directory, emptied again on error).
-/// Postgres must not run (`Stopped`); the superuser is `--connstr`'s user.
+/// The real directory behind a PGDATA given through a symlink (anywhere on its path), so
+/// that chown, initdb and Postgres all work on it rather than on the link; the path as given
+/// when it does not exist yet.
+pub fn resolve(pgdata: &Path) -> PathBuf {
+    match std::fs::canonicalize(pgdata) {
+        Ok(real) if real != pgdata => {
+            log::info!("PGDATA {} resolves to {}: working on the latter", pgdata.display(), real.display());
+            real
+        }
+        _ => pgdata.to_path_buf(),
+    }
+}
+
+/// Refuses a PGDATA that a live postmaster compute_ctl did not start runs on, before anything
+/// in it is written: its `postmaster.pid` names a live process whose working directory is
+/// this PGDATA (Postgres changes into it), or, when that cannot be read, which is a `postgres`.
+pub fn refuse_foreign_postmaster(pgdata: &Path) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(pgdata.join("postmaster.pid")) else { return Ok(()) };
+    // A single-user backend writes its pid negated.
+    let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i64>().ok()).map(i64::unsigned_abs) else {
+        return Ok(());
+    };
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'));
+    if !alive || pid == u64::from(std::process::id()) {
+        return Ok(());
+    }
+    let runs_here = match std::fs::read_link(format!("/proc/{pid}/cwd")) {
+        Ok(cwd) => std::fs::canonicalize(pgdata).is_ok_and(|real| real == cwd),
+        Err(_) => std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"),
+    };
+    if !runs_here {
+        return Ok(());
+    }
+    Err(Error::Process {
+        what: format!("PGDATA {} is in use", pgdata.display()),
+        detail: format!("a postmaster compute_ctl did not start runs on it (pid {pid}); stop it first"),
+    })
+}
+
+/// A file compute_ctl puts in an empty PGDATA before `initdb` runs into [`STAGING`] inside it,
+/// and removes once the result has been moved up, `PG_VERSION` last. While it exists the
+/// directory holds only what compute_ctl made there.
+const MARKER: &str = ".compute_ctl-initdb-in-progress";
+/// Where `initdb` runs inside an existing empty PGDATA (which may be a mount point, so the
+/// result cannot be renamed into its place from a sibling).
+const STAGING: &str = ".compute_ctl-initdb";
+
+/// Runs `initdb` so that PGDATA is only ever taken for initialized once initdb finished:
+/// a missing PGDATA is made in a sibling temporary directory and renamed into place; an
+/// existing empty one gets a marker, initdb runs into a directory inside it, and the result is
+/// moved up with `PG_VERSION` last before the marker goes. What an interrupted initdb left
+/// (a sibling of a compute_ctl that is gone, or a PGDATA with the marker) is removed first;
+/// nothing without the marker is ever removed. A termination request (`node.interrupted`)
+/// kills initdb at once. Postgres must not run (`Stopped`); the superuser is `--connstr`'s user.
 pub fn initdb(_proof: &Stopped, node: &Node) -> Result<()> {
     let (bindir, pgdata, run_as) = (&node.bindir, &node.pgdata, node.run_as);
     let superuser = &super::sql::connstr_user(&node.connstr)?;
+    remove_interrupted_siblings(pgdata);
+    finish_or_undo_interrupted(pgdata)?;
     let state = inspect(pgdata)?;
     let target = match state {
         PgdataState::Initialized => return Ok(()),
-        PgdataState::Empty => pgdata.to_path_buf(),
+        PgdataState::Empty => {
+            let marker = pgdata.join(MARKER);
+            std::fs::write(&marker, b"").map_err(|e| Error::io("cannot create", &marker, e))?;
+            set_owner_and_mode(pgdata, run_as)?;
+            let staging = pgdata.join(STAGING);
+            std::fs::create_dir(&staging).map_err(|e| Error::io("cannot create", &staging, e))?;
+            staging
+        }
         PgdataState::Missing => {
-            let name = pgdata.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let tmp = pgdata.with_file_name(format!(".{name}.initdb-{}", std::process::id()));
+            let tmp = sibling(pgdata, std::process::id());
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp).map_err(|e| Error::io("cannot create", &tmp, e))?;
             tmp
@@ -110,28 +172,118 @@ pub fn initdb(_proof: &Stopped, node: &Node) -> Result<()> {
     if let Some(u) = run_as {
         cmd.uid(u.uid).gid(u.gid);
     }
-    let out = cmd.output().map_err(|e| Error::system("cannot run initdb", e));
-    let result = match out {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(Error::Process {
-            what: format!("initdb {}", super::process::describe_exit(o.status)),
-            detail: String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        }),
-        Err(e) => Err(e),
-    };
+    let result = run_interruptible(cmd, "initdb", &node.interrupted);
     match (result, state) {
         (Ok(()), PgdataState::Missing) => {
             std::fs::rename(&target, pgdata).map_err(|e| Error::io("cannot move the new PGDATA to", pgdata, e))
         }
-        (Ok(()), _) => Ok(()),
+        (Ok(()), _) => move_up(&target, pgdata),
         (Err(e), PgdataState::Missing) => {
             let _ = std::fs::remove_dir_all(&target);
             Err(e)
         }
         (Err(e), _) => {
-            empty_dir(&target);
+            empty_dir(pgdata);
             Err(e)
         }
+    }
+}
+
+/// The temporary sibling a compute_ctl with this pid runs initdb into.
+fn sibling(pgdata: &Path, pid: u32) -> PathBuf {
+    let name = pgdata.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    pgdata.with_file_name(format!(".{name}.initdb-{pid}"))
+}
+
+/// Removes `.NAME.initdb-PID` siblings whose compute_ctl is gone.
+fn remove_interrupted_siblings(pgdata: &Path) {
+    let Some(parent) = pgdata.parent() else { return };
+    let Some(name) = pgdata.file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
+    let prefix = format!(".{name}.initdb-");
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        log::warn!("removing {}, left by an interrupted initdb", entry.path().display());
+        let _ = std::fs::remove_dir_all(entry.path());
+    }
+}
+
+/// A PGDATA with the marker: if `PG_VERSION` made it up (it moves last), initdb finished and
+/// only the marker is removed; otherwise everything in it is initdb's and is removed.
+fn finish_or_undo_interrupted(pgdata: &Path) -> Result<()> {
+    let marker = pgdata.join(MARKER);
+    if !marker.exists() {
+        return Ok(());
+    }
+    if pgdata.join("PG_VERSION").is_file() {
+        log::info!("PGDATA {}: finishing the move of an interrupted initdb", pgdata.display());
+        let _ = std::fs::remove_dir_all(pgdata.join(STAGING));
+    } else {
+        log::warn!("PGDATA {}: removing what an interrupted initdb left", pgdata.display());
+        for entry in std::fs::read_dir(pgdata).map_err(|e| Error::io("cannot read", pgdata, e))?.flatten() {
+            if entry.file_name() != MARKER {
+                let p = entry.path();
+                let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                r.map_err(|e| Error::io("cannot remove", &p, e))?;
+            }
+        }
+    }
+    std::fs::remove_file(&marker).map_err(|e| Error::io("cannot remove", &marker, e))
+}
+
+/// Moves initdb's result from `staging` up into `pgdata`, `PG_VERSION` last, then removes
+/// the staging directory and the marker.
+fn move_up(staging: &Path, pgdata: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(staging).map_err(|e| Error::io("cannot read", staging, e))?;
+    let mut names: Vec<std::ffi::OsString> = entries.flatten().map(|e| e.file_name()).collect();
+    names.sort_by_key(|n| n == "PG_VERSION");
+    for name in names {
+        let (from, to) = (staging.join(&name), pgdata.join(&name));
+        std::fs::rename(&from, &to).map_err(|e| Error::io("cannot move the new PGDATA entry to", &to, e))?;
+    }
+    std::fs::remove_dir(staging).map_err(|e| Error::io("cannot remove", staging, e))?;
+    let marker = pgdata.join(MARKER);
+    std::fs::remove_file(&marker).map_err(|e| Error::io("cannot remove", &marker, e))
+}
+
+/// Runs `cmd` to the end, killing it as soon as `interrupted` is set; its stderr becomes the
+/// error's detail.
+fn run_interruptible(mut cmd: Command, what: &str, interrupted: &AtomicBool) -> Result<()> {
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Process { what: format!("cannot run {what}"), detail: e.to_string() })?;
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let status = loop {
+        if interrupted.load(Ordering::SeqCst) {
+            log::info!("interrupted: killing {what} (pid {})", child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = reader.join();
+            return Err(Error::Interrupted);
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(Error::Process { what: format!("cannot wait for {what}"), detail: e.to_string() }),
+        }
+    };
+    let detail = reader.join().unwrap_or_default();
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Process {
+            what: format!("{what} {}", super::process::describe_exit(status)),
+            detail: detail.trim().to_string(),
+        })
     }
 }
 

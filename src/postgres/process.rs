@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -34,6 +34,10 @@ pub struct RunAs {
 pub struct LogTail(Arc<Mutex<VecDeque<String>>>);
 
 const LOG_TAIL_LINES: usize = 20;
+
+/// While waiting for `ready`, how often an exit of Postgres or a termination request is
+/// checked when PGDATA shows no change.
+const EXIT_CHECK: Duration = Duration::from_millis(50);
 
 impl LogTail {
     fn push(&self, line: String) {
@@ -98,6 +102,11 @@ impl PostmasterHandle {
         signal_pid(self.pid, &self.exit, mode.signal());
     }
 
+    /// Asks the postmaster to reread its configuration (what `pg_ctl reload` does).
+    pub fn reload(&self) {
+        signal_pid(self.pid, &self.exit, sys::SIGHUP);
+    }
+
     pub fn has_exited(&self) -> bool {
         crate::locks::lock(&self.exit.status).is_some()
     }
@@ -137,7 +146,8 @@ impl Postmaster {
         on_exit: Box<dyn FnOnce(ExitStatus) + Send>,
     ) -> Result<Postmaster> {
         let (pgbin, pgdata, run_as) = (node.postgres_bin(), &node.pgdata, node.run_as);
-        let mut cmd = Command::new(&pgbin);
+        // In the memory cgroup when AUTOSCALING is set (see `cgroup`).
+        let mut cmd = crate::cgroup::command(&pgbin)?;
         cmd.arg("-D").arg(pgdata).stdin(Stdio::null()).stderr(Stdio::piped());
         // Debian's Postgres speaks sd_notify itself: it must not tell systemd it is ready
         // before compute_ctl has configured it (and systemd would refuse a non-main pid).
@@ -175,18 +185,20 @@ impl Postmaster {
         *crate::locks::lock(&self.exit.status)
     }
 
-    /// Waits until `postmaster.pid` names this process and says `ready`, polling every
-    /// millisecond (the file is tiny; a watcher would cost more than it saves).
+    /// Waits until `postmaster.pid` names this process and says `ready`. The file is read
+    /// again whenever PGDATA's top directory changes (inotify), so `ready` is seen as soon as
+    /// Postgres writes it, with no polling tick in between and no wake-ups meanwhile; when
+    /// inotify is unavailable, every millisecond. An exit or a termination request is noticed
+    /// within [`EXIT_CHECK`].
     pub fn wait_ready(&self, timeout: Duration, interrupted: &AtomicBool) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let pidfile = self.pgdata.join("postmaster.pid");
         let pid_line = self.pid.to_string();
+        // Watching starts before the first read, so no write can fall between the two.
+        let watch = sys::DirWatch::new(&self.pgdata)
+            .inspect_err(|e| log::warn!("cannot watch {} ({e}): polling postmaster.pid", self.pgdata.display()))
+            .ok();
         loop {
-            if let Some(status) = self.exit_status() {
-                // Let the log thread drain the last lines before quoting them.
-                std::thread::sleep(Duration::from_millis(20));
-                return Err(Error::PostgresStart { reason: describe_exit(status), log_tail: self.log_tail() });
-            }
             if let Ok(text) = std::fs::read_to_string(&pidfile) {
                 let mut lines = text.lines();
                 let ours = lines.next().map(str::trim) == Some(pid_line.as_str());
@@ -194,16 +206,31 @@ impl Postmaster {
                     return Ok(());
                 }
             }
+            if let Some(status) = self.exit_status() {
+                // Let the log thread drain the last lines before quoting them.
+                std::thread::sleep(Duration::from_millis(20));
+                return Err(Error::PostgresStart { reason: describe_exit(status), log_tail: self.log_tail() });
+            }
             if interrupted.load(Ordering::SeqCst) {
                 return Err(Error::Interrupted);
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(Error::PostgresStart {
                     reason: format!("not ready after {} s", timeout.as_secs()),
                     log_tail: self.log_tail(),
                 });
             }
-            std::thread::sleep(Duration::from_millis(1));
+            let left = (deadline - now).min(EXIT_CHECK);
+            match &watch {
+                Some(w) => {
+                    if let Err(e) = w.wait(left) {
+                        log::warn!("watching {} failed ({e}): polling", self.pgdata.display());
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
         }
     }
 

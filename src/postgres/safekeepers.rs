@@ -15,7 +15,7 @@ use crate::sys;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,8 @@ pub fn sync(
     run_as: Option<RunAs>,
     interrupted: &AtomicBool,
 ) -> Result<Lsn> {
-    let mut cmd = Command::new(pgbin);
+    // In the memory cgroup when AUTOSCALING is set (see `cgroup`).
+    let mut cmd = crate::cgroup::command(pgbin)?;
     cmd.arg("--sync-safekeepers")
         .env("PGDATA", pgdata)
         .stdin(Stdio::null())

@@ -126,6 +126,7 @@ fn fetch_with_retries(node: &Node, req: &Request<'_>, staging: &Path, conf_text:
         attempt += 1;
         match basebackup::fetch(req, staging, &node.interrupted) {
             Ok(f) => return Ok(f),
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
             Err(e) if attempt <= retries => {
                 log::warn!(
                     "basebackup try {attempt} of {} failed: {}; retrying in {} ms",
@@ -192,7 +193,9 @@ fn fresh_dir(node: &Node, dir: &Path, conf_text: &str) -> Result<()> {
     remove_tree(dir)?;
     std::fs::create_dir(dir).map_err(|e| Error::io("cannot create", dir, e))?;
     pgdata::set_owner_and_mode(dir, node.run_as)?;
-    conf::write_postgres_conf(dir, conf_text)?;
+    // A fresh directory: nothing to compare with, and nothing to make durable (it is renamed
+    // into place only when whole, and made anew at every start).
+    conf::write_if_changed(&dir.join("postgresql.conf"), conf_text.as_bytes())?;
     if let Some(u) = node.run_as {
         let p = dir.join("postgresql.conf");
         std::os::unix::fs::chown(&p, Some(u.uid), Some(u.gid)).map_err(|e| Error::io("cannot chown", &p, e))?;

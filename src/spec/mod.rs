@@ -276,7 +276,8 @@ pub struct JwksSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ConfigurationRequest {
     pub spec: ComputeSpec,
-    #[allow(dead_code)] // received for compatibility; JWKS is not used, as in Neon
+    /// Ignored, as in Neon: the keys fixed at start stay in force.
+    #[allow(dead_code)]
     pub compute_ctl_config: serde_json::Value,
 }
 

@@ -259,6 +259,12 @@ fn spec_str<'a>(spec: &'a ComputeSpec, field: &str, setting: &str) -> Option<&'a
 }
 
 fn validate_settings(spec: &ComputeSpec) -> Result<()> {
+    // Postgres stops reading a configuration file at a NUL byte and then refuses the rest,
+    // so the next start would fail.
+    if let Some(i) = spec.cluster.postgresql_conf.as_deref().and_then(|t| t.find('\0')) {
+        let line = spec.cluster.postgresql_conf.as_deref().unwrap_or_default()[..i].lines().count().max(1);
+        return Err(Error::invalid("cluster.postgresql_conf", format!("contains a NUL byte (line {line})")));
+    }
     for (i, opt) in spec.cluster.settings.iter().flatten().enumerate() {
         let field = format!("cluster.settings[{i}] ({:?})", opt.name);
         if !escape::is_conf_name(&opt.name) {
@@ -406,6 +412,14 @@ mod tests {
         assert_eq!(p.storage(), &StorageMode::Local);
         assert_eq!(p.timeline_id().to_string(), "2414a61ffc94e428f14b5758fe308e13");
         assert_eq!(p.spec().reconfigure_concurrency, 1);
+    }
+
+    /// Regression: a NUL in `postgresql_conf` passed validation and broke the start.
+    #[test]
+    fn a_nul_in_postgresql_conf_is_refused() {
+        let json = MIN.replace(r#""roles":[]"#, r#""roles":[],"postgresql_conf":"a = 1\nb = '\u0000'\n""#);
+        let err = ParsedSpec::parse(&json).unwrap_err().to_string();
+        assert_eq!(err, "invalid spec: cluster.postgresql_conf: contains a NUL byte (line 2)");
     }
 
     #[test]

@@ -109,6 +109,10 @@ fn postgres_routes_on_a_running_compute() {
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
     let dump = r.text();
     assert!(dump.contains("CREATE TABLE public.only_in_tricky"), "{dump}");
+    // The pg_dump beside -b: the dump and the server are of the major under test.
+    let major = support::pg_major();
+    assert!(dump.contains(&format!("-- Dumped from database version {major}.")), "{dump}");
+    assert!(dump.contains(&format!("-- Dumped by pg_dump version {major}.")), "{dump}");
     let r = http::get(p, "/database_schema?database=postgres");
     assert!(!r.text().contains("only_in_tricky"));
     let r = http::get(p, "/database_schema?database=no_such_db");
@@ -118,20 +122,9 @@ fn postgres_routes_on_a_running_compute() {
 
     // Internal: /extensions installs, then updates; /grants grants.
     let ip = p + 1;
-    let body = serde_json::json!({"extension": "hstore", "database": tricky, "version": "1.7"});
-    let r = http::post_json(ip, "/extensions", &body);
-    assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(r.json(), serde_json::json!({"extension": "hstore", "version": "1.7"}));
-    let v: String = t.query_one("SELECT extversion FROM pg_extension WHERE extname = 'hstore'", &[]).unwrap().get(0);
-    assert_eq!(v, "1.7");
-    let body = serde_json::json!({"extension": "hstore", "database": tricky, "version": "1.8"});
-    assert_eq!(http::post_json(ip, "/extensions", &body).status, 201);
-    let v: String = t.query_one("SELECT extversion FROM pg_extension WHERE extname = 'hstore'", &[]).unwrap().get(0);
-    assert_eq!(v, "1.8");
-    let body = serde_json::json!({"extension": "no_such_ext", "database": "postgres", "version": "1"});
-    let r = http::post_json(ip, "/extensions", &body);
-    assert_eq!(r.status, 500);
-    assert!(error_of(&r).starts_with("failed to install extension"), "{}", r.text());
+    if !support::skip_without_extension("hstore", "api::postgres_routes_on_a_running_compute (its /extensions part)") {
+        extensions_install_then_update(ip, tricky, &mut t);
+    }
 
     t.batch_execute("CREATE ROLE \"gr antee\"; CREATE SCHEMA \"my schema\"").unwrap();
     let body = serde_json::json!({"database": tricky, "schema": "my schema", "privileges": ["USAGE", "CREATE"], "role": "gr antee"});
@@ -143,12 +136,37 @@ fn postgres_routes_on_a_running_compute() {
     assert_eq!(http::post_json(ip, "/grants", &bad).status, 422);
 }
 
+/// `/extensions` installs `hstore` 1.7 in `db`, then updates it to 1.8; an unknown extension
+/// is a 500 naming the failure.
+fn extensions_install_then_update(ip: u16, db: &str, t: &mut postgres::Client) {
+    let body = serde_json::json!({"extension": "hstore", "database": db, "version": "1.7"});
+    let r = http::post_json(ip, "/extensions", &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json(), serde_json::json!({"extension": "hstore", "version": "1.7"}));
+    let v: String = t.query_one("SELECT extversion FROM pg_extension WHERE extname = 'hstore'", &[]).unwrap().get(0);
+    assert_eq!(v, "1.7");
+    let body = serde_json::json!({"extension": "hstore", "database": db, "version": "1.8"});
+    assert_eq!(http::post_json(ip, "/extensions", &body).status, 201);
+    let v: String = t.query_one("SELECT extversion FROM pg_extension WHERE extname = 'hstore'", &[]).unwrap().get(0);
+    assert_eq!(v, "1.8");
+    let body = serde_json::json!({"extension": "no_such_ext", "database": "postgres", "version": "1"});
+    let r = http::post_json(ip, "/extensions", &body);
+    assert_eq!(r.status, 500);
+    assert!(error_of(&r).starts_with("failed to install extension"), "{}", r.text());
+}
+
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 #[test]
 fn insights_lists_user_statements_from_pg_stat_statements() {
+    if support::skip_without_extension(
+        "pg_stat_statements",
+        "api::insights_lists_user_statements_from_pg_stat_statements",
+    ) {
+        return;
+    }
     let mut s = Setup::new("api-insights");
     s.setting("shared_preload_libraries", "pg_stat_statements", "string");
     let mut c = s.spawn();
@@ -158,8 +176,8 @@ fn insights_lists_user_statements_from_pg_stat_statements() {
     let n: i64 =
         db.query_one("SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'", &[]).unwrap().get(0);
     assert_eq!(n, 1);
-    db.batch_execute("CREATE ROLE alice LOGIN").unwrap();
-    let mut alice = support::pg_client_as(s.pg_port, "alice", "postgres");
+    db.batch_execute("CREATE ROLE alice LOGIN PASSWORD 'alice-pw'").unwrap();
+    let mut alice = support::pg_connect_with_password(s.pg_port, "alice", "alice-pw").unwrap();
     alice.batch_execute("SELECT 4242 AS insight_marker").unwrap();
     db.batch_execute("SELECT 1717 AS superuser_marker").unwrap();
     let r = http::get(s.http_port, "/insights");
@@ -221,7 +239,7 @@ fn terminate_from_running_answers_the_checkpoint_lsn_then_lingers() {
     let lsn = r.json()["lsn"].as_str().unwrap().to_string();
     assert!(!support::pid_alive(pm));
     assert_eq!(support::cluster_state(&s.pgdata), "shut down");
-    let out = std::process::Command::new(format!("{}/pg_controldata", support::PGBIN_DIR))
+    let out = std::process::Command::new(format!("{}/pg_controldata", support::pg_bin_dir()))
         .arg(&s.pgdata)
         .env("LC_ALL", "C")
         .output()
@@ -389,7 +407,7 @@ fn last_active_follows_clients_not_compute_ctl() {
     c.wait_running();
     // compute_ctl's own work and the --connstr superuser (Neon's cloud_admin) do not count.
     let mut db = s.client();
-    db.batch_execute("CREATE ROLE alice LOGIN").unwrap();
+    db.batch_execute("CREATE ROLE alice LOGIN PASSWORD 'alice-pw'").unwrap();
     let p = s.http_port;
     assert_eq!(http::request(p, "POST", "/check_writability", &[], b"").unwrap().status, 200);
     assert_eq!(http::get(p, "/insights").status, 200);
@@ -403,7 +421,7 @@ fn last_active_follows_clients_not_compute_ctl() {
     busy.join().unwrap();
     assert_eq!(last_active(&c), None, "activity of compute_ctl or its superuser counted");
 
-    let mut alice = support::pg_client_as(s.pg_port, "alice", "postgres");
+    let mut alice = support::pg_connect_with_password(s.pg_port, "alice", "alice-pw").unwrap();
     alice.batch_execute("SELECT 1").unwrap();
     let first = poll(Duration::from_secs(5), "last_active", || last_active(&c));
     // A later query moves it forward.

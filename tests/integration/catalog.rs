@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A running compute whose Postgres logs every DDL statement with its application name.
-struct Cat {
-    s: Setup,
-    c: Compute,
+pub struct Cat {
+    pub s: Setup,
+    pub c: Compute,
 }
 
 impl Cat {
-    fn start(name: &str, edit: impl FnOnce(&mut Value)) -> Cat {
+    pub fn start(name: &str, edit: impl FnOnce(&mut Value)) -> Cat {
         let mut s = Setup::new(name);
         s.setting("log_statement", "ddl", "enum");
         s.setting("log_line_prefix", "%m [%p] app=%a ", "string");
@@ -25,28 +25,28 @@ impl Cat {
         Cat { s, c }
     }
 
-    fn spec(&self) -> Value {
+    pub fn spec(&self) -> Value {
         self.s.spec.clone()
     }
 
-    fn configure(&mut self, spec: &Value) -> http::Response {
+    pub fn configure(&mut self, spec: &Value) -> http::Response {
         self.s.spec = spec.clone();
         let body = json!({"spec": spec, "compute_ctl_config": {"jwks": {"keys": []}}});
         http::post_json(self.s.http_port, "/configure", &body)
     }
 
-    fn configure_ok(&mut self, spec: &Value) {
+    pub fn configure_ok(&mut self, spec: &Value) {
         let r = self.configure(spec);
         assert_eq!(r.status, 200, "{}\nlog:\n{}", r.text(), self.c.log_text());
         assert_eq!(r.json()["status"], "running");
     }
 
-    fn db(&self, name: &str) -> postgres::Client {
+    pub fn db(&self, name: &str) -> postgres::Client {
         support::pg_client(self.s.pg_port, name)
     }
 
     /// Waits until the compute's log has a line containing `needle`; returns the log.
-    fn wait_log(&self, needle: &str) -> String {
+    pub fn wait_log(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let log = self.c.log_text();
@@ -60,7 +60,7 @@ impl Cat {
 
     /// The DDL statements Postgres logged while `f` ran, bracketed by two marker statements of
     /// our own so that late log lines are not missed.
-    fn ddl_during(&mut self, f: impl FnOnce(&mut Cat)) -> Vec<String> {
+    pub fn ddl_during(&mut self, f: impl FnOnce(&mut Cat)) -> Vec<String> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let marker = |cat: &Cat| {
             let m = format!("ddl_marker_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
@@ -78,11 +78,11 @@ impl Cat {
     }
 }
 
-fn role(name: &str, password: Option<&str>) -> Value {
+pub fn role(name: &str, password: Option<&str>) -> Value {
     json!({"name": name, "encrypted_password": password, "options": null})
 }
 
-fn db(name: &str, owner: &str) -> Value {
+pub fn db(name: &str, owner: &str) -> Value {
     json!({"name": name, "owner": owner, "options": null})
 }
 
@@ -411,7 +411,9 @@ fn deleting_a_database_with_a_subscription_keeps_the_publishers_slot() {
     ))
     .unwrap();
     drop(sub);
-    assert_eq!(publisher.slot_names(), vec!["sub_slot".to_string()]);
+    // The table-sync worker's own slot (pg_<sub>_sync_<rel>_<sysid>) may still be there until its
+    // copy ends (seen on 18 under load): only the subscription's slot is certain.
+    assert!(publisher.slot_names().contains(&"sub_slot".to_string()), "{:?}", publisher.slot_names());
 
     let mut spec = cat.spec();
     spec["cluster"]["databases"] = json!([]);

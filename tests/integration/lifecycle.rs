@@ -76,7 +76,7 @@ fn postgres_stopped_from_outside_makes_compute_ctl_exit_with_its_code() {
     let s = Setup::new("pgctlstop");
     let mut c = s.spawn();
     c.wait_running();
-    let out = support::as_pg_user(std::process::Command::new(format!("{}/pg_ctl", support::PGBIN_DIR)).args([
+    let out = support::as_pg_user(std::process::Command::new(format!("{}/pg_ctl", support::pg_bin_dir())).args([
         "stop",
         "-m",
         "fast",

@@ -3,8 +3,15 @@
 mod support;
 
 mod api;
+mod auth;
+mod autoscaling;
 mod catalog;
 mod deploy;
+mod faults_config;
+mod faults_http;
+mod faults_pgdata;
+mod faults_schema;
+mod faults_signals;
 mod harness;
 mod http;
 mod lifecycle;
@@ -13,3 +20,4 @@ mod operate;
 mod plan;
 mod storage;
 mod subscriptions;
+mod versions;

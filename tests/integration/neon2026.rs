@@ -4,7 +4,7 @@
 
 use crate::storage::{SOURCE_ROW, SYNC_LSN, fixture_tar};
 use crate::support::pageserver::{StandIn, Wrapper};
-use crate::support::{self, Compute, PGBIN_DIR, Setup, TENANT, TIMELINE, http};
+use crate::support::{self, Compute, PG15_BIN_DIR as PGBIN_DIR, Setup, TENANT, TIMELINE, http};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,9 +1,13 @@
 //! Pageserver mode end to end: a stand-in pageserver serves a basebackup made by
 //! `pg_basebackup -Ft -X fetch` from a real Postgres, and a `postgres` wrapper stands in for
 //! `--sync-safekeepers`.
+//!
+//! These run on PostgreSQL 15 only (Neon's storage protocol is per version, and the stand-ins
+//! serve what Debian's 15 `pg_basebackup` makes): on another version of the matrix each test
+//! prints that it is skipped, by name.
 
 use crate::support::pageserver::{Faults, StandIn, Wrapper};
-use crate::support::{self, Compute, PGBIN_DIR, Setup, TENANT, TIMELINE, TestDir, http};
+use crate::support::{self, Compute, PG15_BIN_DIR as PGBIN_DIR, Setup, TENANT, TIMELINE, TestDir, http};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -149,6 +153,9 @@ fn metrics(port: u16) -> serde_json::Value {
 
 #[test]
 fn primary_starts_from_the_basebackup_and_every_restart_is_fresh() {
+    if support::skip_unless_major(15, "storage::primary_starts_from_the_basebackup_and_every_restart_is_fresh") {
+        return;
+    }
     let n = Neon::new("ps-primary", "Primary".into());
     std::fs::write(n.s.pgdata.join("stale-before-start"), b"x").unwrap();
     let mut c = n.spawn(0);
@@ -220,17 +227,26 @@ fn read_only_mode(name: &str, mode: serde_json::Value, tail: &str) {
 
 #[test]
 fn static_asks_for_its_lsn_as_a_replica() {
+    if support::skip_unless_major(15, "storage::static_asks_for_its_lsn_as_a_replica") {
+        return;
+    }
     // Far beyond the WAL the backup holds: recovery waits there, open for reads.
     read_only_mode("ps-static", serde_json::json!({"Static": "FF/0"}), " FF/0 --replica");
 }
 
 #[test]
 fn replica_asks_for_the_latest_lsn() {
+    if support::skip_unless_major(15, "storage::replica_asks_for_the_latest_lsn") {
+        return;
+    }
     read_only_mode("ps-replica", "Replica".into(), " --replica");
 }
 
 #[test]
 fn first_failed_connections_are_retried() {
+    if support::skip_unless_major(15, "storage::first_failed_connections_are_retried") {
+        return;
+    }
     let n = Neon::new("ps-retry", "Replica".into());
     n.ps.set_faults(Faults { fail_first: 3, ..Faults::default() });
     let mut c = n.spawn(0);
@@ -243,6 +259,9 @@ fn first_failed_connections_are_retried() {
 
 #[test]
 fn a_cut_stream_fails_the_start_after_the_retries() {
+    if support::skip_unless_major(15, "storage::a_cut_stream_fails_the_start_after_the_retries") {
+        return;
+    }
     let mut n = Neon::new("ps-cut", "Replica".into());
     n.retries(1);
     n.ps.set_faults(Faults { cut_at: Some(300_000), ..Faults::default() });
@@ -254,6 +273,9 @@ fn a_cut_stream_fails_the_start_after_the_retries() {
 
 #[test]
 fn an_error_mid_stream_fails_the_start_with_its_text() {
+    if support::skip_unless_major(15, "storage::an_error_mid_stream_fails_the_start_with_its_text") {
+        return;
+    }
     let mut n = Neon::new("ps-midstream", "Replica".into());
     n.retries(0);
     n.ps.set_faults(Faults { error_at: Some(300_000), ..Faults::default() });
@@ -278,6 +300,9 @@ fn raw_entry(name: &str, data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn tar_entries_outside_pgdata_write_nothing_there() {
+    if support::skip_unless_major(15, "storage::tar_entries_outside_pgdata_write_nothing_there") {
+        return;
+    }
     let mut n = Neon::new("ps-evil", "Replica".into());
     n.retries(0);
     let outside_rel = n.s.dir.join("escaped-relative");
@@ -298,6 +323,9 @@ fn tar_entries_outside_pgdata_write_nothing_there() {
 
 #[test]
 fn sync_failure_fails_the_start_with_its_output() {
+    if support::skip_unless_major(15, "storage::sync_failure_fails_the_start_with_its_output") {
+        return;
+    }
     let n = Neon::new("ps-syncfail", "Primary".into());
     n.wrapper.fail_with("no quorum of safekeepers answered");
     let mut c = n.spawn(60);
@@ -309,6 +337,12 @@ fn sync_failure_fails_the_start_with_its_output() {
 
 #[test]
 fn a_hanging_sync_is_stopped_by_sigterm_and_dies_with_a_killed_compute_ctl() {
+    if support::skip_unless_major(
+        15,
+        "storage::a_hanging_sync_is_stopped_by_sigterm_and_dies_with_a_killed_compute_ctl",
+    ) {
+        return;
+    }
     let n = Neon::new("ps-synchang", "Primary".into());
     n.wrapper.hang();
     for signal in ["TERM", "KILL"] {
@@ -329,8 +363,28 @@ fn a_hanging_sync_is_stopped_by_sigterm_and_dies_with_a_killed_compute_ctl() {
     }
 }
 
+/// Regression (issue 17): SIGTERM during a basebackup the pageserver stopped sending waited
+/// for the stream, which never came.
+#[test]
+fn sigterm_interrupts_a_stalled_basebackup() {
+    let n = Neon::new("ps-stall", "Replica".into());
+    n.ps.set_faults(Faults { stall_at: Some(100_000), ..Faults::default() });
+    let mut c = n.spawn(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while n.ps.stalled() == 0 {
+        assert!(Instant::now() < deadline, "the basebackup never stalled; log:\n{}", c.log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.signal("TERM");
+    assert!(!c.wait_exit(Duration::from_secs(10)).success(), "log:\n{}", c.log_text());
+    assert!(c.log_text().contains("interrupted"), "{}", c.log_text());
+}
+
 #[test]
 fn sigterm_of_a_running_primary_syncs_safekeepers_after_postgres_exits() {
+    if support::skip_unless_major(15, "storage::sigterm_of_a_running_primary_syncs_safekeepers_after_postgres_exits") {
+        return;
+    }
     let n = Neon::new("ps-sigterm", "Primary".into());
     let mut c = n.spawn(0);
     c.wait_running();
@@ -347,6 +401,9 @@ fn sigterm_of_a_running_primary_syncs_safekeepers_after_postgres_exits() {
 
 #[test]
 fn a_directory_that_is_not_a_pgdata_is_not_wiped() {
+    if support::skip_unless_major(15, "storage::a_directory_that_is_not_a_pgdata_is_not_wiped") {
+        return;
+    }
     let n = Neon::new("ps-notpgdata", "Replica".into());
     std::fs::remove_dir_all(&n.s.pgdata).unwrap();
     std::fs::create_dir(&n.s.pgdata).unwrap();

@@ -42,6 +42,9 @@ pub struct RoleRow {
     pub replication: bool,
     pub bypassrls: bool,
     pub connlimit: i32,
+    /// The privileged role is a direct member of this role (for the predefined roles it is
+    /// granted by major, see [`super::by_version::privileged_role_memberships`]).
+    pub granted_to_privileged: bool,
 }
 
 /// A `pg_database` row.
@@ -64,15 +67,19 @@ pub struct Snapshot {
     pub dbs: HashMap<String, DbRow>,
 }
 
-pub const ROLES_QUERY: &str = "SELECT rolname::text, rolpassword, rolcanlogin, rolsuper, rolinherit, rolcreaterole, \
-     rolcreatedb, rolreplication, rolbypassrls, rolconnlimit FROM pg_catalog.pg_authid";
+pub const ROLES_QUERY: &str = "SELECT a.rolname::text, a.rolpassword, a.rolcanlogin, a.rolsuper, a.rolinherit, \
+     a.rolcreaterole, a.rolcreatedb, a.rolreplication, a.rolbypassrls, a.rolconnlimit, \
+     EXISTS (SELECT FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_authid s ON s.oid = m.member \
+             WHERE m.roleid = a.oid AND s.rolname = $1::text) \
+     FROM pg_catalog.pg_authid a";
 pub const DBS_QUERY: &str = "SELECT datname::text, pg_catalog.pg_get_userbyid(datdba)::text, NOT datallowconn, \
      datconnlimit = -2, datistemplate, oid, datconnlimit FROM pg_catalog.pg_database";
 
 impl Snapshot {
-    pub fn load(client: &mut postgres::Client) -> Result<Snapshot, postgres::Error> {
+    /// `privileged`: the privileged role, whose memberships the role rows report.
+    pub fn load(client: &mut postgres::Client, privileged: &str) -> Result<Snapshot, postgres::Error> {
         let mut snap = Snapshot::default();
-        for r in client.query(ROLES_QUERY, &[])? {
+        for r in client.query(ROLES_QUERY, &[&privileged])? {
             let row = RoleRow {
                 password: r.get(1),
                 login: r.get(2),
@@ -83,6 +90,7 @@ impl Snapshot {
                 replication: r.get(7),
                 bypassrls: r.get(8),
                 connlimit: r.get(9),
+                granted_to_privileged: r.get(10),
             };
             snap.roles.insert(r.get(0), row);
         }
@@ -116,8 +124,10 @@ pub fn create_superuser(spec: &ComputeSpec, privileged: &str, snap: &mut Snapsho
         privileged.into(),
         RoleRow { createdb: true, createrole: true, replication: true, bypassrls: true, ..RoleRow::default() },
     );
-    let existing: Vec<&str> =
-        spec.cluster.roles.iter().map(|r| r.name.as_str()).filter(|n| snap.roles.contains_key(*n)).collect();
+    let existing: Vec<&str> = super::privileged::managed(spec, privileged)
+        .map(|r| r.name.as_str())
+        .filter(|n| snap.roles.contains_key(*n))
+        .collect();
     if !existing.is_empty() {
         out.push(Stmt::new(format!("GRANT {role} TO {}", quote_ident_list(existing.iter().copied()))));
         for name in existing {
@@ -241,19 +251,28 @@ fn role_options(role: &Role) -> (String, String) {
 
 /// Creates missing spec roles; alters existing ones whose password, login or option columns
 /// differ. The md5 hash is compared with its `md5` prefix, so an unchanged role is left alone.
+/// `me` is compute_ctl's own superuser: listed without a password, its password is left as
+/// it is (see [`super::privileged`]).
 pub fn create_and_alter_roles(
     spec: &ComputeSpec,
     privileged: &str,
     jwks_roles: &HashSet<String>,
+    me: &str,
     snap: &mut Snapshot,
 ) -> Vec<Stmt> {
+    let privileged_role = privileged;
     let privileged = quote_ident(privileged);
     let mut out = Vec::new();
-    for role in &spec.cluster.roles {
-        let want_password = role.encrypted_password.as_deref().map(stored_password);
+    for role in super::privileged::managed(spec, privileged_role) {
+        let keep_password = role.name == me && role.encrypted_password.is_none();
+        let want_password = match &role.encrypted_password {
+            Some(p) => Some(stored_password(p)),
+            None => snap.roles.get(&role.name).filter(|_| keep_password).and_then(|r| r.password.clone()),
+        };
         let opts = role.options.as_deref().unwrap_or_default();
         let wants_login = !opts.iter().any(|o| o.name.eq_ignore_ascii_case("NOLOGIN"));
         let (options, shown) = role_options(role);
+        let options = if keep_password { shown.clone() } else { options };
         let name = quote_ident(&role.name);
         match snap.roles.get(&role.name) {
             Some(row) => {
@@ -469,7 +488,7 @@ mod tests {
             r#""cluster":{"roles":[{"name":"a","encrypted_password":"0123456789ABCDEF0123456789ABCDEF"}],"databases":[]}"#,
         );
         let mut snap = Snapshot::default();
-        let first = create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), &mut snap);
+        let first = create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), "cloud_admin", &mut snap);
         assert_eq!(
             sqls(&first),
             ["CREATE ROLE \"a\" INHERIT CREATEROLE CREATEDB BYPASSRLS REPLICATION IN ROLE \"neon_superuser\" LOGIN \
@@ -490,7 +509,7 @@ mod tests {
         };
         let mut snap = Snapshot::default();
         snap.roles.insert("a".into(), row);
-        assert!(create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), &mut snap).is_empty());
+        assert!(create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), "cloud_admin", &mut snap).is_empty());
     }
 
     #[test]
@@ -501,7 +520,7 @@ mod tests {
                 {"name":"NOCREATEDB","value":null,"vartype":"bool"},
                 {"name":"CONNECTION LIMIT","value":"3","vartype":"integer"}]}],"databases":[]}"#,
         );
-        let plan = create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), &mut Snapshot::default());
+        let plan = create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), "cloud_admin", &mut Snapshot::default());
         assert_eq!(
             sqls(&plan),
             [
@@ -512,9 +531,9 @@ mod tests {
         let row = RoleRow { connlimit: 3, inherit: true, ..RoleRow::default() };
         let mut snap = Snapshot::default();
         snap.roles.insert("r".into(), row.clone());
-        assert!(create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), &mut snap).is_empty());
+        assert!(create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), "cloud_admin", &mut snap).is_empty());
         snap.roles.insert("r".into(), RoleRow { connlimit: 4, ..row });
-        assert_eq!(create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), &mut snap).len(), 1);
+        assert_eq!(create_and_alter_roles(&s, NEON_SUPERUSER, &HashSet::new(), "cloud_admin", &mut snap).len(), 1);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! functions of [`catalog`]) before running any; each database is read and planned when it is
 //! visited, then its plan runs. A second apply of the same spec sends no DDL at all.
 //! Per-database phases run on a bounded pool of threads ([`per_db`]). `compute_ctl plan`
-//! prints the same plans without running them ([`plan::dry_run`]).
+//! prints the same plans without running them ([`plan::dry_run`]). Where PostgreSQL majors
+//! differ, the statements are chosen by the server's `server_version_num`, read once per
+//! apply ([`by_version`]).
 //!
 //! Phases, in order: the privileged role (`--privileged-role-name`, default `neon_superuser`); drop invalid databases; rename roles; create and alter
 //! roles; rename and delete databases (a deleted database's subscriptions are dropped first,
@@ -21,13 +23,16 @@
 //! `search_path`, `statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout`).
 //! Options from the client override `ALTER DATABASE … SET`, and no statement is needed.
 
+pub mod by_version;
 pub mod catalog;
 pub mod per_db;
 pub mod plan;
+pub mod privileged;
 pub mod settings;
 
 use crate::error::{Error, Result};
 use crate::postgres::sql::Warm;
+use crate::postgres::version::PgVersion;
 use crate::postgres::{conf, sql};
 use crate::spec::{ComputeSpec, Database, ParsedSpec, Role};
 use catalog::Snapshot;
@@ -123,6 +128,9 @@ pub fn apply_with(
     per_db::run_all(tasks, workers, &shared)?;
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
     plan::run_steps(&mut sys, connstr, &plan.tail)?;
+    // Reads who holds which ADMIN OPTION only now, after the renames and per-database work.
+    by_version::hand_over_admin_of_deleted_roles(&mut sys, plan.version, privileged, &plan.roles_to_delete)?;
+    plan::run_steps(&mut sys, connstr, &plan.drop_roles)?;
 
     let report = Report { statements: counter.by_phase(), total: counter.total(), elapsed: started.elapsed() };
     let phases: Vec<String> = report.statements.iter().map(|(p, n)| format!("{p}={n}")).collect();
@@ -169,6 +177,9 @@ pub fn maintenance_client_from(warm: Option<&Warm>, connstr: &str, db: &str) -> 
 
 /// What the cluster-wide phases after the roles and databases look at, read once.
 pub(super) struct SystemState {
+    /// `server_version_num`: read here, once per apply, for every statement that differs
+    /// between majors.
+    version: PgVersion,
     current_user: String,
     neon_schema: bool,
     pg_stat_statements_preloaded: bool,
@@ -187,11 +198,14 @@ impl SystemState {
                     EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_stat_statements'),
                     (SELECT default_version FROM pg_catalog.pg_available_extensions WHERE name = 'neon'),
                     (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'neon'),
-                    EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE tablename = 'health_check')",
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE tablename = 'health_check'),
+                    pg_catalog.current_setting('server_version_num')",
             &[],
         )?;
         let preload: String = row.get(2);
+        let version: String = row.get(7);
         Ok(SystemState {
+            version: PgVersion::parse(&version),
             current_user: row.get(0),
             neon_schema: row.get(1),
             pg_stat_statements_preloaded: conf::preloads(&preload, "pg_stat_statements"),
@@ -233,7 +247,7 @@ pub(super) fn db_tasks(spec: &ComputeSpec, snap: &Snapshot, system_db: &str, me:
 pub fn dbs_and_roles(connstr: &str) -> Result<serde_json::Value> {
     let mut client = sql::connect(connstr, None, sql::APP_STATUS)?;
     let db = sql::connstr_dbname(connstr)?;
-    let snap = Snapshot::load(&mut client).map_err(|e| Error::sql("dbs_and_roles", &db, e))?;
+    let snap = Snapshot::load(&mut client, catalog::NEON_SUPERUSER).map_err(|e| Error::sql("dbs_and_roles", &db, e))?;
     let mut roles: Vec<Role> =
         snap.roles.keys().map(|name| Role { name: name.clone(), encrypted_password: None, options: None }).collect();
     roles.sort_by(|a, b| a.name.cmp(&b.name));

@@ -8,10 +8,11 @@
 
 use super::catalog::{self, DbDelta, Snapshot, Stmt};
 use super::per_db::{self, DbTask};
-use super::{SystemState, db_tasks};
+use super::{SystemState, by_version, db_tasks, privileged};
 use crate::error::{Error, Result};
 use crate::escape::quote_ident;
 use crate::postgres::sql;
+use crate::postgres::version::PgVersion;
 use crate::spec::ComputeSpec;
 use postgres::Client;
 use std::collections::HashSet;
@@ -33,8 +34,13 @@ pub struct SystemPlan {
     /// The databases visited next, each planned when it is visited.
     pub tasks: Vec<DbTask>,
     pub roles_to_delete: Vec<String>,
-    /// Phases after the per-database work: extensions, `health_check`, dropped roles.
+    /// Phases after the per-database work: extensions, `health_check`.
     pub tail: Vec<Step>,
+    /// The last phase: dropped roles. On 16+ the apply first hands their ADMIN OPTIONs to
+    /// the privileged role ([`by_version::hand_over_admin_of_deleted_roles`]), read then.
+    pub drop_roles: Vec<Step>,
+    /// The server's major, which chose the statements that differ between majors.
+    pub version: PgVersion,
     /// `neon_superuser` is created by this plan (what was verified before no longer holds).
     pub creates_superuser: bool,
 }
@@ -52,7 +58,7 @@ impl SystemPlan {
     /// cluster-wide phase, in the order the apply runs them.
     pub fn build(client: &mut Client, spec: &ComputeSpec, privileged: &str, system_db: &str) -> Result<SystemPlan> {
         let read = |e| Error::sql("read catalog", system_db, e);
-        let mut snap = Snapshot::load(client).map_err(read)?;
+        let mut snap = Snapshot::load(client, privileged).map_err(read)?;
         let state = SystemState::load(client).map_err(read)?;
         let jwks_roles: HashSet<String> = spec
             .local_proxy_config
@@ -61,15 +67,23 @@ impl SystemPlan {
             .flat_map(|j| j.role_names.iter().cloned())
             .collect();
 
+        // Before any statement: a spec that would weaken compute_ctl's own roles changes nothing.
+        privileged::check(spec, &state.current_user, privileged)?;
+        // Before any DDL too: a database option this major lacks fails the apply with nothing done.
+        by_version::check_database_options(spec, &snap, state.version)?;
+
         let mut head: Vec<Step> = Vec::new();
         let superuser = catalog::create_superuser(spec, privileged, &mut snap);
         let creates_superuser = !superuser.is_empty();
         head.extend(on_system("create_superuser", superuser));
+        let memberships = by_version::privileged_role_memberships(state.version, privileged, &mut snap);
+        head.extend(on_system("create_superuser", memberships));
+        by_version::warn_md5(spec, state.version);
         head.extend(on_system("drop_invalid_databases", catalog::drop_invalid_databases(&mut snap)));
         head.extend(on_system("rename_roles", catalog::rename_roles(spec, &mut snap)));
         head.extend(on_system(
             "create_and_alter_roles",
-            catalog::create_and_alter_roles(spec, privileged, &jwks_roles, &mut snap),
+            catalog::create_and_alter_roles(spec, privileged, &jwks_roles, &state.current_user, &mut snap),
         ));
         const DBS: &str = "rename_and_delete_databases";
         for delta in catalog::rename_and_delete_databases(spec, &mut snap) {
@@ -118,8 +132,8 @@ impl SystemPlan {
                 ],
             ));
         }
-        tail.extend(on_system("drop_roles", catalog::drop_roles(&roles_to_delete, &mut snap)));
-        Ok(SystemPlan { head, tasks, roles_to_delete, tail, creates_superuser })
+        let drop_roles = on_system("drop_roles", catalog::drop_roles(&roles_to_delete, &mut snap)).collect();
+        Ok(SystemPlan { head, tasks, roles_to_delete, tail, drop_roles, version: state.version, creates_superuser })
     }
 }
 
@@ -207,6 +221,11 @@ pub fn dry_run(connstr: &str, spec: &ComputeSpec, privileged: &str) -> Result<Dr
         }
     }
     push(&plan.tail, &mut out);
+    let sys = |phase, stmt: Stmt| Step { phase, db: None, stmt };
+    let handover =
+        by_version::admin_to_take_over(&mut client, &system_db, plan.version, privileged, &plan.roles_to_delete)?;
+    push(&handover.into_iter().map(|s| sys("drop_roles", s)).collect::<Vec<_>>(), &mut out);
+    push(&plan.drop_roles, &mut out);
     Ok(out)
 }
 

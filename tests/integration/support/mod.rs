@@ -3,6 +3,7 @@
 //! HTTP client.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod http;
 pub mod pageserver;
 pub mod publisher;
@@ -14,13 +15,78 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_compute_ctl");
-pub const PGBIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+/// Debian's PostgreSQL 15: the default, and what pageserver-mode and basebackup tests always use.
+pub const PG15_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+/// The environment variable naming the bin directory of the Postgres the tests run
+/// (`.ci/run` sets it to each major of the version matrix).
+pub const PG_BIN_ENV: &str = "COMPUTE_CTL_TEST_PG_BIN";
 pub const SUPERUSER: &str = "cloud_admin";
 pub const TENANT: &str = "b0554b632bd4d547a63b86c3630317e8";
 pub const TIMELINE: &str = "2414a61ffc94e428f14b5758fe308e13";
 
+/// The bin directory of the Postgres under test: `$COMPUTE_CTL_TEST_PG_BIN`, else Debian's 15.
+/// The wheels' builds find their libraries through their RPATH, so no library path is set.
+pub fn pg_bin_dir() -> &'static str {
+    static DIR: OnceLock<String> = OnceLock::new();
+    DIR.get_or_init(|| match std::env::var(PG_BIN_ENV) {
+        Ok(d) if !d.trim().is_empty() => d.trim().trim_end_matches('/').to_string(),
+        _ => PG15_BIN_DIR.to_string(),
+    })
+}
+
+/// The major version of the Postgres under test, from `postgres --version`.
+pub fn pg_major() -> u32 {
+    static MAJOR: OnceLock<u32> = OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let out = Command::new(format!("{}/postgres", pg_bin_dir()))
+            .arg("--version")
+            .output()
+            .unwrap_or_else(|e| panic!("{PG_BIN_ENV}: cannot run {}/postgres: {e}", pg_bin_dir()));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // "postgres (PostgreSQL) 16.2"
+        text.split_whitespace()
+            .last()
+            .and_then(|v| v.split(['.', 'b', 'r', 'd']).next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("{PG_BIN_ENV}: cannot read a version from {text:?}"))
+    })
+}
+
+/// True when the test must be skipped because it needs PostgreSQL `major` (pageserver mode and
+/// basebackups: the storage stand-ins serve what Debian's 15 makes); prints the skip by name so
+/// it is never a silent pass.
+pub fn skip_unless_major(major: u32, test: &str) -> bool {
+    if pg_major() == major {
+        return false;
+    }
+    skipped(&format!("{test}: needs PostgreSQL {major}, this run uses {} ({})", pg_major(), pg_bin_dir()));
+    true
+}
+
+/// True (after printing the skip by name) when the Postgres under test lacks extension `ext`
+/// (the 16.2 wheel ships no contrib modules).
+pub fn skip_without_extension(ext: &str, test: &str) -> bool {
+    let control = Command::new(format!("{}/pg_config", pg_bin_dir()))
+        .arg("--sharedir")
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join(format!("extension/{ext}.control")));
+    if control.as_deref().is_some_and(Path::exists) {
+        return false;
+    }
+    skipped(&format!("{test}: PostgreSQL {} at {} has no extension {ext}", pg_major(), pg_bin_dir()));
+    true
+}
+
+/// Prints `SKIPPED: what` where it is always seen: straight to the process's stdout, which
+/// the test harness does not capture (it captures only the print macros).
+pub fn skipped(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "SKIPPED: {what}");
+}
+
 pub fn pgbin() -> String {
-    format!("{PGBIN_DIR}/postgres")
+    format!("{}/postgres", pg_bin_dir())
 }
 
 pub fn is_root() -> bool {
@@ -119,7 +185,7 @@ pub fn template_pgdata() -> &'static Path {
         std::fs::create_dir_all(&dir).unwrap();
         give_to_pg(&dir);
         set_mode(&dir, 0o700);
-        let out = as_pg_user(Command::new(format!("{PGBIN_DIR}/initdb")).arg("-D").arg(&dir).args([
+        let out = as_pg_user(Command::new(format!("{}/initdb", pg_bin_dir())).arg("-D").arg(&dir).args([
             "-U",
             SUPERUSER,
             "-E",
@@ -323,6 +389,18 @@ pub fn pg_client(port: u16, db: &str) -> postgres::Client {
     pg_client_as(port, SUPERUSER, db)
 }
 
+/// Connects over TCP to 127.0.0.1 as `user` with `password`; the error when refused.
+pub fn pg_connect_with_password(port: u16, user: &str, password: &str) -> Result<postgres::Client, postgres::Error> {
+    postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(5))
+        .connect(postgres::NoTls)
+}
+
 pub fn pg_client_as(port: u16, user: &str, db: &str) -> postgres::Client {
     postgres::Config::new()
         .host("127.0.0.1")
@@ -346,11 +424,16 @@ static LOG_N: AtomicUsize = AtomicUsize::new(0);
 
 impl Compute {
     pub fn spawn(args: &[String], http_port: u16) -> Compute {
+        Compute::spawn_env(args, http_port, &[])
+    }
+
+    /// With extra environment variables (`AUTOSCALING`, say).
+    pub fn spawn_env(args: &[String], http_port: u16, env: &[(&str, &str)]) -> Compute {
         let log = run_root().join(format!("compute-{}.log", LOG_N.fetch_add(1, Ordering::SeqCst)));
         let f = std::fs::File::create(&log).unwrap();
-        let child =
-            Command::new(BIN).args(args).stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
-        Compute { child: Some(child), http_port, log }
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).envs(env.iter().copied()).stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f);
+        Compute { child: Some(cmd.spawn().unwrap()), http_port, log }
     }
 
     pub fn pid(&self) -> u32 {
@@ -458,7 +541,7 @@ pub fn wait_pid_gone(pid: u32, timeout: Duration) {
 
 /// Runs `pg_controldata` on PGDATA and returns the "Database cluster state" line's value.
 pub fn cluster_state(pgdata: &Path) -> String {
-    let out = Command::new(format!("{PGBIN_DIR}/pg_controldata")).arg(pgdata).output().unwrap();
+    let out = Command::new(format!("{}/pg_controldata", pg_bin_dir())).arg(pgdata).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.lines()
         .find_map(|l| l.strip_prefix("Database cluster state:"))

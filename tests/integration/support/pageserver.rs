@@ -26,6 +26,8 @@ pub struct Faults {
     pub cut_at: Option<u64>,
     /// Send an ErrorResponse after this many bytes of the tar.
     pub error_at: Option<u64>,
+    /// Send nothing more after this many bytes of the tar, until the client goes away.
+    pub stall_at: Option<u64>,
 }
 
 /// What the stand-in saw.
@@ -36,6 +38,8 @@ pub struct Seen {
     pub passwords: Vec<String>,
     /// Every query text it ran (from Query or Execute), in order.
     pub queries: Vec<String>,
+    /// Streams it stopped sending on purpose (`Faults::stall_at`).
+    pub stalled: usize,
 }
 
 struct Inner {
@@ -98,6 +102,10 @@ impl StandIn {
 
     pub fn set_faults(&self, f: Faults) {
         *self.inner.faults.lock().unwrap() = f;
+    }
+
+    pub fn stalled(&self) -> usize {
+        self.inner.seen.lock().unwrap().stalled
     }
 
     pub fn seen(&self) -> Seen {
@@ -286,7 +294,7 @@ fn run(query: &str, inner: &Inner, w: &mut BufWriter<TcpStream>) -> io::Result<b
         if n == 0 {
             break;
         }
-        let limit = [faults.cut_at, faults.error_at].into_iter().flatten().min();
+        let limit = [faults.cut_at, faults.error_at, faults.stall_at].into_iter().flatten().min();
         if let Some(l) = limit {
             n = n.min((l - sent.min(l)) as usize);
         }
@@ -298,6 +306,15 @@ fn run(query: &str, inner: &Inner, w: &mut BufWriter<TcpStream>) -> io::Result<b
             w.flush()?;
             w.get_ref().shutdown(Shutdown::Both)?;
             return Err(io::Error::other("cut on purpose"));
+        }
+        if faults.stall_at == Some(sent) {
+            w.flush()?;
+            inner.seen.lock().unwrap().stalled += 1;
+            // The client sends nothing during a COPY: this ends when it closes.
+            let mut s = w.get_ref().try_clone()?;
+            s.set_read_timeout(None)?;
+            while matches!(s.read(&mut [0u8; 64]), Ok(n) if n > 0) {}
+            return Err(io::Error::other("stalled on purpose until the client left"));
         }
         if faults.error_at == Some(sent) {
             send(w, b'E', &error_body("ERROR", "XX000", "stand-in: injected failure in the middle of the basebackup"))?;

@@ -1,7 +1,7 @@
 //! A plain PostgreSQL server (no compute_ctl) for tests that need a second server, such as a
 //! logical-replication publisher. Started as the postgres user, stopped by pid on drop.
 
-use super::{PGBIN_DIR, SUPERUSER, TestDir, as_pg_user, free_port, pg_client};
+use super::{SUPERUSER, TestDir, as_pg_user, free_port, pg_bin_dir, pg_client};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ impl PlainPostgres {
     pub fn restart(&mut self) {
         self.stop();
         let sock = self.dir.socket_dir();
-        let mut cmd = Command::new(format!("{PGBIN_DIR}/postgres"));
+        let mut cmd = Command::new(format!("{}/postgres", pg_bin_dir()));
         cmd.arg("-D").arg(&self.pgdata);
         let mut settings = vec![
             format!("port={}", self.port),

@@ -1,0 +1,189 @@
+//! Postgres in the memory cgroup, as Neon's compute_ctl does when `AUTOSCALING` is set: the
+//! postmaster and `postgres --sync-safekeepers` start inside the cgroup the vm-monitor
+//! watches (`--cgroup`, default `neon-postgres`), so that the memory the monitor reports and
+//! the autoscaler acts on is Postgres's.
+//!
+//! How a child gets there: through `cgexec -g memory:<name>` when `cgexec` is on `PATH`
+//! (Neon's way), else by writing the child's pid into `<root>/<name>/cgroup.procs` between
+//! fork and exec (see `sys::join_cgroup_before_exec`). Either way the cgroup must exist
+//! before compute_ctl starts (NeonVM's vm-builder creates it); a missing one is a start-up
+//! error naming it, never a silent start outside it. Without `AUTOSCALING` nothing changes.
+//!
+//! `--cgroup-root DIR` (for tests, and hosts that mount cgroup v2 elsewhere) replaces
+//! `/sys/fs/cgroup`; the cgroup is then joined through `cgroup.procs` only, since `cgexec`
+//! knows only the system's hierarchy. A test may point it at a directory of plain files that
+//! imitates a cgroup (`cgroup.procs`, `memory.stat`).
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub const DEFAULT_NAME: &str = "neon-postgres";
+pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";
+
+/// Where children of compute_ctl that run Postgres are placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// `AUTOSCALING` is not set: children run in compute_ctl's own cgroup.
+    Inherit,
+    /// `cgexec -g memory:<name> <program> …`; `dir` is the cgroup's directory.
+    Cgexec { cgexec: PathBuf, name: String, dir: PathBuf },
+    /// The child writes its pid into `<dir>/cgroup.procs` before exec.
+    Procs { name: String, dir: PathBuf },
+}
+
+impl Placement {
+    /// Decides the placement. With `autoscaling`, the cgroup `<root>/<name>` must exist;
+    /// `path` is the `PATH` to look for `cgexec` in (not used with a `root` override).
+    pub fn new(autoscaling: bool, name: &str, root: Option<&Path>, path: Option<&str>) -> Result<Placement> {
+        if !autoscaling {
+            return Ok(Placement::Inherit);
+        }
+        if name.is_empty() || name.split('/').any(|c| c == "..") {
+            return Err(Error::Usage(format!("--cgroup: not a cgroup name: {name:?}")));
+        }
+        let dir = root.unwrap_or(Path::new(DEFAULT_ROOT)).join(name.trim_start_matches('/'));
+        let procs = dir.join("cgroup.procs");
+        if !procs.is_file() {
+            return Err(Error::Usage(format!(
+                "AUTOSCALING is set but the memory cgroup {name:?} does not exist ({} is missing): create it \
+                 before starting compute_ctl (cgroup v2 with the memory controller), or name another with --cgroup",
+                procs.display()
+            )));
+        }
+        let cgexec = if root.is_some() { None } else { path.and_then(find_cgexec) };
+        Ok(match cgexec {
+            Some(cgexec) => Placement::Cgexec { cgexec, name: name.to_string(), dir },
+            None => Placement::Procs { name: name.to_string(), dir },
+        })
+    }
+
+    /// The cgroup's directory, when there is one.
+    pub fn dir(&self) -> Option<&Path> {
+        match self {
+            Placement::Inherit => None,
+            Placement::Cgexec { dir, .. } | Placement::Procs { dir, .. } => Some(dir),
+        }
+    }
+
+    /// A command that runs `program` in this placement; arguments are added by the caller.
+    pub fn command(&self, program: &Path) -> Result<Command> {
+        match self {
+            Placement::Inherit => Ok(Command::new(program)),
+            Placement::Cgexec { cgexec, name, .. } => {
+                let mut cmd = Command::new(cgexec);
+                cmd.arg("-g").arg(format!("memory:{name}")).arg(program);
+                Ok(cmd)
+            }
+            Placement::Procs { name, dir } => {
+                let mut cmd = Command::new(program);
+                let procs = dir.join("cgroup.procs");
+                crate::sys::join_cgroup_before_exec(&mut cmd, &procs).map_err(|e| {
+                    Error::io(format!("cannot place {} in cgroup {name:?}: cannot open", program.display()), &procs, e)
+                })?;
+                Ok(cmd)
+            }
+        }
+    }
+
+    /// One line for the start-up log.
+    pub fn describe(&self) -> String {
+        match self {
+            Placement::Inherit => "postgres runs in compute_ctl's cgroup (AUTOSCALING is not set)".into(),
+            Placement::Cgexec { cgexec, name, .. } => {
+                format!("postgres runs in cgroup {name:?} through {} -g memory:{name}", cgexec.display())
+            }
+            Placement::Procs { name, dir } => {
+                format!("postgres runs in cgroup {name:?}, joined through {}/cgroup.procs", dir.display())
+            }
+        }
+    }
+}
+
+fn find_cgexec(path: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .map(|d| d.join("cgexec"))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+static PLACEMENT: OnceLock<Placement> = OnceLock::new();
+
+/// Sets the process-wide placement once, at start-up (later calls are ignored). Process-wide
+/// because it is fixed for the life of the process, like the environment it comes from.
+pub fn set(placement: Placement) {
+    log::info!("{}", placement.describe());
+    let _ = PLACEMENT.set(placement);
+}
+
+/// The process-wide placement ([`Placement::Inherit`] until [`set`]).
+pub fn placement() -> &'static Placement {
+    PLACEMENT.get().unwrap_or(&Placement::Inherit)
+}
+
+/// A command running `program` (a Postgres binary) in the process-wide placement.
+pub fn command(program: &Path) -> Result<Command> {
+    placement().command(program)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("compute_ctl-cgroup-unit-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("pg")).unwrap();
+        d
+    }
+
+    #[test]
+    fn without_autoscaling_nothing_changes() {
+        assert_eq!(Placement::new(false, "missing", None, None).unwrap(), Placement::Inherit);
+        let cmd = Placement::Inherit.command(Path::new("/bin/true")).unwrap();
+        assert_eq!(cmd.get_program(), "/bin/true");
+    }
+
+    #[test]
+    fn missing_cgroup_is_named() {
+        let root = dir("missing");
+        let e = Placement::new(true, "pg", Some(&root), None).unwrap_err().to_string();
+        assert!(e.contains("\"pg\"") && e.contains("cgroup.procs is missing"), "{e}");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn cgexec_only_on_the_system_hierarchy() {
+        let root = dir("cgexec");
+        std::fs::write(root.join("pg/cgroup.procs"), "").unwrap();
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("cgexec"), "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(bin.join("cgexec"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = Placement::new(true, "pg", Some(&root), bin.to_str()).unwrap();
+        assert!(matches!(p, Placement::Procs { .. }), "{p:?}");
+        assert_eq!(find_cgexec(bin.to_str().unwrap()), Some(bin.join("cgexec")));
+        let c = Placement::Cgexec { cgexec: bin.join("cgexec"), name: "pg".into(), dir: root.join("pg") }
+            .command(Path::new("/usr/bin/postgres"))
+            .unwrap();
+        let args: Vec<_> = c.get_args().collect();
+        assert_eq!(args, ["-g", "memory:pg", "/usr/bin/postgres"]);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn procs_placement_writes_the_child_pid() {
+        let root = dir("procs");
+        std::fs::write(root.join("pg/cgroup.procs"), "").unwrap();
+        let p = Placement::new(true, "pg", Some(&root), None).unwrap();
+        let child = p.command(Path::new("/bin/true")).unwrap().spawn().unwrap();
+        let pid = child.id();
+        let mut child = child;
+        child.wait().unwrap();
+        let text = std::fs::read_to_string(root.join("pg/cgroup.procs")).unwrap();
+        assert_eq!(text, format!("{pid}\n"));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}
