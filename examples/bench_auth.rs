@@ -141,47 +141,40 @@ struct Flood {
 /// Each client writes the head, then streams the body blindly while its reader waits for the
 /// answer. The peak RSS is the kernel's high-water mark, read afterwards.
 fn flood(port: u16) -> Flood {
-    let accepted = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let accepted = accepted.clone();
-            std::thread::spawn(move || {
-                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-                let head = format!(
-                    "POST /configure HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer not.a.token\r\n\
-                     Content-Type: application/json\r\nContent-Length: {UPLOAD}\r\n\r\n"
-                );
-                s.write_all(head.as_bytes()).unwrap();
-                let mut reader = s.try_clone().unwrap();
-                let answer = std::thread::spawn(move || {
-                    let mut buf = [0u8; 512];
-                    match reader.read(&mut buf) {
-                        Ok(n) if buf[..n].starts_with(b"HTTP/1.1 401") => Some(start.elapsed()),
-                        _ => None,
-                    }
-                });
-                let chunk = vec![b'x'; 64 * 1024];
-                let mut sent = 0usize;
-                while sent < UPLOAD {
-                    match s.write(&chunk[..chunk.len().min(UPLOAD - sent)]) {
-                        Ok(n) => sent += n,
-                        Err(_) => break,
-                    }
-                }
-                accepted.fetch_add(sent as u64, Ordering::Relaxed);
-                answer.join().unwrap()
-            })
-        })
-        .collect();
-    let times: Vec<Duration> = clients.into_iter().filter_map(|c| c.join().unwrap()).collect();
+    let (answers, accepted) = support::run_clients(CLIENTS, move |sent_total| {
+        let mut s = support::connect(port, Duration::from_secs(10));
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "POST /configure HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer not.a.token\r\n\
+             Content-Type: application/json\r\nContent-Length: {UPLOAD}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let mut reader = s.try_clone().unwrap();
+        let answer = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            match reader.read(&mut buf) {
+                Ok(n) if buf[..n].starts_with(b"HTTP/1.1 401") => Some(start.elapsed()),
+                _ => None,
+            }
+        });
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0usize;
+        while sent < UPLOAD {
+            match s.write(&chunk[..chunk.len().min(UPLOAD - sent)]) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        sent_total.fetch_add(sent as u64, Ordering::Relaxed);
+        answer.join().unwrap()
+    });
+    let times: Vec<Duration> = answers.into_iter().flatten().collect();
     Flood {
         answered: times.len(),
         first_answer: times.iter().min().copied().unwrap_or_default(),
         last_answer: times.iter().max().copied().unwrap_or_default(),
-        accepted: accepted.load(Ordering::SeqCst),
+        accepted,
     }
 }
 
@@ -218,9 +211,8 @@ fn measure(port: u16, auth: Option<&str>) -> Stats {
         .map(|_| {
             let (request, errors, go) = (request.clone(), errors.clone(), go.clone());
             std::thread::spawn(move || {
-                let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let s = support::connect(port, Duration::from_secs(5));
                 s.set_nodelay(true).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
                 let mut w = s.try_clone().unwrap();
                 let mut r = BufReader::new(s);
                 while !go.load(Ordering::Acquire) {
@@ -230,7 +222,7 @@ fn measure(port: u16, auth: Option<&str>) -> Stats {
                 let mut lat = Vec::with_capacity(50_000);
                 while start.elapsed() < RUN {
                     let t = Instant::now();
-                    if !(w.write_all(request.as_bytes()).is_ok() && read_200(&mut r)) {
+                    if !(w.write_all(request.as_bytes()).is_ok() && support::read_200(&mut r).is_some()) {
                         errors.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
@@ -245,35 +237,13 @@ fn measure(port: u16, auth: Option<&str>) -> Stats {
     let mut all: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     let elapsed = start.elapsed();
     all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1e3;
+    let pct = |p: f64| support::pct(&all, p).as_secs_f64() * 1e3;
     Stats {
         rps: all.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         errors: errors.load(Ordering::SeqCst),
     }
-}
-
-fn read_200(r: &mut BufReader<TcpStream>) -> bool {
-    let mut line = String::new();
-    if r.read_line(&mut line).is_err() || !line.starts_with("HTTP/1.1 200") {
-        return false;
-    }
-    let mut len = 0usize;
-    loop {
-        line.clear();
-        if r.read_line(&mut line).is_err() || line.is_empty() {
-            return false;
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).is_ok()
 }
 
 fn get_status(port: u16, auth: Option<&str>) -> u16 {
@@ -342,16 +312,8 @@ impl Compute {
         let (port, claim) = support::claim_port_pair();
         let mut cmd = Command::new(bin);
         cmd.args(["-D", dir.join("pgdata").to_str().unwrap(), "-C", "postgresql://cloud_admin@127.0.0.1:9/postgres"])
-            .args([
-                "-b",
-                &format!("{}/postgres", support::PGBIN_DIR),
-                "--http-bind",
-                "127.0.0.1",
-                "--exit-delay",
-                "0",
-                "-i",
-                COMPUTE_ID,
-            ])
+            .args(support::compute_ctl_args())
+            .args(["-i", COMPUTE_ID])
             .args(["--http-port", &port.to_string()]);
         if let Some(cp) = control_plane {
             cmd.args(["-p", &format!("http://127.0.0.1:{cp}")]);

@@ -11,15 +11,18 @@
 //! The binary under test is `$COMPUTE_CTL_BIN`, else target/<profile>/compute_ctl. Prints
 //! `RESULT` lines (see examples/bench.rs); compute_ctl is stopped and the directory removed.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use support::{pct, post};
 
-const PGBIN: &str = "/usr/lib/postgresql/15/bin/postgres";
 const SLOW_CONNECTIONS: usize = 1100;
 const SCHEMA_CLIENTS: usize = 64;
 const RUN: Duration = Duration::from_secs(10);
@@ -27,37 +30,13 @@ const PROBE_EVERY: Duration = Duration::from_millis(20);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() {
-    let bin = match std::env::var_os("COMPUTE_CTL_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let exe = std::env::current_exe().expect("the example knows its path");
-            exe.parent().and_then(Path::parent).map(|d| d.join("compute_ctl")).expect("target/<profile>/examples/..")
-        }
-    };
-    assert!(bin.exists(), "{} is missing: run `cargo build --release` first", bin.display());
-    let dir = std::env::temp_dir().join(format!("bench_faults-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("sock")).unwrap();
-    chmod(&dir, 0o755);
-    chmod(&dir.join("sock"), 0o777);
+    let bin = support::built_compute_ctl_binary();
+    let dir = support::bench_dir("bench_faults");
     let http_port = free_port(0);
     let pg_port = free_port(http_port + 2);
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, spec(pg_port, &dir.join("sock")).to_string()).unwrap();
-    let log = std::fs::File::create(dir.join("compute.log")).unwrap();
-    let child = Command::new(&bin)
-        .args(["-D", dir.join("pgdata").to_str().unwrap(), "-C"])
-        .arg(format!("postgresql://cloud_admin@127.0.0.1:{pg_port}/postgres"))
-        .args(["-b", PGBIN, "--http-bind", "127.0.0.1", "--exit-delay", "0", "-S", spec_path.to_str().unwrap()])
-        .arg("--http-port")
-        .arg(http_port.to_string())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut guard = Guard { child, dir: dir.clone() };
-    wait_running(http_port, &mut guard.child, &dir);
+    let mut guard = support::start_running(&bin, &dir, pg_port, &spec_path, http_port);
     let compute_pid = guard.child.id();
 
     println!("GET /status probes (new connection each, every {PROBE_EVERY:?}, {RUN:?} per run)");
@@ -80,7 +59,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let left_dumps = children_named(compute_pid, "pg_dump");
-    let (code, _) = post(http_port, "/terminate");
+    let (code, _) = post(http_port, "/terminate", "");
     assert_eq!(code, 200, "terminate");
     let _ = guard.child.wait();
     let left_postgres = Command::new("pgrep")
@@ -147,8 +126,7 @@ fn probe(port: u16, run: Duration) -> Stats {
         std::thread::sleep(PROBE_EVERY);
     }
     lat.sort();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-    Stats { p50: pct(0.5), p99: pct(0.99), max: *lat.last().unwrap(), probes: lat.len(), failed }
+    Stats { p50: pct(&lat, 0.5), p99: pct(&lat, 0.99), max: *lat.last().unwrap(), probes: lat.len(), failed }
 }
 
 fn status_ok(port: u16) -> bool {
@@ -293,17 +271,6 @@ fn children_named(pid: u32, name: &str) -> usize {
     n
 }
 
-fn post(port: u16, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let head = format!("POST {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, text)
-}
-
 fn spec(pg_port: u16, sock: &Path) -> serde_json::Value {
     serde_json::json!({
         "format_version": 1.0,
@@ -322,25 +289,6 @@ fn spec(pg_port: u16, sock: &Path) -> serde_json::Value {
     })
 }
 
-fn wait_running(port: u16, child: &mut Child, dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(b"GET /status HTTP/1.1\r\nConnection: close\r\n\r\n");
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            if text.contains("\"status\":\"running\"") {
-                return;
-            }
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("compute_ctl exited ({st}); see {}", dir.join("compute.log").display());
-        }
-        assert!(Instant::now() < deadline, "compute not running after 60 s; see {}", dir.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A port pair below the ephemeral range, checked by binding (a benchmark runs alone), from
 /// `from` on (0: a place chosen by process id).
 fn free_port(from: u16) -> u16 {
@@ -352,25 +300,4 @@ fn free_port(from: u16) -> u16 {
                 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
         })
         .expect("a free port pair")
-}
-
-fn chmod(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// Stops compute_ctl (and so Postgres) and removes the directory, even on a panic.
-struct Guard {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-            let _ = self.child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }

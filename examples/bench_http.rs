@@ -15,37 +15,24 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use support::{chmod, free_port};
+use support::{free_port, pct, post, read_200};
 
 const CLIENTS: usize = 64;
 const RUN: Duration = Duration::from_secs(5);
-const PGBIN: &str = "/usr/lib/postgresql/15/bin/postgres";
 /// The catalog each busy-phase `/configure` applies.
 const ROLES: usize = 300;
 const DBS: usize = 20;
 
 fn main() {
-    let bin = match std::env::var_os("COMPUTE_CTL_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let exe = std::env::current_exe().expect("the example knows its path");
-            exe.parent().and_then(Path::parent).map(|d| d.join("compute_ctl")).expect("target/<profile>/examples/..")
-        }
-    };
-    assert!(bin.exists(), "{} is missing: run `cargo build --release` first", bin.display());
+    let bin = support::built_compute_ctl_binary();
 
-    let dir = std::env::temp_dir().join(format!("bench_http-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("sock")).unwrap();
-    chmod(&dir, 0o755);
-    chmod(&dir.join("sock"), 0o777);
+    let dir = support::bench_dir("bench_http");
     let http_port = free_port();
     let pg_port = loop {
         let p = free_port();
@@ -56,20 +43,7 @@ fn main() {
     let initial = spec(pg_port, &dir.join("sock"), None);
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, initial.to_string()).unwrap();
-    let log = std::fs::File::create(dir.join("compute.log")).unwrap();
-    let child = Command::new(&bin)
-        .args(["-D", dir.join("pgdata").to_str().unwrap(), "-C"])
-        .arg(format!("postgresql://cloud_admin@127.0.0.1:{pg_port}/postgres"))
-        .args(["-b", PGBIN, "--http-bind", "127.0.0.1", "--exit-delay", "0", "-S", spec_path.to_str().unwrap()])
-        .arg("--http-port")
-        .arg(http_port.to_string())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut guard = Guard { child, dir: dir.clone() };
-    wait_running(http_port, &mut guard.child, &dir);
+    let mut guard = support::start_running(&bin, &dir, pg_port, &spec_path, http_port);
 
     println!("GET /status, {CLIENTS} keep-alive clients, {} s per run", RUN.as_secs());
     let idle = measure(http_port);
@@ -134,6 +108,40 @@ fn main() {
     let _ = guard.child.wait();
 }
 
+fn measure(port: u16) -> Stats {
+    let start = Instant::now();
+    let (per_client, errors) = support::run_clients(CLIENTS, move |errors| {
+        let mut lat = Vec::with_capacity(100_000);
+        let mut s = support::connect(port, Duration::from_secs(5));
+        s.set_nodelay(true).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        while start.elapsed() < RUN {
+            let t = Instant::now();
+            let ok = s.write_all(b"GET /status HTTP/1.1\r\nHost: b\r\n\r\n").is_ok()
+                && read_200(&mut r).is_some_and(|len| len > 0);
+            lat.push(t.elapsed());
+            if !ok {
+                errors.fetch_add(1, Ordering::Relaxed);
+                s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_nodelay(true).unwrap();
+                r = BufReader::new(s.try_clone().unwrap());
+            }
+        }
+        lat
+    });
+    let mut all: Vec<Duration> = per_client.into_iter().flatten().collect();
+    let elapsed = start.elapsed();
+    all.sort();
+    Stats {
+        rps: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(&all, 0.50),
+        p99: pct(&all, 0.99),
+        max: *all.last().unwrap(),
+        requests: all.len(),
+        errors,
+    }
+}
+
 struct Stats {
     rps: f64,
     p50: Duration,
@@ -141,70 +149,6 @@ struct Stats {
     max: Duration,
     requests: usize,
     errors: u64,
-}
-
-fn measure(port: u16) -> Stats {
-    let errors = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let threads: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let errors = errors.clone();
-            std::thread::spawn(move || {
-                let mut lat = Vec::with_capacity(100_000);
-                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                s.set_nodelay(true).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                while start.elapsed() < RUN {
-                    let t = Instant::now();
-                    let ok = s.write_all(b"GET /status HTTP/1.1\r\nHost: b\r\n\r\n").is_ok() && read_ok(&mut r);
-                    lat.push(t.elapsed());
-                    if !ok {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                        s.set_nodelay(true).unwrap();
-                        r = BufReader::new(s.try_clone().unwrap());
-                    }
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
-    let elapsed = start.elapsed();
-    all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    Stats {
-        rps: all.len() as f64 / elapsed.as_secs_f64(),
-        p50: pct(0.50),
-        p99: pct(0.99),
-        max: *all.last().unwrap(),
-        requests: all.len(),
-        errors: errors.load(Ordering::SeqCst),
-    }
-}
-
-/// Reads one response; true when it is a 200 with a body.
-fn read_ok(r: &mut BufReader<TcpStream>) -> bool {
-    let mut line = String::new();
-    if r.read_line(&mut line).is_err() || !line.starts_with("HTTP/1.1 200") {
-        return false;
-    }
-    let mut len = 0usize;
-    loop {
-        line.clear();
-        if r.read_line(&mut line).is_err() || line.is_empty() {
-            return false;
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).is_ok() && len > 0
 }
 
 fn print(name: &str, s: &Stats) {
@@ -217,21 +161,6 @@ fn print(name: &str, s: &Stats) {
         s.requests,
         s.errors
     );
-}
-
-fn post(port: u16, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body.as_bytes()).unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, text)
 }
 
 /// The compute's spec; `round` Some(n) adds the busy phase's catalog, whose passwords and
@@ -262,39 +191,4 @@ fn spec(pg_port: u16, sock: &Path, round: Option<usize>) -> serde_json::Value {
             ]
         }
     })
-}
-
-fn wait_running(port: u16, child: &mut Child, dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(b"GET /status HTTP/1.1\r\nConnection: close\r\n\r\n");
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            if text.contains("\"status\":\"running\"") {
-                return;
-            }
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("compute_ctl exited ({st}); see {}", dir.join("compute.log").display());
-        }
-        assert!(Instant::now() < deadline, "compute not running after 60 s; see {}", dir.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Stops compute_ctl (and so Postgres) and removes the directory, even on a panic.
-struct Guard {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-            let _ = self.child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }

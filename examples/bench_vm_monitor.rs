@@ -15,8 +15,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const N: usize = 10_000;
@@ -47,30 +45,14 @@ fn main() {
     });
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let log = std::fs::File::create(dir.join("compute.log")).unwrap();
-    let child = Command::new(&bin)
-        .args(["-D", dir.join("pgdata").to_str().unwrap(), "-C"])
-        .arg(format!("postgresql://cloud_admin@127.0.0.1:{pg_port}/postgres"))
-        .args([
-            "-b",
-            &format!("{}/postgres", support::PGBIN_DIR),
-            "--http-bind",
-            "127.0.0.1",
-            "--exit-delay",
-            "0",
-            "-S",
-            spec_path.to_str().unwrap(),
-        ])
+    let child = support::compute_ctl_command(&bin, &dir, pg_port, &spec_path)
         .args(["--http-port", &http_port.to_string(), "--vm-monitor-addr", &format!("127.0.0.1:{vm_port}")])
         .args(["--cgroup-root", dir.join("cgroup").to_str().unwrap()])
         .env("AUTOSCALING", "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
         .spawn()
         .unwrap();
-    let mut guard = Guard { child, dir: dir.clone() };
-    wait_listening(http_port, &mut guard.child, &dir);
+    let mut guard = support::Guard { child, dir: dir.clone() };
+    support::wait_status(http_port, &mut guard.child, &dir, "\"listening\":\"127.0.0.1:", "vm-monitor not listening");
     let pid = guard.child.id();
 
     let echo = echo_round_trips();
@@ -233,39 +215,4 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
-}
-
-fn wait_listening(port: u16, child: &mut Child, dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(b"GET /status HTTP/1.1\r\nConnection: close\r\n\r\n");
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            if text.contains("\"listening\":\"127.0.0.1:") {
-                return;
-            }
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("compute_ctl exited ({st}); see {}", dir.join("compute.log").display());
-        }
-        assert!(Instant::now() < deadline, "vm-monitor not listening after 60 s; see {}", dir.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Stops compute_ctl (and so Postgres) and removes the directory, even on a panic.
-struct Guard {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-            let _ = self.child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }

@@ -252,23 +252,12 @@ fn cpu_ms(pid: u32) -> f64 {
 /// Runs `cmd` (compute_ctl), waits for `running` on `/status` at `http_port`, stops it by pid
 /// (SIGTERM) and waits until Postgres on `pgdata` is gone.
 pub fn run_compute_ctl(mut cmd: Command, http_port: u16, pgdata: &Path) -> Run {
-    use std::io::BufRead;
     let t0 = Instant::now();
     let mut child = Owned::new(cmd.stderr(Stdio::piped()).spawn(), libc::SIGTERM);
     let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
     // Reads stderr to its end, so compute_ctl never blocks on a full pipe, and reports the
     // moment the `running` line arrives.
-    let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("compute status: running") {
-                let _ = tx.send(t0.elapsed());
-            }
-            lines.push(line);
-        }
-        lines
-    });
+    let (rx, reader) = super::support::watch_for_running(stderr, t0);
     // `BENCH_START_BY_LOG=1` (a diagnosis): no polling of /status, `running` is seen on the
     // log, to tell what the polling itself costs the start.
     let total = if std::env::var_os("BENCH_START_BY_LOG").is_some() {

@@ -132,11 +132,20 @@ fn exit_by_itself(state: &State) {
     }
 }
 
-/// Postgres exits by itself with code 7: the compute ends with that code, at once.
-fn ends_with_postgres_exit_code(f: &Fake, s: State) {
+/// Postgres exits by itself with code 7: the compute ends with that code, at once. `name`
+/// names the fake compute, brought to the state under test by `to`.
+fn ends_with_postgres_exit_code(name: &str, to: fn(&mut Fake) -> State) {
+    let mut f = Fake::new(name, INITDB_OK);
+    let s = to(&mut f);
     exit_by_itself(&s);
     let (s, _) = f.step(s, Event::PostgresExited);
     assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 7, lingers: false })));
+}
+
+/// SIGTERM ends the compute in `s` (stopping Postgres), with exit code 1.
+fn ends_on_sigterm(f: &Fake, s: State) {
+    let (s, _) = f.step(s, Event::Signal(15));
+    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 1, lingers: false })));
 }
 
 /// Each of `events` is refused with `WrongState` and changes nothing.
@@ -211,8 +220,7 @@ fn a_failed_start_is_final_and_refuses_everything() {
     // The exit of the Postgres a failed start stopped arrives after it: nothing changes.
     let (s, r) = f.step(s, Event::PostgresExited);
     assert_eq!((s.status(), r), (Status::Failed, Reply::Done));
-    let (s, _) = f.step(s, Event::Signal(15));
-    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 1, lingers: false })));
+    ends_on_sigterm(&f, s);
 }
 
 #[test]
@@ -251,12 +259,9 @@ fn running_ends_on_terminate_signal_and_exit() {
 
     let mut f = Fake::new("running-signal", INITDB_OK);
     let s = f.running();
-    let (s, _) = f.step(s, Event::Signal(15));
-    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 1, lingers: false })));
+    ends_on_sigterm(&f, s);
 
-    let mut f = Fake::new("running-exit", INITDB_OK);
-    let s = f.running();
-    ends_with_postgres_exit_code(&f, s);
+    ends_with_postgres_exit_code("running-exit", Fake::running);
 }
 
 #[test]
@@ -270,13 +275,10 @@ fn failed_with_postgres_up_takes_a_new_spec_refuses_the_rest_and_ends_on_signal_
     // A stale exit event while Postgres still runs changes nothing.
     let (s, r) = f.step(s, Event::PostgresExited);
     assert_eq!((s.status(), r, postmaster_pid(&s)), (Status::Failed, Reply::Done, pid));
-    let (s, _) = f.step(s, Event::Signal(15));
-    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 1, lingers: false })));
+    ends_on_sigterm(&f, s);
     assert!(gone(pid));
 
-    let mut f = Fake::new("failed-live-exit", INITDB_OK);
-    let s = f.failed_live();
-    ends_with_postgres_exit_code(&f, s);
+    ends_with_postgres_exit_code("failed-live-exit", Fake::failed_live);
 }
 
 #[test]

@@ -255,15 +255,9 @@ impl Session {
     fn upscale(&mut self, mem: u64, cpu: f64) -> Outbound {
         let p = &mut self.parts;
         let u = decide::usable(mem);
-        let cache = match p.file_cache.as_mut().map(|fc| fc.set_size(decide::cache_size(u))) {
-            Some(Err(e)) => {
-                let error = format!("failed to handle upscale: {e}");
-                log::error!("vm-monitor: {error}");
-                info().decided("upscale", "failed", &error);
-                return Outbound::InternalError { error };
-            }
-            Some(Ok((_, said))) => said,
-            None => p.no_file_cache.to_string(),
+        let cache = match p.resize_cache(u, "upscale", "failed to handle upscale") {
+            Ok(said) => said,
+            Err(answer) => return answer,
         };
         let old = p.threshold;
         p.threshold = decide::threshold(u);
@@ -289,22 +283,11 @@ impl Session {
                 log_decision(info().decided("downscale", "denied", &status), &line);
                 Outbound::DownscaleResult { ok: false, status }
             }
-            Downscale::Stale(why) => {
-                let error = format!("failed to downscale: {why}");
-                log::error!("vm-monitor: {error}");
-                info().decided("downscale", "failed", &error);
-                Outbound::InternalError { error }
-            }
+            Downscale::Stale(why) => failed("downscale", format!("failed to downscale: {why}")),
             Downscale::Approve { threshold, usable, reason } => {
-                let cache = match p.file_cache.as_mut().map(|fc| fc.set_size(decide::cache_size(usable))) {
-                    Some(Err(e)) => {
-                        let error = format!("failed to downscale: {e}");
-                        log::error!("vm-monitor: {error}");
-                        info().decided("downscale", "failed", &error);
-                        return Outbound::InternalError { error };
-                    }
-                    Some(Ok((_, said))) => said,
-                    None => p.no_file_cache.to_string(),
+                let cache = match p.resize_cache(usable, "downscale", "failed to downscale") {
+                    Ok(said) => said,
+                    Err(answer) => return answer,
                 };
                 let status = format!(
                     "{reason}; set cgroup memory threshold from {} to {}; {cache}",
@@ -322,6 +305,25 @@ impl Session {
             }
         }
     }
+}
+
+impl Parts {
+    /// Sizes the file cache for `usable` memory; what was done, or, when that fails, the
+    /// `kind` decision's failure answer, its error prefixed by `failure`.
+    fn resize_cache(&mut self, usable: u64, kind: &'static str, failure: &str) -> Result<String, Outbound> {
+        match self.file_cache.as_mut().map(|fc| fc.set_size(decide::cache_size(usable))) {
+            Some(Err(e)) => Err(failed(kind, format!("{failure}: {e}"))),
+            Some(Ok((_, said))) => Ok(said),
+            None => Ok(self.no_file_cache.to_string()),
+        }
+    }
+}
+
+/// The answer to a `kind` decision that could not be carried out: logged, published, sent.
+fn failed(kind: &'static str, error: String) -> Outbound {
+    log::error!("vm-monitor: {error}");
+    info().decided(kind, "failed", &error);
+    Outbound::InternalError { error }
 }
 
 /// A decision is logged at info when it differs from the previous one, at debug when an agent

@@ -40,10 +40,35 @@ fn apply_ddl(cat: &mut Cat, f: impl FnOnce(&mut Cat)) -> Vec<String> {
     cat.ddl_during(f).into_iter().filter(|l| l.contains("app=compute_ctl:apply_config")).collect()
 }
 
+/// A spec role whose password is `NAME-pw` (an md5 verifier: md5 of the password followed by
+/// the name), since only compute_ctl's own superuser logs in without one.
+fn role_pw(name: &str) -> Value {
+    let hash = match name {
+        "app" => "c05a0a9da47b2e1b9979e572d10ca3f5",
+        "a" => "60a47caeea6a59e4afbbb1c28e5b7ab4",
+        "b" => "3763212e0ba5b97914ff3cb99fcd831b",
+        other => panic!("no password hash for {other}"),
+    };
+    role(name, Some(hash))
+}
+
+/// Connects as a spec role made by [`role_pw`], with its password.
+fn connect_as(port: u16, name: &str, db: &str) -> postgres::Client {
+    postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(name)
+        .password(format!("{name}-pw"))
+        .dbname(db)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect(postgres::NoTls)
+        .unwrap_or_else(|e| panic!("connect as {name} to 127.0.0.1:{port}/{db}: {e}"))
+}
+
 #[test]
 fn privileged_role_gets_the_predefined_roles_of_its_major() {
     let mut cat = Cat::start("ver-predef", |spec| {
-        spec["cluster"]["roles"] = json!([role("app", None)]);
+        spec["cluster"]["roles"] = json!([role_pw("app")]);
         spec["cluster"]["databases"] = json!([{"name": "appdb", "owner": "app", "options": null}]);
     });
     let mut pg = cat.db("postgres");
@@ -60,7 +85,7 @@ fn privileged_role_gets_the_predefined_roles_of_its_major() {
     assert_eq!(got.iter().any(|g| g == "pg_maintain"), major() >= 17, "{got:?}");
 
     // 16+: a spec role subscribes without being a superuser (15 lets only superusers).
-    let mut app = support::pg_client_as(cat.s.pg_port, "app", "appdb");
+    let mut app = connect_as(cat.s.pg_port, "app", "appdb");
     let created = app.batch_execute(
         "CREATE SUBSCRIPTION s CONNECTION 'host=127.0.0.1 port=1 dbname=postgres user=app password=x' \
          PUBLICATION p WITH (connect = false)",
@@ -93,15 +118,15 @@ fn privileged_role_gets_the_predefined_roles_of_its_major() {
 #[test]
 fn roles_a_deleted_spec_role_created_stay_manageable_by_the_spec_roles() {
     let mut cat = Cat::start("ver-admin", |spec| {
-        spec["cluster"]["roles"] = json!([role("a", None), role("b", None)]);
+        spec["cluster"]["roles"] = json!([role_pw("a"), role_pw("b")]);
     });
     let port = cat.s.pg_port;
-    let mut a = support::pg_client_as(port, "a", "postgres");
+    let mut a = connect_as(port, "a", "postgres");
     ok(&mut a, "CREATE ROLE made_by_a LOGIN");
     // A role the privileged role creates is managed by all its members, on every major (16+:
     // neon_superuser holds the ADMIN OPTION on what it creates).
     ok(&mut a, "SET ROLE neon_superuser; CREATE ROLE made_by_priv; RESET ROLE");
-    let mut b = support::pg_client_as(port, "b", "postgres");
+    let mut b = connect_as(port, "b", "postgres");
     ok(&mut b, "ALTER ROLE made_by_priv CONNECTION LIMIT 2");
     ok(&mut b, "DROP ROLE made_by_priv");
 
@@ -116,7 +141,7 @@ fn roles_a_deleted_spec_role_created_stay_manageable_by_the_spec_roles() {
     drop(a);
 
     let mut spec = cat.spec();
-    spec["cluster"]["roles"] = json!([role("b", None)]);
+    spec["cluster"]["roles"] = json!([role_pw("b")]);
     spec["delta_operations"] = json!([{"action": "delete_role", "name": "a"}]);
     let ddl = apply_ddl(&mut cat, |c| c.configure_ok(&spec));
     let handed: Vec<&String> = ddl.iter().filter(|l| l.contains("WITH ADMIN TRUE")).collect();

@@ -160,15 +160,7 @@ pub fn admin_to_take_over(
 mod tests {
     use super::*;
     use crate::postgres::apply::catalog::RoleRow;
-    use crate::spec::ParsedSpec;
-
-    fn spec(cluster_and_ops: &str) -> ComputeSpec {
-        let json = format!(
-            r#"{{"format_version":1.0,"tenant_id":"b0554b632bd4d547a63b86c3630317e8",
-                "timeline_id":"2414a61ffc94e428f14b5758fe308e13",{cluster_and_ops}}}"#
-        );
-        ParsedSpec::parse(&json).unwrap().spec().clone()
-    }
+    use crate::postgres::apply::test_spec as spec;
 
     #[test]
     fn predefined_roles_of_each_major_are_granted_once() {

@@ -468,15 +468,7 @@ pub fn drop_roles(names: &[String], snap: &mut Snapshot) -> Vec<Stmt> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::ParsedSpec;
-
-    fn spec(cluster_and_ops: &str) -> ComputeSpec {
-        let json = format!(
-            r#"{{"format_version":1.0,"tenant_id":"b0554b632bd4d547a63b86c3630317e8",
-                "timeline_id":"2414a61ffc94e428f14b5758fe308e13",{cluster_and_ops}}}"#
-        );
-        ParsedSpec::parse(&json).unwrap().spec().clone()
-    }
+    use crate::postgres::apply::test_spec as spec;
 
     fn sqls(v: &[Stmt]) -> Vec<&str> {
         v.iter().map(|s| s.sql.as_str()).collect()

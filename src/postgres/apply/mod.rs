@@ -43,6 +43,17 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// A spec for unit tests: the fixed header fields, then `cluster_and_ops` (the JSON members
+/// `"cluster":{..}` and any others, without the outer braces).
+#[cfg(test)]
+pub(crate) fn test_spec(cluster_and_ops: &str) -> ComputeSpec {
+    let json = format!(
+        r#"{{"format_version":1.0,"tenant_id":"b0554b632bd4d547a63b86c3630317e8",
+            "timeline_id":"2414a61ffc94e428f14b5758fe308e13",{cluster_and_ops}}}"#
+    );
+    ParsedSpec::parse(&json).unwrap().spec().clone()
+}
+
 /// How many databases are worked on at once.
 #[derive(Debug, Clone, Copy)]
 pub enum Concurrency {
