@@ -11,7 +11,7 @@ use crate::args::{Args, SpecSource};
 use crate::error::{Error, Result};
 use crate::heartbeat::{self, Heartbeat};
 use crate::http::{listen, routes};
-use crate::lifecycle::{self, Event, Message, Parts, Reply, Shared, State};
+use crate::lifecycle::{self, Event, Exit, Linger, Message, Parts, Reply, Shared, State};
 use crate::notify::Notifier;
 use crate::postgres::process::StopMode;
 use crate::postgres::{Node, pgdata};
@@ -20,6 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// How long the process stays after `/terminate?mode=immediate` (Neon: 300 ms).
+const BRIEF_LINGER: Duration = Duration::from_millis(300);
 
 /// Runs compute_ctl to the end and returns the process exit code.
 pub fn run(args: Args) -> Result<i32> {
@@ -49,6 +52,7 @@ pub fn run(args: Args) -> Result<i32> {
         events: Mutex::new(tx),
         live_config_allowed: !matches!(args.spec, SpecSource::Inline(_)),
         node,
+        remote_ext_base_url: args.remote_ext_base_url.clone(),
         compute_ctl_config: std::sync::OnceLock::new(),
         in_flight: AtomicUsize::new(0),
         heartbeat: Arc::new(Heartbeat::new()),
@@ -171,6 +175,7 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         node: app.node.clone(),
         shared: app.shared.clone(),
         postmaster,
+        refresh: refresh_source(&args),
         on_postgres_exit: Arc::new(move |_| {
             let _ = crate::locks::lock(&exit_tx).send(Message { event: Event::PostgresExited, reply: None });
         }),
@@ -194,11 +199,15 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         }
         let message = match state.exit() {
             None => owner.recv(),
-            Some(exit) if !exit.lingers => return Ok(exit.code),
+            Some(Exit { code, linger: Linger::No }) => return Ok(code),
             Some(exit) => {
+                let delay = match exit.linger {
+                    Linger::Brief => BRIEF_LINGER,
+                    _ => args.exit_delay,
+                };
                 let deadline = *linger_deadline.get_or_insert_with(|| {
-                    log::info!("{}; answering /status for {:?} before exiting", state.status(), args.exit_delay);
-                    Instant::now() + args.exit_delay
+                    log::info!("{}; answering /status for {delay:?} before exiting", state.status());
+                    Instant::now() + delay
                 });
                 match owner.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                     Err(RecvTimeoutError::Timeout) => return Ok(exit.code),
@@ -223,6 +232,34 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
             };
             let _ = reply.send(answer);
         }
+    }
+}
+
+/// Where `/refresh_configuration` fetches the spec again: the control plane (`-p`) or the
+/// config or spec file (`-c`, `-S`), as Neon re-reads its `-c` file.
+fn refresh_source(args: &Args) -> Option<lifecycle::Refresh> {
+    match &args.spec {
+        SpecSource::ControlPlane(uri) => {
+            let (uri, id) = (uri.clone(), args.compute_id.clone());
+            Some(Arc::new(move || {
+                crate::control_plane::fetch_config(&uri, &id).map(|(spec, _)| spec).map_err(|e| e.report().to_string())
+            }))
+        }
+        SpecSource::Config(path) => {
+            let path = path.clone();
+            Some(Arc::new(move || {
+                crate::spec::ComputeConfig::load(&path).map(|(spec, _)| spec).map_err(|e| e.report().to_string())
+            }))
+        }
+        SpecSource::File(path) => {
+            let path = path.clone();
+            Some(Arc::new(move || {
+                let json =
+                    std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                ParsedSpec::parse(&json).map(Some).map_err(|e| e.report().to_string())
+            }))
+        }
+        SpecSource::Inline(_) | SpecSource::Wait => None,
     }
 }
 

@@ -36,6 +36,7 @@ pub mod monitor;
 pub mod notify;
 pub mod plan;
 pub mod postgres;
+pub mod remote_ext;
 pub mod spec;
 mod sys;
 pub mod time;

@@ -104,6 +104,11 @@ pub fn count_cplane_request(rpc: &str, http_status: &str) {
     with(|r| *r.cplane.entry((rpc.to_string(), http_status.to_string())).or_default() += 1);
 }
 
+/// Counts one request to the extension storage; `http_status` as for the control plane.
+pub fn count_remote_ext_request(http_status: &str) {
+    with(|r| *r.remote_ext.entry(http_status.to_string()).or_default() += 1);
+}
+
 /// Counts one failed migration.
 pub fn count_migration_failed(migration_id: &str) {
     with(|r| *r.migration_failed.entry(migration_id.to_string()).or_default() += 1);

@@ -83,7 +83,7 @@ fn run(shared: &Shared, connstr: &str) {
         let snap = shared.get();
         let now = Instant::now();
         match snap.status {
-            Status::TerminationPending | Status::Terminated => return,
+            Status::TerminationPendingFast | Status::TerminationPendingImmediate | Status::Terminated => return,
             // Waiting for a spec or starting: there is no Postgres to be down yet.
             Status::Empty | Status::ConfigurationPending | Status::Init => conn = None,
             _ if !snap.postgres_up => {

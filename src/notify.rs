@@ -233,6 +233,17 @@ mod tests {
     }
 
     #[test]
+    fn both_termination_phases_tell_systemd_stopping_and_refreshes_reload() {
+        use crate::lifecycle::Status;
+        let phase = |s: Status| s.notify_phase();
+        assert_eq!(phase(Status::TerminationPendingFast), Phase::Stopping);
+        assert_eq!(phase(Status::TerminationPendingImmediate), Phase::Stopping);
+        assert_eq!(phase(Status::RefreshConfigurationPending), Phase::Configuring);
+        assert_eq!(phase(Status::RefreshConfiguration), Phase::Configuring);
+        assert_eq!(phase(Status::Terminated), Phase::Stopped);
+    }
+
+    #[test]
     fn abstract_socket_receives_the_sequence_of_a_reload_and_a_stop() {
         let name = format!("@compute_ctl-notify-test-{}-a", std::process::id());
         let rx = listener(&name);
@@ -244,7 +255,7 @@ mod tests {
         n.transition(Phase::Running, "running");
         n.transition(Phase::Configuring, "configuration_pending");
         n.transition(Phase::Failed, "failed: bad\nsetting");
-        n.transition(Phase::Stopping, "termination_pending");
+        n.transition(Phase::Stopping, "termination_pending_fast");
         n.transition(Phase::Stopped, "terminated");
         let got: Vec<String> = (0..9).map(|_| recv(&rx)).collect();
         assert_eq!(
@@ -257,7 +268,7 @@ mod tests {
                 "READY=1\nSTATUS=running",
                 "RELOADING=1\nSTATUS=configuration_pending",
                 "READY=1\nSTATUS=failed: bad setting",
-                "STOPPING=1\nSTATUS=termination_pending",
+                "STOPPING=1\nSTATUS=termination_pending_fast",
                 "STATUS=terminated",
             ]
         );

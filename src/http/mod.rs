@@ -2,6 +2,7 @@
 
 pub mod gate;
 pub mod listen;
+mod neon2026;
 pub mod probes;
 pub mod request;
 pub mod response;

@@ -7,11 +7,11 @@
 //! `{"lsn": …}`; `/insights` is a JSON object, not a JSON string holding JSON text. Added:
 //! `POST /restart` and the Kubernetes probes ([`super::probes`]).
 
+use super::neon2026;
 use super::request::Request;
 use super::response::{Body, Response};
 use crate::error::Error;
-use crate::lifecycle::{Event, Message, Reply, Shared, Status};
-use crate::postgres::process::StopMode;
+use crate::lifecycle::{Event, Message, Reply, Shared, Status, Termination};
 use crate::postgres::{Node, apply, dump, queries};
 use crate::spec::{ConfigurationRequest, ParsedSpec};
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,8 @@ pub struct App {
     /// before `-c`).
     pub live_config_allowed: bool,
     pub node: Node,
+    /// `--remote-ext-base-url`, ending in `/`.
+    pub remote_ext_base_url: Option<String>,
     /// `compute_ctl_config` of the `-c` file or of the control plane's answer, set once before
     /// the compute starts (a `/configure` body's copy is ignored, as in Neon); unset with
     /// `-s`, `-S` or no spec source.
@@ -42,7 +44,7 @@ pub struct App {
 
 impl App {
     /// Sends `event` to the owner and waits for its answer; 503 once the owner has gone.
-    fn ask(&self, event: Event) -> Result<Reply, Response> {
+    pub(super) fn ask(&self, event: Event) -> Result<Reply, Response> {
         let gone = || Response::error(503, "compute_ctl is shutting down");
         let (reply, answer) = mpsc::channel();
         let tx = crate::locks::lock(&self.events).clone();
@@ -51,9 +53,13 @@ impl App {
     }
 
     /// The owner's leave for a route that works on Postgres: 412 unless `running`.
-    fn admit(&self) -> Result<(), Response> {
+    pub(super) fn admit(&self) -> Result<(), Response> {
         match self.ask(Event::Query)? {
-            Reply::Done | Reply::Configured(_) | Reply::Terminated { .. } => Ok(()),
+            Reply::Done
+            | Reply::Configured(_)
+            | Reply::Terminated { .. }
+            | Reply::AlreadyTerminated { .. }
+            | Reply::Promoted(_) => Ok(()),
             Reply::WrongState(s) => Err(precondition(s)),
             Reply::NotPossible(msg) => Err(Response::error(409, msg)),
             Reply::Failed(msg) => Err(Response::error(500, msg)),
@@ -63,7 +69,7 @@ impl App {
 
 /// The one place that turns an error of the layers below into a response: 404 for a database
 /// that does not exist, 500 for the rest; `context` (if any) goes before the message.
-fn failure(context: &str, e: &Error) -> Response {
+pub(super) fn failure(context: &str, e: &Error) -> Response {
     let code = match e {
         Error::NoSuchDatabase(_) => 404,
         Error::LockTimeout(_) => 503,
@@ -119,9 +125,18 @@ const EXTERNAL: &[(&str, &[&str])] = &[
     ("/healthz", &["GET", "HEAD"]),
     ("/readyz", &["GET", "HEAD"]),
     ("/startupz", &["GET", "HEAD"]),
+    ("/promote", &["POST"]),
+    ("/lfc/prewarm", &["GET", "HEAD", "POST", "DELETE"]),
+    ("/lfc/offload", &["GET", "HEAD", "POST"]),
+    ("/autoscaling_metrics", &["GET", "HEAD"]),
 ];
-
-const INTERNAL: &[(&str, &[&str])] = &[("/extensions", &["POST"]), ("/grants", &["POST"])];
+const INTERNAL: &[(&str, &[&str])] = &[
+    ("/extensions", &["POST"]),
+    ("/grants", &["POST"]),
+    ("/refresh_configuration", &["POST"]),
+    // `/extension_server/{filename}`: matched by prefix.
+    ("/extension_server/", &["POST"]),
+];
 
 fn route(app: &App, server: Server, req: &Request) -> Response {
     app.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -130,7 +145,7 @@ fn route(app: &App, server: Server, req: &Request) -> Response {
         Server::External => EXTERNAL,
         Server::Internal => INTERNAL,
     };
-    let known = table.iter().find(|(p, _)| *p == req.path);
+    let known = table.iter().find(|(p, _)| route_matches(p, &req.path));
     let label = known.map_or("other", |(p, _)| *p);
     let mut resp = dispatch(app, server, req, known);
     crate::metrics::count_http_request(server.label(), label, resp.status);
@@ -153,7 +168,13 @@ pub(super) fn known_path(server: Server, path: &str) -> Option<&'static str> {
         Server::External => EXTERNAL,
         Server::Internal => INTERNAL,
     };
-    table.iter().find(|(p, _)| *p == path).map(|(p, _)| *p)
+    table.iter().find(|(p, _)| route_matches(p, path)).map(|(p, _)| *p)
+}
+
+/// A table path matches itself, and a path ending in `/` (`/extension_server/`) every path it
+/// begins; the gate and the dispatch use this one rule, so a prefix route is never public.
+fn route_matches(route: &str, path: &str) -> bool {
+    route == path || (route.ends_with('/') && path.starts_with(route))
 }
 
 /// A random (version 4) UUID from the kernel's generator; a request id needs no more. One
@@ -202,6 +223,12 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
         (Server::External, "/startupz") => super::probes::startupz(&app.shared.get()),
         (Server::Internal, "/extensions") => extensions(app, req),
         (Server::Internal, "/grants") => grants(app, req),
+        (Server::External, "/promote") => neon2026::promote(app, req),
+        (Server::External, "/lfc/prewarm") => neon2026::lfc(app, req, false),
+        (Server::External, "/lfc/offload") => neon2026::lfc(app, req, true),
+        (Server::External, "/autoscaling_metrics") => neon2026::autoscaling_metrics(app),
+        (Server::Internal, "/refresh_configuration") => neon2026::refresh_configuration(app),
+        (Server::Internal, "/extension_server/") => neon2026::extension_server(app, req),
         _ => Response::error(404, format!("no route for {}", req.path)),
     }
 }
@@ -235,7 +262,7 @@ fn dbs_and_roles(app: &App) -> Response {
     }
 }
 
-fn precondition(status: Status) -> Response {
+pub(super) fn precondition(status: Status) -> Response {
     Response::error(412, format!("invalid compute status: {status}"))
 }
 
@@ -273,11 +300,18 @@ fn configure(app: &App, req: &Request) -> Response {
         // The state this request left, taken by the owner before its next event: concurrent
         // requests each get their own, never the next one's `configuration_pending`.
         Ok(Reply::Configured(body)) => Response::json(200, &body),
-        Ok(Reply::Done | Reply::Terminated { .. }) => status(app),
+        Ok(Reply::Done | Reply::Terminated { .. } | Reply::AlreadyTerminated { .. } | Reply::Promoted(_)) => {
+            status(app)
+        }
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
         // A termination signal cut the configuration short: not the spec's fault.
-        Ok(Reply::Failed(msg)) if app.shared.get().status == Status::TerminationPending => {
+        Ok(Reply::Failed(msg))
+            if matches!(
+                app.shared.get().status,
+                Status::TerminationPendingFast | Status::TerminationPendingImmediate
+            ) =>
+        {
             Response::error(503, format!("the compute is terminating: {msg}"))
         }
         Ok(Reply::Failed(msg)) => Response::error(500, format!("compute configuration failed: {msg}")),
@@ -287,14 +321,22 @@ fn configure(app: &App, req: &Request) -> Response {
 
 fn terminate(app: &App, req: &Request) -> Response {
     let mode = match req.query_param("mode").as_deref() {
-        None | Some("fast") => StopMode::Fast,
-        Some("immediate") => StopMode::Immediate,
-        Some(other) => return Response::error(400, format!("unknown mode {other:?}; expected fast or immediate")),
+        None | Some("fast") => Termination::Fast,
+        Some("immediate") => Termination::Immediate,
+        Some("immediate_postgres") => Termination::PostgresImmediate,
+        Some(other) => {
+            return Response::error(
+                400,
+                format!("unknown mode {other:?}; expected fast, immediate or immediate_postgres"),
+            );
+        }
     };
     match app.ask(Event::Terminate(mode)) {
         Ok(Reply::Terminated { lsn }) => Response::json(200, &serde_json::json!({ "lsn": lsn })),
-        Ok(Reply::Done | Reply::Configured(_)) => Response::json(200, &serde_json::json!({ "lsn": null })),
-        Ok(Reply::WrongState(Status::Terminated)) => Response::empty(201),
+        Ok(Reply::AlreadyTerminated { lsn }) => Response::json(201, &serde_json::json!({ "lsn": lsn })),
+        Ok(Reply::Done | Reply::Configured(_) | Reply::Promoted(_)) => {
+            Response::json(200, &serde_json::json!({ "lsn": null }))
+        }
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
         Ok(Reply::Failed(msg)) => Response::error(500, msg),
@@ -308,7 +350,9 @@ fn terminate(app: &App, req: &Request) -> Response {
 fn restart(app: &App) -> Response {
     match app.ask(Event::Restart) {
         Ok(Reply::Configured(body)) => Response::json(200, &body),
-        Ok(Reply::Done | Reply::Terminated { .. }) => status(app),
+        Ok(Reply::Done | Reply::Terminated { .. } | Reply::AlreadyTerminated { .. } | Reply::Promoted(_)) => {
+            status(app)
+        }
         Ok(Reply::WrongState(s)) => precondition(s),
         Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
         Ok(Reply::Failed(msg)) => Response::error(500, format!("restart failed: {msg}")),

@@ -8,11 +8,13 @@
 //!     ├─────────▶ Init ────────────────────────────────────────────────────▶ Running | Failed
 //!     │
 //!     │              Configure              begin               apply
+//!     │   Running | Failed (Postgres up) ──RefreshConfiguration──▶ RefreshConfigurationPending
+//!     │        ──begin──▶ RefreshConfiguration ──apply──▶ Running | Failed
 //!     │   Running ─────────────▶ ConfigurationPending<Live> ──▶ Configuration<Live> ──▶ Running | Failed
 //!     │   Failed (Postgres up) ──▶ ConfigurationPending<Live>
-//!     │   Terminate, Signal                    wait
-//!     └─────────────▶ TerminationPending ─────────────▶ Terminated
-//!         Running, Failed ──▶ TerminationPending           (Terminate, Signal, PostgresExited)
+//!     │   Terminate, Signal                       wait
+//!     └─────────────▶ TerminationPending<Fast | Immediate> ─────▶ Terminated
+//!         Running, Failed ──▶ TerminationPending<…>   (Terminate, Signal, PostgresExited)
 //!
 //!                 Restart (local storage only: fast shutdown, start on the same PGDATA)
 //!         Running ──────────────────────────────────────────────────────▶ Running | Failed
@@ -162,11 +164,11 @@ mod tests;
 
 pub use boot::{Boot, Ready};
 pub use states::{
-    Cold, Configuration, ConfigurationPending, Empty, Failed, Init, Live, Phase, Running, Terminated,
-    TerminationPending,
+    Cold, Configuration, ConfigurationPending, Empty, Failed, Fast, Immediate, Init, Linger, Live, Phase,
+    RefreshConfiguration, RefreshConfigurationPending, Running, Terminated, TerminationPending, Urgency,
 };
 pub use status::{Metrics, Shared, Snapshot, Status, StatusBody};
-pub use step::{Event, Exit, Message, Reply, State, step};
+pub use step::{Event, Exit, Message, Reply, State, Termination, step};
 
 use crate::postgres::Node;
 use crate::postgres::process::PostmasterHandle;
@@ -188,7 +190,13 @@ pub struct Parts {
     pub notifier: Arc<crate::notify::Notifier>,
     /// `--pre-stop-checkpoint`: the bound of the `CHECKPOINT` before a fast shutdown.
     pub pre_stop_checkpoint: std::time::Duration,
+    /// Fetches the spec again for `/refresh_configuration` (from the control plane or the spec
+    /// file); None when the spec came inline or from `/configure`.
+    pub refresh: Option<Refresh>,
 }
+
+/// How a spec is fetched again: `Ok(None)` when its source has none for this compute.
+pub type Refresh = Arc<dyn Fn() -> Result<Option<ParsedSpec>, String> + Send + Sync>;
 
 /// What every state carries (cheap to clone: one `Arc`). Private to `lifecycle`.
 #[derive(Clone)]
@@ -231,7 +239,19 @@ impl Context {
         self.shared.update(|s| {
             s.tenant = Some(spec.tenant_id());
             s.timeline = Some(spec.timeline_id());
+            s.remote_extensions = spec.spec().remote_extensions.clone().map(Arc::new);
         });
+    }
+
+    /// Publishes the settings a live reconfiguration changed that wait for a restart.
+    fn record_pending_restart(&self, pending: Vec<String>) {
+        if !pending.is_empty() {
+            log::warn!(
+                "settings changed that take effect only after a restart (POST /restart): {}",
+                pending.join(", ")
+            );
+        }
+        self.shared.update(|s| s.pending_restart = pending);
     }
 
     fn set_postgres_up(&self, up: bool) {

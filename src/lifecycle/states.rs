@@ -4,11 +4,15 @@
 use super::{Context, Status, boot};
 use crate::error::Error;
 use crate::postgres::process::{Postmaster, StopMode};
+use crate::postgres::promote::{self, Timings};
 use crate::postgres::{pgdata, storage};
-use crate::spec::ParsedSpec;
+use crate::spec::{ComputeMode, Lsn, ParsedSpec, StorageMode};
 use std::process::ExitStatus;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
+
+mod refresh;
+pub use refresh::{RefreshConfiguration, RefreshConfigurationPending};
 
 mod sealed {
     pub trait Sealed {}
@@ -90,22 +94,60 @@ pub(super) enum Reason {
     PostgresExited,
 }
 
+/// How a termination ends, chosen by `/terminate?mode=` (reference 5.5): the status while it
+/// is pending and how long `/status` is still answered afterwards. Not how Postgres stops:
+/// that is the [`StopMode`] given with it (fast for both of Neon's modes).
+pub trait Urgency: sealed::Sealed {
+    const STATUS: Status;
+    const LINGER: Linger;
+}
+
+/// `mode=fast` (and signals, and an exit of Postgres): `termination_pending_fast`, then
+/// `/status` is answered for `--exit-delay` (30 s by default, as Neon).
+pub struct Fast;
+
+/// `mode=immediate`: `termination_pending_immediate`, then the process exits after 300 ms.
+pub struct Immediate;
+
+impl sealed::Sealed for Fast {}
+impl sealed::Sealed for Immediate {}
+impl Urgency for Fast {
+    const STATUS: Status = Status::TerminationPendingFast;
+    const LINGER: Linger = Linger::ExitDelay;
+}
+impl Urgency for Immediate {
+    const STATUS: Status = Status::TerminationPendingImmediate;
+    const LINGER: Linger = Linger::Brief;
+}
+
+/// How long the process stays after a requested termination, answering `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linger {
+    /// Exits at once.
+    No,
+    /// `--exit-delay` (Neon's 30 s).
+    ExitDelay,
+    /// 300 ms, as Neon after `mode=immediate`.
+    Brief,
+}
+
 /// Termination was asked for (or Postgres exited); waits for Postgres to exit and for the
-/// safekeeper sync after it.
-pub struct TerminationPending {
+/// safekeeper sync after it. `U` is the phase `/status` shows.
+pub struct TerminationPending<U: Urgency> {
     ctx: Context,
     postgres: Option<(Postmaster, ParsedSpec)>,
     reason: Reason,
+    urgency: std::marker::PhantomData<U>,
 }
 
-/// The compute has ended; waits out `--exit-delay` (after a requested termination) before
+/// The compute has ended; waits out its [`Linger`] (after a requested termination) before
 /// the process exits.
 pub struct Terminated {
     exit: Option<ExitStatus>,
     lsn: Option<String>,
     synced: bool,
     code: i32,
-    lingers: bool,
+    linger: Linger,
 }
 
 impl Empty {
@@ -138,7 +180,7 @@ impl Empty {
     }
 
     /// Nothing runs yet, so termination completes at once (Neon hangs here).
-    pub(super) fn terminate(self, reason: Reason) -> TerminationPending {
+    pub(super) fn terminate<U: Urgency>(self, reason: Reason) -> TerminationPending<U> {
         TerminationPending::enter(self.ctx, None, reason)
     }
 }
@@ -163,13 +205,7 @@ impl Configuration<Live> {
         let Live(postmaster, old) = self.phase;
         match boot::reconfigure(&self.ctx, &self.spec, &postmaster) {
             Ok(pending) => {
-                if !pending.is_empty() {
-                    log::warn!(
-                        "settings changed that take effect only after a restart (POST /restart): {}",
-                        pending.join(", ")
-                    );
-                }
-                self.ctx.shared.update(|s| s.pending_restart = pending);
+                self.ctx.record_pending_restart(pending);
                 Ok(Running::enter(self.ctx, self.spec, postmaster))
             }
             Err(e) => Err(Failed::enter(self.ctx, e, Some((postmaster, old)))),
@@ -221,8 +257,8 @@ impl Running {
     /// Asks Postgres to stop (`mode`) and waits in [`TerminationPending`]. A fast shutdown
     /// is preceded by a bounded `CHECKPOINT` (see [`crate::postgres::stop`]), once the status
     /// already says the compute is stopping.
-    pub(super) fn terminate(self, mode: StopMode, reason: Reason) -> TerminationPending {
-        let pending = TerminationPending::enter(self.ctx, Some((self.postmaster, self.spec)), reason);
+    pub(super) fn terminate<U: Urgency>(self, mode: StopMode, reason: Reason) -> TerminationPending<U> {
+        let pending = TerminationPending::<U>::enter(self.ctx, Some((self.postmaster, self.spec)), reason);
         if let Some((pm, _)) = &pending.postgres {
             if mode == StopMode::Fast {
                 pending.ctx.pre_stop_checkpoint();
@@ -255,8 +291,41 @@ impl Running {
         }
     }
 
+    /// `POST /promote`: promotes the standby, then applies the new spec as a live
+    /// reconfiguration. The status stays `running` (as Neon). A failure before Postgres was
+    /// promoted leaves the compute as it was, so the request can be retried; a failure of the
+    /// reconfiguration after it leaves `Failed` with Postgres up (a `/configure` recovers).
+    pub(super) fn promote(
+        self,
+        new: ParsedSpec,
+        wal_flush_lsn: Lsn,
+    ) -> (Result<Running, Failed>, Result<Timings, String>) {
+        let mut timings = match promote::promote(&self.ctx.node, &self.spec, &new, wal_flush_lsn) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = e.report().to_string();
+                log::error!("promotion failed: {msg}");
+                return (Ok(self), Err(msg));
+            }
+        };
+        log::info!("postgres promoted; applying the primary's spec");
+        let started = std::time::Instant::now();
+        self.ctx.publish_spec(&new);
+        match boot::reconfigure(&self.ctx, &new, &self.postmaster) {
+            Ok(pending) => {
+                self.ctx.record_pending_restart(pending);
+                timings.reconfigure_time_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+                (Ok(Running { spec: new, ..self }), Ok(timings))
+            }
+            Err(e) => {
+                let msg = format!("promoted, but the new spec could not be applied: {}", e.report());
+                (Err(Failed::enter(self.ctx, e, Some((self.postmaster, new)))), Err(msg))
+            }
+        }
+    }
+
     /// Postgres exited by itself.
-    pub(super) fn postgres_exited(self) -> TerminationPending {
+    pub(super) fn postgres_exited(self) -> TerminationPending<Fast> {
         TerminationPending::enter(self.ctx, Some((self.postmaster, self.spec)), Reason::PostgresExited)
     }
 }
@@ -275,7 +344,7 @@ impl Failed {
         let text = error.report().to_string();
         log::error!("compute failed: {text}");
         ctx.set_postgres_up(running.is_some());
-        let status = if interrupted { Status::TerminationPending } else { Status::Failed };
+        let status = if interrupted { Status::TerminationPendingFast } else { Status::Failed };
         ctx.publish(status, Some(text));
         Failed { ctx, error, running: running.map(Box::new) }
     }
@@ -318,7 +387,7 @@ impl Failed {
     }
 
     /// Stops Postgres if it still runs (`mode`) and waits in [`TerminationPending`].
-    pub(super) fn terminate(self, mode: StopMode, reason: Reason) -> TerminationPending {
+    pub(super) fn terminate<U: Urgency>(self, mode: StopMode, reason: Reason) -> TerminationPending<U> {
         let running = self.running.map(|b| *b);
         if let Some((pm, _)) = &running {
             pm.stop(mode);
@@ -327,14 +396,20 @@ impl Failed {
     }
 }
 
-impl TerminationPending {
-    fn enter(ctx: Context, postgres: Option<(Postmaster, ParsedSpec)>, reason: Reason) -> TerminationPending {
-        ctx.publish(Status::TerminationPending, None);
-        TerminationPending { ctx, postgres, reason }
+impl<U: Urgency> TerminationPending<U> {
+    fn enter(ctx: Context, postgres: Option<(Postmaster, ParsedSpec)>, reason: Reason) -> TerminationPending<U> {
+        ctx.publish(U::STATUS, None);
+        TerminationPending { ctx, postgres, reason, urgency: std::marker::PhantomData }
     }
 
-    /// Waits until Postgres has exited (at once when it never ran), reads the shutdown
-    /// checkpoint after a requested stop, and syncs the safekeepers.
+    pub fn status(&self) -> Status {
+        U::STATUS
+    }
+
+    /// Waits until Postgres has exited (at once when it never ran), syncs the safekeepers,
+    /// and finds the LSN `/terminate` answers: the shutdown sync's LSN for a Primary in
+    /// pageserver mode; in local mode, after a requested stop of a primary, the shutdown
+    /// checkpoint's location from `pg_controldata`; otherwise none.
     pub fn wait(self) -> Terminated {
         let ctx = self.ctx;
         let (exit, lsn, synced) = match self.postgres {
@@ -343,8 +418,18 @@ impl TerminationPending {
                 let exit = pm.wait_exit(None);
                 ctx.set_postgres_up(false);
                 ctx.set_handle(None);
-                let lsn = (self.reason == Reason::Requested).then(|| pgdata::checkpoint_lsn(&ctx.node)).flatten();
-                (exit, lsn, synced_after_exit(&ctx, &spec))
+                let (synced, sync_lsn) = match sync_lsn_after_exit(&ctx, &spec) {
+                    Ok(lsn) => (true, lsn),
+                    Err(()) => (false, None),
+                };
+                let local_primary =
+                    spec.mode() == ComputeMode::Primary && !matches!(spec.storage(), StorageMode::Pageserver { .. });
+                let lsn = match sync_lsn {
+                    Some(lsn) => Some(lsn.to_string()),
+                    None if local_primary && self.reason == Reason::Requested => pgdata::checkpoint_lsn(&ctx.node),
+                    None => None,
+                };
+                (exit, lsn, synced)
             }
         };
         let code = match self.reason {
@@ -353,9 +438,9 @@ impl TerminationPending {
             // Never ran: 0; killed by a signal: 1.
             _ => exit.map_or(0, |s| s.code().unwrap_or(1)),
         };
-        let lingers = self.reason == Reason::Requested && synced;
+        let linger = if self.reason == Reason::Requested && synced { U::LINGER } else { Linger::No };
         ctx.publish(Status::Terminated, None);
-        Terminated { exit, lsn, synced, code, lingers }
+        Terminated { exit, lsn, synced, code, linger }
     }
 }
 
@@ -369,7 +454,7 @@ impl Terminated {
         self.exit
     }
 
-    /// The shutdown checkpoint's LSN after a requested termination, when it could be read.
+    /// The LSN `/terminate` answers (see [`TerminationPending::wait`]).
     pub fn lsn(&self) -> Option<&str> {
         self.lsn.as_deref()
     }
@@ -384,27 +469,29 @@ impl Terminated {
         self.code
     }
 
-    /// Whether `/status` is still answered for `--exit-delay` before the process exits.
-    pub fn lingers(&self) -> bool {
-        self.lingers
+    /// How long `/status` is still answered before the process exits.
+    pub fn linger(&self) -> Linger {
+        self.linger
     }
 
     /// A signal cuts the lingering short.
     pub(super) fn stop_lingering(self) -> Terminated {
-        Terminated { lingers: false, ..self }
+        Terminated { linger: Linger::No, ..self }
     }
 }
 
 /// A Primary in pageserver mode syncs its safekeepers again once Postgres has exited
-/// (reference 6); false when that failed, which makes the exit code 1, as in Neon.
+/// (reference 9.3); false when that failed, which makes the exit code 1, as in Neon.
 pub(super) fn synced_after_exit(ctx: &Context, spec: &ParsedSpec) -> bool {
+    sync_lsn_after_exit(ctx, spec).is_ok()
+}
+
+/// The sync after exit, with the LSN it printed (none when no sync was due). The error is
+/// logged here.
+fn sync_lsn_after_exit(ctx: &Context, spec: &ParsedSpec) -> Result<Option<Lsn>, ()> {
     // A first signal set the flag; clear it so that only a further signal cuts the sync short.
     ctx.node.interrupted.store(false, Ordering::SeqCst);
-    match storage::sync_after_exit(&ctx.node, spec) {
-        Ok(()) => true,
-        Err(e) => {
-            log::error!("sync of safekeepers after postgres exited failed: {}", e.report());
-            false
-        }
-    }
+    storage::sync_after_exit(&ctx.node, spec).map_err(|e| {
+        log::error!("sync of safekeepers after postgres exited failed: {}", e.report());
+    })
 }

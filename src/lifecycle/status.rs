@@ -2,13 +2,14 @@
 //! read (the HTTP server, the activity monitor). Only the owner of the lifecycle writes the
 //! status; no lock is held across work.
 
-use crate::spec::Id;
+use crate::spec::{Id, RemoteExtSpec};
 use crate::time;
 use serde::Serialize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-/// One variant per lifecycle state, serialized exactly as Neon's `ComputeStatus`.
+/// One variant per lifecycle state (or phase of one), serialized exactly as today's Neon's
+/// `ComputeStatus` (reference 2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -18,8 +19,11 @@ pub enum Status {
     Running,
     Configuration,
     Failed,
-    TerminationPending,
+    TerminationPendingFast,
+    TerminationPendingImmediate,
     Terminated,
+    RefreshConfigurationPending,
+    RefreshConfiguration,
 }
 
 impl Status {
@@ -32,8 +36,11 @@ impl Status {
             Status::Running => "running",
             Status::Configuration => "configuration",
             Status::Failed => "failed",
-            Status::TerminationPending => "termination-pending",
+            Status::TerminationPendingFast => "termination-pending-fast",
+            Status::TerminationPendingImmediate => "termination-pending-immediate",
             Status::Terminated => "terminated",
+            Status::RefreshConfigurationPending => "refresh-configuration-pending",
+            Status::RefreshConfiguration => "refresh-configuration",
         }
     }
 
@@ -46,8 +53,11 @@ impl Status {
             Status::Running => "running",
             Status::Configuration => "configuration",
             Status::Failed => "failed",
-            Status::TerminationPending => "termination_pending",
+            Status::TerminationPendingFast => "termination_pending_fast",
+            Status::TerminationPendingImmediate => "termination_pending_immediate",
             Status::Terminated => "terminated",
+            Status::RefreshConfigurationPending => "refresh_configuration_pending",
+            Status::RefreshConfiguration => "refresh_configuration",
         }
     }
 
@@ -60,8 +70,10 @@ impl Status {
             Status::Running => "postgres is up and configured",
             Status::Configuration => "applying the spec",
             Status::Failed => "failed",
-            Status::TerminationPending => "stopping postgres",
+            Status::TerminationPendingFast | Status::TerminationPendingImmediate => "stopping postgres",
             Status::Terminated => "postgres has stopped",
+            Status::RefreshConfigurationPending => "waiting to refresh the configuration",
+            Status::RefreshConfiguration => "refreshing the configuration",
         }
     }
 
@@ -70,23 +82,29 @@ impl Status {
         use crate::notify::Phase;
         match self {
             Status::Empty | Status::Init => Phase::Starting,
-            Status::ConfigurationPending | Status::Configuration => Phase::Configuring,
+            Status::ConfigurationPending
+            | Status::Configuration
+            | Status::RefreshConfigurationPending
+            | Status::RefreshConfiguration => Phase::Configuring,
             Status::Running => Phase::Running,
             Status::Failed => Phase::Failed,
-            Status::TerminationPending => Phase::Stopping,
+            Status::TerminationPendingFast | Status::TerminationPendingImmediate => Phase::Stopping,
             Status::Terminated => Phase::Stopped,
         }
     }
 
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 11] = [
         Status::Empty,
         Status::ConfigurationPending,
         Status::Init,
         Status::Running,
         Status::Configuration,
         Status::Failed,
-        Status::TerminationPending,
+        Status::TerminationPendingFast,
+        Status::TerminationPendingImmediate,
         Status::Terminated,
+        Status::RefreshConfigurationPending,
+        Status::RefreshConfiguration,
     ];
 }
 
@@ -133,6 +151,8 @@ pub struct Snapshot {
     /// Settings changed by a live reconfiguration that take effect only after a restart
     /// (`pg_settings.pending_restart`), sorted; `POST /restart` applies them.
     pub pending_restart: Vec<String>,
+    /// The current spec's `remote_extensions`, for `/extension_server`.
+    pub remote_extensions: Option<Arc<RemoteExtSpec>>,
 }
 
 /// Neon's `ComputeStatusResponse`.
@@ -179,6 +199,7 @@ impl Shared {
             postgres_up: false,
             started: false,
             pending_restart: Vec::new(),
+            remote_extensions: None,
         })))
     }
 

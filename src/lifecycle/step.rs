@@ -1,9 +1,12 @@
 //! The owner's state holder and the one place that decides what an event does: [`step`].
 
-use super::states::{Empty, Failed, Reason, Restarted, Running, Terminated};
+use super::states::{
+    Empty, Failed, Fast, Immediate, Linger, Reason, Restarted, Running, Terminated, TerminationPending, Urgency,
+};
 use super::{Context, Parts, Status, StatusBody};
 use crate::postgres::process::StopMode;
-use crate::spec::ParsedSpec;
+use crate::postgres::promote::Timings;
+use crate::spec::{Lsn, ParsedSpec};
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
@@ -15,15 +18,31 @@ pub enum Event {
     /// `POST /configure` with a validated spec.
     Configure(ParsedSpec),
     /// `POST /terminate`.
-    Terminate(StopMode),
+    Terminate(Termination),
     /// `POST /restart`.
     Restart,
+    /// `POST /promote`: the new primary's spec and the LSN the standby must replay first.
+    Promote { spec: ParsedSpec, wal_flush_lsn: Lsn },
+    /// `POST /refresh_configuration`: fetch the spec again and apply it.
+    RefreshConfiguration,
     /// A route that works on Postgres asks whether it may (only while running).
     Query,
     /// SIGTERM, SIGINT or SIGQUIT.
     Signal(i32),
     /// The postmaster exited (sent from its reaper thread).
     PostgresExited,
+}
+
+/// What `/terminate?mode=` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Termination {
+    /// `fast` (the default): fast shutdown of Postgres, then `--exit-delay`.
+    Fast,
+    /// `immediate`, as today's Neon: a fast shutdown too, then only 300 ms.
+    Immediate,
+    /// `immediate_postgres` (this project's own): Postgres gets an immediate shutdown (no
+    /// shutdown checkpoint; the next start runs crash recovery), then 300 ms.
+    PostgresImmediate,
 }
 
 /// The owner's answer to an event.
@@ -37,6 +56,10 @@ pub enum Reply {
     /// Postgres stopped after `/terminate`; the LSN of its shutdown checkpoint when it could
     /// be read from `pg_controldata`.
     Terminated { lsn: Option<String> },
+    /// `/terminate` again once terminated: the same LSN (answered 201).
+    AlreadyTerminated { lsn: Option<String> },
+    /// `/promote` completed, with its timings.
+    Promoted(Timings),
     /// Not possible in this state.
     WrongState(Status),
     /// Not possible for this compute, whatever its state, and why.
@@ -62,12 +85,11 @@ pub enum State {
     Terminated(Terminated),
 }
 
-/// How the owner loop ends: the process exit code, and whether `/status` is answered for
-/// `--exit-delay` first.
+/// How the owner loop ends: the process exit code, and how long `/status` is answered first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit {
     pub code: i32,
-    pub lingers: bool,
+    pub linger: Linger,
 }
 
 impl State {
@@ -91,8 +113,8 @@ impl State {
         match self {
             State::Empty(_) | State::Running(_) => None,
             State::Failed(f) if f.postgres_running() => None,
-            State::Failed(_) => Some(Exit { code: 1, lingers: true }),
-            State::Terminated(t) => Some(Exit { code: t.code(), lingers: t.lingers() }),
+            State::Failed(_) => Some(Exit { code: 1, linger: Linger::ExitDelay }),
+            State::Terminated(t) => Some(Exit { code: t.code(), linger: t.linger() }),
         }
     }
 }
@@ -104,19 +126,30 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
     match (state, event) {
         (State::Empty(s), E::Init(spec)) => started(s.init(spec).start()),
         (State::Empty(s), E::Configure(spec)) => started(s.configure(spec).begin().start()),
-        (State::Empty(s), E::Terminate(_)) => terminated(s.terminate(Reason::Requested).wait()),
+        (State::Empty(s), E::Terminate(Termination::Fast)) => terminated(s.terminate::<Fast>(Reason::Requested)),
+        (State::Empty(s), E::Terminate(Termination::Immediate | Termination::PostgresImmediate)) => {
+            terminated(s.terminate::<Immediate>(Reason::Requested))
+        }
         (State::Empty(s), E::Signal(sig)) => {
             log::info!("received signal {sig} while waiting for a spec: exiting");
-            terminated(s.terminate(Reason::Signal).wait())
+            terminated(s.terminate::<Fast>(Reason::Signal))
         }
-        (s @ State::Empty(_), E::Query | E::Restart) => wrong(s),
+        (s @ State::Empty(_), E::Query | E::Restart | E::Promote { .. } | E::RefreshConfiguration) => wrong(s),
         (s @ State::Empty(_), E::PostgresExited) => (s, Reply::Done),
 
         (State::Running(r), E::Configure(spec)) => started(r.reconfigure(spec).begin().apply()),
-        (State::Running(r), E::Terminate(mode)) => terminated(r.terminate(mode, Reason::Requested).wait()),
+        (State::Running(r), E::Terminate(Termination::Fast)) => {
+            terminated(r.terminate::<Fast>(StopMode::Fast, Reason::Requested))
+        }
+        (State::Running(r), E::Terminate(Termination::Immediate)) => {
+            terminated(r.terminate::<Immediate>(StopMode::Fast, Reason::Requested))
+        }
+        (State::Running(r), E::Terminate(Termination::PostgresImmediate)) => {
+            terminated(r.terminate::<Immediate>(StopMode::Immediate, Reason::Requested))
+        }
         (State::Running(r), E::Signal(sig)) => {
             log::info!("received signal {sig}: fast shutdown of postgres");
-            terminated(r.terminate(StopMode::Fast, Reason::Signal).wait())
+            terminated(r.terminate::<Fast>(StopMode::Fast, Reason::Signal))
         }
         (State::Running(r), E::Restart) => match r.restart() {
             Restarted::Running(r) => (State::Running(r), Reply::Done),
@@ -125,7 +158,12 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
         },
         // The exit of the postmaster a restart replaced.
         (State::Running(r), E::PostgresExited) if r.postgres_alive() => (State::Running(r), Reply::Done),
-        (State::Running(r), E::PostgresExited) => terminated(r.postgres_exited().wait()),
+        (State::Running(r), E::PostgresExited) => terminated(r.postgres_exited()),
+        (State::Running(r), E::Promote { spec, wal_flush_lsn }) => match r.promote(spec, wal_flush_lsn) {
+            (next, Ok(timings)) => (started(next).0, Reply::Promoted(timings)),
+            (next, Err(msg)) => (started(next).0, Reply::Failed(msg)),
+        },
+        (State::Running(r), E::RefreshConfiguration) => refreshed(r.refresh().begin().apply()),
         (s @ State::Running(_), E::Query) => (s, Reply::Done),
         (s @ State::Running(_), E::Init(_)) => wrong(s),
 
@@ -133,21 +171,42 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
             Ok(pending) => started(pending.begin().apply()),
             Err(f) => wrong(State::Failed(f)),
         },
+        (State::Failed(f), E::RefreshConfiguration) => match f.refresh() {
+            Ok(pending) => refreshed(pending.begin().apply()),
+            Err(f) => wrong(State::Failed(f)),
+        },
         (State::Failed(f), E::Signal(sig)) => {
             log::info!("received signal {sig}: fast shutdown of postgres");
-            terminated(f.terminate(StopMode::Fast, Reason::Signal).wait())
+            terminated(f.terminate::<Fast>(StopMode::Fast, Reason::Signal))
         }
         (State::Failed(f), E::PostgresExited) if f.postgres_running() || !f.had_postgres() => {
             // The exit of the Postgres a failed start stopped, or a stale event.
             (State::Failed(f), Reply::Done)
         }
-        (State::Failed(f), E::PostgresExited) => terminated(f.terminate(StopMode::Fast, Reason::PostgresExited).wait()),
-        (s @ State::Failed(_), E::Init(_) | E::Terminate(_) | E::Query | E::Restart) => wrong(s),
+        (State::Failed(f), E::PostgresExited) => {
+            terminated(f.terminate::<Fast>(StopMode::Fast, Reason::PostgresExited))
+        }
+        (s @ State::Failed(_), E::Init(_) | E::Terminate(_) | E::Query | E::Restart | E::Promote { .. }) => wrong(s),
 
         (State::Terminated(t), E::Signal(_)) => (State::Terminated(t.stop_lingering()), Reply::Done),
         (s @ State::Terminated(_), E::PostgresExited) => (s, Reply::Done),
-        (s @ State::Terminated(_), E::Init(_) | E::Configure(_) | E::Terminate(_) | E::Query | E::Restart) => wrong(s),
+        (State::Terminated(t), E::Terminate(_)) => {
+            let lsn = t.lsn().map(str::to_string);
+            (State::Terminated(t), Reply::AlreadyTerminated { lsn })
+        }
+        (
+            s @ State::Terminated(_),
+            E::Init(_) | E::Configure(_) | E::Query | E::Restart | E::Promote { .. } | E::RefreshConfiguration,
+        ) => wrong(s),
     }
+}
+
+fn refreshed((next, result): (Result<Running, Failed>, Result<(), String>)) -> (State, Reply) {
+    let state = match next {
+        Ok(r) => State::Running(r),
+        Err(f) => State::Failed(f),
+    };
+    (state, result.map_or_else(Reply::Failed, |()| Reply::Done))
 }
 
 fn wrong(state: State) -> (State, Reply) {
@@ -165,7 +224,8 @@ fn started(result: Result<Running, Failed>) -> (State, Reply) {
     }
 }
 
-fn terminated(t: Terminated) -> (State, Reply) {
+fn terminated<U: Urgency>(pending: TerminationPending<U>) -> (State, Reply) {
+    let t = pending.wait();
     let reply = if t.synced() {
         Reply::Terminated { lsn: t.lsn().map(str::to_string) }
     } else {

@@ -5,7 +5,6 @@
 //! at its first query.
 
 use super::*;
-use crate::postgres::process::StopMode;
 use crate::postgres::{Node, process};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -55,6 +54,7 @@ impl Fake {
             on_postgres_exit: Arc::new(|_| {}),
             notifier: Arc::new(crate::notify::Notifier::disabled()),
             pre_stop_checkpoint: std::time::Duration::ZERO,
+            refresh: None,
         };
         Fake { dir, shared, parts: Some(parts) }
     }
@@ -88,7 +88,7 @@ impl Fake {
 
     fn terminated(&mut self) -> State {
         let empty = self.empty();
-        let (s, r) = self.step(empty, Event::Terminate(StopMode::Fast));
+        let (s, r) = self.step(empty, Event::Terminate(Termination::Fast));
         assert_eq!((s.status(), r), (Status::Terminated, Reply::Terminated { lsn: None }));
         s
     }
@@ -124,6 +124,8 @@ fn exit_by_itself(state: &State) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let exited = || match state {
         State::Failed(f) => !f.postgres_running(),
+        // The reaper records the exit status before it sends the real event.
+        State::Running(r) => !r.postgres_alive(),
         _ => gone(pid),
     };
     while !exited() {
@@ -139,13 +141,13 @@ fn ends_with_postgres_exit_code(name: &str, to: fn(&mut Fake) -> State) {
     let s = to(&mut f);
     exit_by_itself(&s);
     let (s, _) = f.step(s, Event::PostgresExited);
-    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 7, lingers: false })));
+    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 7, linger: Linger::No })));
 }
 
 /// SIGTERM ends the compute in `s` (stopping Postgres), with exit code 1.
 fn ends_on_sigterm(f: &Fake, s: State) {
     let (s, _) = f.step(s, Event::Signal(15));
-    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 1, lingers: false })));
+    assert_eq!((s.status(), s.exit()), (Status::Terminated, Some(Exit { code: 1, linger: Linger::No })));
 }
 
 /// Each of `events` is refused with `WrongState` and changes nothing.
@@ -190,11 +192,11 @@ fn empty_refuses_queries_ignores_exits_and_ends_on_terminate_or_signal() {
     assert_eq!((s.status(), r), (Status::Empty, Reply::Done));
     let (s, r) = f.step(s, Event::Signal(15));
     assert_eq!((s.status(), r), (Status::Terminated, Reply::Terminated { lsn: None }));
-    assert_eq!(s.exit(), Some(Exit { code: 1, lingers: false }));
+    assert_eq!(s.exit(), Some(Exit { code: 1, linger: Linger::No }));
 
     let mut f = Fake::new("empty-terminate", INITDB_OK);
     let s = f.terminated();
-    assert_eq!(s.exit(), Some(Exit { code: 0, lingers: true }));
+    assert_eq!(s.exit(), Some(Exit { code: 0, linger: Linger::ExitDelay }));
 }
 
 #[test]
@@ -205,14 +207,14 @@ fn a_failed_start_is_final_and_refuses_everything() {
     let Reply::Failed(msg) = r else { panic!("{r:?}") };
     assert!(msg.contains("stand-in refuses"), "{msg}");
     assert_eq!(f.shared.get().error.as_deref(), Some(msg.as_str()), "the error is published");
-    assert_eq!((s.status(), s.exit()), (Status::Failed, Some(Exit { code: 1, lingers: true })));
+    assert_eq!((s.status(), s.exit()), (Status::Failed, Some(Exit { code: 1, linger: Linger::ExitDelay })));
     let s = refuses(
         &f,
         s,
         vec![
             Event::Init(spec()),
             Event::Configure(spec()),
-            Event::Terminate(StopMode::Fast),
+            Event::Terminate(Termination::Fast),
             Event::Query,
             Event::Restart,
         ],
@@ -251,11 +253,18 @@ fn running_ends_on_terminate_signal_and_exit() {
     let mut f = Fake::new("running-terminate", INITDB_OK);
     let s = f.running();
     let pid = postmaster_pid(&s);
-    let (s, r) = f.step(s, Event::Terminate(StopMode::Fast));
+    let (s, r) = f.step(s, Event::Terminate(Termination::Fast));
     // No pg_controldata beside the stand-in: no LSN.
     assert_eq!((s.status(), r), (Status::Terminated, Reply::Terminated { lsn: None }));
-    assert_eq!(s.exit(), Some(Exit { code: 0, lingers: true }));
+    assert_eq!(s.exit(), Some(Exit { code: 0, linger: Linger::ExitDelay }));
     assert!(gone(pid) && !f.shared.get().postgres_up);
+
+    // Neon's `immediate` stops Postgres the same way, and lingers only briefly.
+    let mut f = Fake::new("running-immediate", INITDB_OK);
+    let s = f.running();
+    let (s, r) = f.step(s, Event::Terminate(Termination::Immediate));
+    assert_eq!((s.status(), r), (Status::Terminated, Reply::Terminated { lsn: None }));
+    assert_eq!(s.exit(), Some(Exit { code: 0, linger: Linger::Brief }));
 
     let mut f = Fake::new("running-signal", INITDB_OK);
     let s = f.running();
@@ -271,7 +280,8 @@ fn failed_with_postgres_up_takes_a_new_spec_refuses_the_rest_and_ends_on_signal_
     let pid = postmaster_pid(&s);
     let (s, r) = f.step(s, Event::Configure(spec()));
     assert!(matches!(r, Reply::Failed(_)), "a corrected spec is tried (and fails here too): {r:?}");
-    let s = refuses(&f, s, vec![Event::Init(spec()), Event::Terminate(StopMode::Fast), Event::Query, Event::Restart]);
+    let s =
+        refuses(&f, s, vec![Event::Init(spec()), Event::Terminate(Termination::Fast), Event::Query, Event::Restart]);
     // A stale exit event while Postgres still runs changes nothing.
     let (s, r) = f.step(s, Event::PostgresExited);
     assert_eq!((s.status(), r, postmaster_pid(&s)), (Status::Failed, Reply::Done, pid));
@@ -285,19 +295,15 @@ fn failed_with_postgres_up_takes_a_new_spec_refuses_the_rest_and_ends_on_signal_
 fn terminated_refuses_everything_and_a_signal_ends_the_lingering() {
     let mut f = Fake::new("terminated", INITDB_OK);
     let s = f.terminated();
-    let s = refuses(
-        &f,
-        s,
-        vec![
-            Event::Init(spec()),
-            Event::Configure(spec()),
-            Event::Terminate(StopMode::Fast),
-            Event::Query,
-            Event::Restart,
-        ],
-    );
+    let s = refuses(&f, s, vec![Event::Init(spec()), Event::Configure(spec()), Event::Query, Event::Restart]);
+    // A repeated /terminate gets the first answer's LSN again (answered 201).
+    let (s, r) = f.step(s, Event::Terminate(Termination::Immediate));
+    assert_eq!(r, Reply::AlreadyTerminated { lsn: None });
     let (s, r) = f.step(s, Event::PostgresExited);
-    assert_eq!((s.exit(), r), (Some(Exit { code: 0, lingers: true }), Reply::Done));
+    assert_eq!((s.exit(), r), (Some(Exit { code: 0, linger: Linger::ExitDelay }), Reply::Done));
     let (s, r) = f.step(s, Event::Signal(15));
-    assert_eq!((s.status(), s.exit(), r), (Status::Terminated, Some(Exit { code: 0, lingers: false }), Reply::Done));
+    assert_eq!(
+        (s.status(), s.exit(), r),
+        (Status::Terminated, Some(Exit { code: 0, linger: Linger::No }), Reply::Done)
+    );
 }

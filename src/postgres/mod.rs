@@ -17,6 +17,7 @@ pub mod hba;
 pub mod migrations;
 pub mod pgdata;
 pub mod process;
+pub mod promote;
 pub mod queries;
 pub mod safekeepers;
 pub mod sql;

@@ -185,7 +185,8 @@ impl Postmaster {
         *crate::locks::lock(&self.exit.status)
     }
 
-    /// Waits until `postmaster.pid` names this process and says `ready`. The file is read
+    /// Waits until `postmaster.pid` names this process and says `ready` (or `standby`: a hot
+    /// standby that accepts read-only connections). The file is read
     /// again whenever PGDATA's top directory changes (inotify), so `ready` is seen as soon as
     /// Postgres writes it, with no polling tick in between and no wake-ups meanwhile; when
     /// inotify is unavailable, every millisecond. An exit or a termination request is noticed
@@ -202,7 +203,7 @@ impl Postmaster {
             if let Ok(text) = std::fs::read_to_string(&pidfile) {
                 let mut lines = text.lines();
                 let ours = lines.next().map(str::trim) == Some(pid_line.as_str());
-                if ours && text.lines().last().map(str::trim) == Some("ready") {
+                if ours && matches!(text.lines().last().map(str::trim), Some("ready" | "standby")) {
                     return Ok(());
                 }
             }

@@ -204,14 +204,15 @@ fn fresh_dir(node: &Node, dir: &Path, conf_text: &str) -> Result<()> {
 }
 
 /// The sync after a Primary's Postgres has exited (reference 6), so that what it wrote is on
-/// a quorum of safekeepers before the compute is gone. Does nothing in other modes.
-pub fn sync_after_exit(node: &Node, spec: &ParsedSpec) -> Result<()> {
+/// a quorum of safekeepers before the compute is gone, returning the LSN they agreed on
+/// (what `/terminate` answers). Does nothing (`None`) in other modes.
+pub fn sync_after_exit(node: &Node, spec: &ParsedSpec) -> Result<Option<Lsn>> {
     if spec.mode() != ComputeMode::Primary || !matches!(spec.storage(), StorageMode::Pageserver { .. }) {
-        return Ok(());
+        return Ok(None);
     }
     log::info!("syncing safekeepers on shutdown");
     let token = spec.spec().storage_auth_token.as_deref();
     let lsn = safekeepers::sync(&node.postgres_bin(), &node.pgdata, token, node.run_as, &node.interrupted)?;
     log::info!("safekeepers synced on shutdown at LSN {lsn}");
-    Ok(())
+    Ok(Some(lsn))
 }

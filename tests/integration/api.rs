@@ -246,10 +246,11 @@ fn terminate_from_running_answers_the_checkpoint_lsn_then_lingers() {
         .unwrap();
     let control = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(control.contains(&format!("Latest checkpoint location:           {lsn}\n")), "{lsn} vs\n{control}");
-    // During the grace period: /status says terminated, a second /terminate is 201.
+    // During the grace period: /status says terminated, a second /terminate is 201 with the
+    // same body.
     assert_eq!(c.status().unwrap()["status"], "terminated");
     let r = http::request(s.http_port, "POST", "/terminate", &[], b"").unwrap();
-    assert_eq!((r.status, r.body.len()), (201, 0));
+    assert_eq!((r.status, r.json()), (201, serde_json::json!({ "lsn": lsn })));
     let r = http::post_json(s.http_port, "/configure", &serde_json::json!({"spec": s.spec, "compute_ctl_config": {}}));
     assert_eq!((r.status, error_of(&r).as_str()), (412, "invalid compute status: terminated"));
     let r = http::get(s.http_port, "/insights");
@@ -273,11 +274,11 @@ fn configure_on_a_running_compute_reloads_and_answers_the_status() {
 }
 
 #[test]
-fn terminate_immediate_skips_the_shutdown_checkpoint() {
+fn terminate_immediate_postgres_skips_the_shutdown_checkpoint() {
     let s = Setup::new("api-immediate");
     let mut c = s.spawn();
     c.wait_running();
-    let r = http::request(s.http_port, "POST", "/terminate?mode=immediate", &[], b"").unwrap();
+    let r = http::request(s.http_port, "POST", "/terminate?mode=immediate_postgres", &[], b"").unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     c.wait_exit(Duration::from_secs(20));
     assert_ne!(support::cluster_state(&s.pgdata), "shut down");

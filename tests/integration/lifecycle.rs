@@ -229,7 +229,7 @@ fn a_second_sigterm_escalates_a_stuck_fast_shutdown_to_immediate() {
         std::thread::sleep(Duration::from_millis(20));
     }
     c.signal("TERM");
-    c.wait_status("termination_pending", Duration::from_secs(10));
+    c.wait_status("termination_pending_fast", Duration::from_secs(10));
     assert!(support::pid_alive(pm), "the fast shutdown was expected to hang on the archiver");
     assert!(c.try_wait().is_none());
     c.signal("TERM");

@@ -18,6 +18,7 @@ mod lifecycle;
 mod neon2026;
 mod operate;
 mod plan;
+mod routes2026;
 mod storage;
 mod subscriptions;
 mod versions;

@@ -168,7 +168,7 @@ fn systemd_hears_every_transition_and_no_watchdog_while_the_owner_is_stuck() {
     assert!(pings >= 4, "the watchdog did not resume: {pings} pings in 1 s");
 
     c.signal("TERM");
-    assert_eq!(next_state(&sock, t, &c), "STOPPING=1\nSTATUS=termination_pending: stopping postgres");
+    assert_eq!(next_state(&sock, t, &c), "STOPPING=1\nSTATUS=termination_pending_fast: stopping postgres");
     assert_eq!(next_state(&sock, t, &c), "STATUS=terminated: postgres has stopped");
     c.wait_exit(Duration::from_secs(30));
     let log = c.log_text();
