@@ -48,6 +48,9 @@ pub struct Args {
     pub installed_extensions_interval: Duration,
     /// `--dev`: on a termination signal, leave pgbouncer and local_proxy alone.
     pub dev: bool,
+    /// `--pre-stop-checkpoint`: how long the `CHECKPOINT` before a fast shutdown may take
+    /// (zero: none).
+    pub pre_stop_checkpoint: Duration,
     pub autoscaling: Autoscaling,
 }
 
@@ -66,6 +69,26 @@ pub struct Autoscaling {
     pub vm_monitor_addr: SocketAddr,
 }
 
+/// `compute_ctl plan`: what an apply of a spec would run against a running Postgres.
+#[derive(Debug, Clone)]
+pub struct PlanArgs {
+    pub connstr: String,
+    pub spec: PlanSpec,
+    /// `--privileged-role-name`, as for a run.
+    pub privileged_role_name: String,
+}
+
+/// Where `plan` reads the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanSpec {
+    /// `-s`: inline JSON.
+    Inline(String),
+    /// `-S`: a spec file.
+    File(PathBuf),
+    /// `-c`: a configuration file, `{"spec": {...}}` (the body of `POST /configure`).
+    Config(PathBuf),
+}
+
 /// The privileged role of Neon (`--privileged-role-name` default).
 pub const DEFAULT_PRIVILEGED_ROLE: &str = "neon_superuser";
 
@@ -78,12 +101,22 @@ pub enum Command {
     /// `--probe [PORT]`: ask a running compute_ctl for `/status` and exit 0 when `running`
     /// (the Docker HEALTHCHECK, since the image has no curl).
     Probe(u16),
+    /// `--terminate [PORT]`: ask a running compute_ctl for a fast termination (`POST
+    /// /terminate`) and wait for it (a Kubernetes `preStop` hook).
+    Terminate {
+        port: u16,
+        token_file: Option<PathBuf>,
+    },
+    /// `plan -C CONNSTR -S|-s|-c SPEC`.
+    Plan(PlanArgs),
 }
 
 pub const USAGE: &str = "\
 compute_ctl: supervisor of a PostgreSQL compute node
 
 Usage: compute_ctl -D PGDATA -C CONNSTR [options]
+       compute_ctl plan -C CONNSTR (-S FILE | -s JSON | -c FILE)
+       compute_ctl --terminate [PORT] [--http-auth-token-file F]
 
 Options:
   -D, --pgdata DIR              PGDATA directory (required)
@@ -114,11 +147,15 @@ Options:
       --internal-http-bind ADDR address of the internal HTTP server (default 127.0.0.1; it has
                                 no authorization, as in Neon)
       --http-auth-token-file F  require `Authorization: Bearer <token in F>` on every route
-                                except GET /metrics (besides JWTs when compute_ctl_config.jwks
-                                has keys)
+                                except GET /metrics, /healthz, /readyz and /startupz (besides
+                                JWTs when compute_ctl_config.jwks has keys)
       --pg-user NAME            OS user Postgres runs as when compute_ctl is root (default postgres)
       --exit-delay SECONDS      keep answering /status this long after terminate or a failed
                                 start before exiting (default 30)
+      --pre-stop-checkpoint SECONDS
+                                run a CHECKPOINT, bounded by this, before a fast shutdown so
+                                that the shutdown checkpoint has little left (default 10;
+                                0: none)
       --vm-monitor-addr ADDR    with AUTOSCALING: where the vm-monitor listens for the
                                 autoscaler-agent (default 0.0.0.0:10301)
       --cgroup NAME             with AUTOSCALING: the memory cgroup Postgres runs in and the
@@ -127,10 +164,17 @@ Options:
                                 file cache (default: the -C connection)
       --cgroup-root DIR         for tests: the cgroup v2 mount (default /sys/fs/cgroup), or a
                                 directory imitating it (cgroup.procs, memory.stat files)
+      --terminate [PORT]        ask the compute on PORT (default 3080) for a fast termination
+                                and wait until Postgres has stopped (a preStop hook)
       --probe [PORT]            health check: exit 0 when the compute on PORT (default 3080)
                                 reports running
   -h, --help                    print this help
   -V, --version                 print the version
+
+plan: connect to the running Postgres (-C), read its catalog and print, phase by phase, the
+statements an apply of the spec would run, running none of them. -c FILE takes the body of
+POST /configure ({\"spec\": ...}); --privileged-role-name as for a run. Exit 0 when nothing
+would change, 2 when something would, 1 on error.
 
 Environment: AUTOSCALING (any value) runs Postgres in the memory cgroup and starts the vm-monitor.
 
@@ -147,6 +191,11 @@ fn usage(msg: String) -> Error {
 /// Parses `argv[1..]`; `env` looks up environment variables (a parameter so tests need not
 /// touch the process environment).
 pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Command> {
+    if argv.first().is_some_and(|a| a == "plan") {
+        return parse_plan(&argv[1..]);
+    }
+    let mut terminate: Option<u16> = None;
+    let mut pre_stop_checkpoint = None;
     let mut pgdata = None;
     let mut connstr = None;
     let mut inline = None;
@@ -203,6 +252,20 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
                 };
                 return Ok(Command::Probe(port));
             }
+            "--terminate" => {
+                let port = match attached.take() {
+                    Some(p) => port_value("--terminate", &p)?,
+                    None => match argv.get(i).filter(|p| !p.starts_with('-')) {
+                        Some(p) => {
+                            i += 1;
+                            port_value("--terminate", p)?
+                        }
+                        None => 3080,
+                    },
+                };
+                terminate = Some(port);
+            }
+            "--pre-stop-checkpoint" => pre_stop_checkpoint = Some(seconds(flag, &value(flag)?)?),
             "-D" | "--pgdata" => pgdata = Some(PathBuf::from(value(flag)?)),
             "-C" | "--connstr" => connstr = Some(value(flag)?),
             "-c" | "--config" => config = Some(PathBuf::from(value(flag)?)),
@@ -251,15 +314,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             "--internal-http-bind" => internal_bind = Some(ip_value(flag, &value(flag)?)?),
             "--pg-user" => pg_user = Some(value(flag)?),
             "--http-auth-token-file" => token_file = Some(PathBuf::from(value(flag)?)),
-            "--exit-delay" => {
-                let v = value(flag)?;
-                let secs: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e9)
-                    .ok_or_else(|| usage(format!("{flag}: expected seconds, got {v:?}")))?;
-                exit_delay = Some(Duration::from_secs_f64(secs));
-            }
+            "--exit-delay" => exit_delay = Some(seconds(flag, &value(flag)?)?),
             "--cgroup" => cgroup = Some(value(flag)?),
             "--cgroup-root" => cgroup_root = Some(PathBuf::from(value(flag)?)),
             "--filecache-connstr" => filecache_connstr = Some(value(flag)?),
@@ -288,6 +343,9 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         }
     }
 
+    if let Some(port) = terminate {
+        return Ok(Command::Terminate { port, token_file });
+    }
     let pgdata = pgdata.ok_or_else(|| usage("-D/--pgdata is required".into()))?;
     let connstr = connstr.ok_or_else(|| usage("-C/--connstr is required".into()))?;
     connstr.parse::<postgres::Config>().map_err(|e| usage(format!("-C/--connstr: cannot parse {connstr:?}: {e}")))?;
@@ -341,6 +399,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         remote_ext_base_url: remote_ext,
         installed_extensions_interval: ext_interval.unwrap_or(Duration::from_secs(3600)),
         dev,
+        pre_stop_checkpoint: pre_stop_checkpoint.unwrap_or(Duration::from_secs(10)),
     })))
 }
 
@@ -356,6 +415,57 @@ fn ext_base_url(flag: &str, v: &str) -> Result<String> {
         return Err(usage(format!("{flag}: {v:?} must not have query parameters")));
     }
     Ok(format!("{}/", v.trim_end_matches('/')))
+}
+
+fn seconds(flag: &str, v: &str) -> Result<Duration> {
+    let secs: f64 = v
+        .parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e9)
+        .ok_or_else(|| usage(format!("{flag}: expected seconds, got {v:?}")))?;
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `plan`'s own flags: -C and exactly one spec source.
+fn parse_plan(argv: &[String]) -> Result<Command> {
+    let mut connstr = None;
+    let mut specs = Vec::new();
+    let mut privileged = DEFAULT_PRIVILEGED_ROLE.to_string();
+    let mut it = argv.iter();
+    while let Some(arg) = it.next() {
+        let (flag, attached) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || {
+            attached.clone().or_else(|| it.next().cloned()).ok_or_else(|| usage(format!("plan: {flag} needs a value")))
+        };
+        match flag {
+            "--privileged-role-name" => {
+                let v = value()?;
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                    return Err(usage(format!("plan: {flag}: {v:?} must match ^[a-z_]+$")));
+                }
+                privileged = v;
+            }
+            "-C" | "--connstr" => connstr = Some(value()?),
+            "-s" | "--spec" => specs.push(PlanSpec::Inline(value()?)),
+            "-S" | "--spec-path" => specs.push(PlanSpec::File(value()?.into())),
+            "-c" | "--config" => specs.push(PlanSpec::Config(value()?.into())),
+            "-h" | "--help" => return Ok(Command::Help),
+            other => return Err(usage(format!("plan: unknown argument {other:?} (see --help)"))),
+        }
+    }
+    let connstr = connstr.ok_or_else(|| usage("plan: -C/--connstr is required".into()))?;
+    connstr
+        .parse::<postgres::Config>()
+        .map_err(|e| usage(format!("plan: -C/--connstr: cannot parse {connstr:?}: {e}")))?;
+    let spec = match specs.len() {
+        1 => specs.remove(0),
+        0 => return Err(usage("plan: give the spec with -S FILE, -s JSON or -c FILE".into())),
+        _ => return Err(usage("plan: give only one of -S, -s, -c".into())),
+    };
+    Ok(Command::Plan(PlanArgs { connstr, spec, privileged_role_name: privileged }))
 }
 
 fn ip_value(flag: &str, v: &str) -> Result<IpAddr> {
@@ -485,6 +595,28 @@ mod tests {
         let mut v = BASE.to_vec();
         v.extend(["-s", "{}", "-S", "f"]);
         assert!(run(&v).unwrap_err().to_string().contains("at most one"));
+    }
+
+    #[test]
+    fn plan_and_terminate_forms() {
+        let Command::Plan(p) = run(&["plan", "-C", "postgresql://a@127.0.0.1:5/postgres", "-S", "/s.json"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(p.spec, PlanSpec::File("/s.json".into()));
+        assert!(run(&["plan", "-S", "/s.json"]).unwrap_err().to_string().contains("-C"));
+        let e = run(&["plan", "-C", "postgresql://a@h/p", "-S", "a", "-c", "b"]).unwrap_err().to_string();
+        assert!(e.contains("only one"), "{e}");
+        let Command::Terminate { port, token_file } = run(&["--terminate", "--http-auth-token-file", "/t"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((port, token_file), (3080, Some(PathBuf::from("/t"))));
+        assert!(matches!(run(&["--terminate", "4000"]).unwrap(), Command::Terminate { port: 4000, token_file: None }));
+        let mut v = BASE.to_vec();
+        v.extend(["--pre-stop-checkpoint", "0"]);
+        assert_eq!(args(&v).pre_stop_checkpoint, Duration::ZERO);
+        assert_eq!(args(&BASE).pre_stop_checkpoint, Duration::from_secs(10));
     }
 
     #[test]

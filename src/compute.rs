@@ -9,8 +9,10 @@
 
 use crate::args::{Args, SpecSource};
 use crate::error::{Error, Result};
+use crate::heartbeat::{self, Heartbeat};
 use crate::http::{listen, routes};
 use crate::lifecycle::{self, Event, Exit, Linger, Message, Parts, Reply, Shared, State};
+use crate::notify::Notifier;
 use crate::postgres::process::StopMode;
 use crate::postgres::{Node, pgdata};
 use crate::spec::ParsedSpec;
@@ -26,6 +28,15 @@ const BRIEF_LINGER: Duration = Duration::from_millis(300);
 pub fn run(args: Args) -> Result<i32> {
     log::info!("compute build_tag: {}", crate::metrics::BUILD_TAG);
     let (tx, rx) = mpsc::channel::<Message>();
+    let notifier = Arc::new(Notifier::from_env(&crate::notify::Env::from_process())?);
+    if notifier.enabled() {
+        log::info!(
+            "systemd notification socket found{}",
+            notifier
+                .watchdog_interval()
+                .map_or(String::new(), |w| format!("; watchdog ping every {} ms", w.as_millis()))
+        );
+    }
     let node = Node {
         // A symlinked PGDATA is resolved once; everything works on the real directory.
         pgdata: pgdata::resolve(&args.pgdata),
@@ -44,8 +55,11 @@ pub fn run(args: Args) -> Result<i32> {
         remote_ext_base_url: args.remote_ext_base_url.clone(),
         compute_ctl_config: std::sync::OnceLock::new(),
         in_flight: AtomicUsize::new(0),
+        heartbeat: Arc::new(Heartbeat::new()),
     });
-    let result = supervise(args, app.clone(), rx);
+    let owner = Owner { rx, heartbeat: app.heartbeat.clone(), notifier };
+    owner.turn();
+    let result = supervise(args, app.clone(), owner);
     // Give handlers that were answered by the owner a moment to write their responses; the
     // bound keeps a stuck client from delaying the exit.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -55,7 +69,54 @@ pub fn run(args: Args) -> Result<i32> {
     result
 }
 
-fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result<i32> {
+/// The owner's side of the event channel. Every turn of the loop beats the heartbeat
+/// (`/healthz`) and feeds systemd's watchdog; while idle the owner turns at least every
+/// [`heartbeat::IDLE_TURN`] (or half the watchdog period, when shorter). An owner stuck in one
+/// operation does neither.
+struct Owner {
+    rx: Receiver<Message>,
+    heartbeat: Arc<Heartbeat>,
+    notifier: Arc<Notifier>,
+}
+
+impl Owner {
+    fn turn(&self) {
+        self.heartbeat.beat();
+        self.notifier.watchdog_tick();
+    }
+
+    fn tick(&self) -> Duration {
+        self.notifier.watchdog_interval().map_or(heartbeat::IDLE_TURN, |w| w.min(heartbeat::IDLE_TURN))
+    }
+
+    /// The next message, turning while none comes.
+    fn recv(&self) -> Result<Message, RecvTimeoutError> {
+        loop {
+            match self.recv_timeout(Duration::from_secs(3600)) {
+                Err(RecvTimeoutError::Timeout) => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Like [`Receiver::recv_timeout`], turning meanwhile.
+    fn recv_timeout(&self, limit: Duration) -> Result<Message, RecvTimeoutError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.turn();
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left.min(self.tick())) {
+                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                other => {
+                    self.turn();
+                    return other;
+                }
+            }
+        }
+    }
+}
+
+fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
     let tx = crate::locks::lock(&app.events).clone();
     // With AUTOSCALING, Postgres runs in the memory cgroup; a missing one fails here.
     let a = &args.autoscaling;
@@ -94,7 +155,12 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
 
     let exit_tx = Mutex::new(tx.clone());
     let postmaster = Arc::new(Mutex::new(None));
-    spawn_signal_thread(&app.node.interrupted, &postmaster, tx.clone())?;
+    spawn_signal_thread(
+        &app.node.interrupted,
+        &postmaster,
+        tx.clone(),
+        (app.node.connstr.clone(), args.pre_stop_checkpoint),
+    )?;
     if std::process::id() == 1 {
         let postmaster = postmaster.clone();
         let is_ours = move |pid: u32| crate::locks::lock(&postmaster).as_ref().is_some_and(|pm| pm.pid() == pid);
@@ -113,6 +179,8 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
         on_postgres_exit: Arc::new(move |_| {
             let _ = crate::locks::lock(&exit_tx).send(Message { event: Event::PostgresExited, reply: None });
         }),
+        notifier: owner.notifier.clone(),
+        pre_stop_checkpoint: args.pre_stop_checkpoint,
     });
     if initial.is_none() && !matches!(args.spec, SpecSource::ControlPlane(_)) {
         log::info!("no spec yet: waiting for POST /configure");
@@ -130,7 +198,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
             crate::vm_monitor::ensure_started(&args, running.spec().spec().disable_lfc_resizing != Some(true));
         }
         let message = match state.exit() {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            None => owner.recv(),
             Some(Exit { code, linger: Linger::No }) => return Ok(code),
             Some(exit) => {
                 let delay = match exit.linger {
@@ -141,7 +209,7 @@ fn supervise(args: Args, app: Arc<routes::App>, rx: Receiver<Message>) -> Result
                     log::info!("{}; answering /status for {delay:?} before exiting", state.status());
                     Instant::now() + delay
                 });
-                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                match owner.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                     Err(RecvTimeoutError::Timeout) => return Ok(exit.code),
                     other => other,
                 }
@@ -215,6 +283,7 @@ fn spawn_signal_thread(
     interrupted: &Arc<AtomicBool>,
     postmaster: &Arc<Mutex<Option<crate::postgres::process::PostmasterHandle>>>,
     tx: Sender<Message>,
+    (connstr, pre_stop): (String, Duration),
 ) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP])
@@ -244,15 +313,33 @@ fn spawn_signal_thread(
                     log::warn!("second signal: immediate shutdown of postgres (pid {})", pm.pid());
                     pm.stop(StopMode::Immediate);
                 }
-                // Queued before Postgres can exit, so the owner sees the signal before the exit.
-                let _ = tx.send(Message { event: Event::Signal(sig), reply: None });
-                // The fast shutdown starts now rather than when the owner gets to the event: it
+                let pm = pm.filter(|pm| first && !pm.has_exited());
+                let Some(pm) = pm else {
+                    let _ = tx.send(Message { event: Event::Signal(sig), reply: None });
+                    continue;
+                };
+                // The fast shutdown starts here rather than when the owner gets to the event: it
                 // ends every session at once, so an apply or reconfigure in progress stops at
-                // its running statement instead of finishing a long plan first.
-                if first && let Some(pm) = &pm {
+                // its running statement instead of finishing a long plan first. Before it, the
+                // bounded pre-stop CHECKPOINT (`--pre-stop-checkpoint`), while Postgres still
+                // serves, on its own thread so that a second signal can still escalate.
+                let to_owner = tx.clone();
+                let connstr = connstr.clone();
+                let spawned = std::thread::Builder::new().name("pre-stop".into()).spawn(move || {
+                    log::info!("{}", crate::postgres::stop::checkpoint(&connstr, pre_stop).describe());
+                    // Queued before Postgres can exit, so the owner sees the signal before the exit.
+                    let _ = to_owner.send(Message { event: Event::Signal(sig), reply: None });
                     // The agent is told first, so it never talks to a Postgres on its way down.
                     crate::vm_monitor::stop();
                     pm.stop(StopMode::Fast);
+                });
+                if let Err(e) = spawned {
+                    log::error!("cannot start the pre-stop thread ({e}): fast shutdown without a checkpoint");
+                    let _ = tx.send(Message { event: Event::Signal(sig), reply: None });
+                    crate::vm_monitor::stop();
+                    if let Some(pm) = crate::locks::lock(&postmaster).clone() {
+                        pm.stop(StopMode::Fast);
+                    }
                 }
             }
         })

@@ -25,6 +25,17 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Probe(port) => return compute_ctl::http::probe(port),
+        Command::Terminate { port, token_file } => return compute_ctl::http::terminate(port, token_file.as_deref()),
+        Command::Plan(plan) => {
+            compute_ctl::logger::init(std::env::var("RUST_LOG").ok().as_deref());
+            return match compute_ctl::plan::run(&plan, &mut std::io::stdout().lock()) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => {
+                    eprintln!("compute_ctl plan: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Command::Run(args) => args,
     };
     match compute_ctl::compute::run(*args) {

@@ -7,7 +7,8 @@
 //! `compute_pg_current_downtime_ms`/`compute_pg_downtime_ms_total` (fed by the monitor), the
 //! LFC and `pg_cctl_*` counters. Added: `compute_ctl_startup_duration_seconds{step}` and
 //! `compute_ctl_startup_bytes{what}` (the `/metrics.json` fields), and
-//! `compute_ctl_http_requests_total{server,route,code}`.
+//! `compute_ctl_http_requests_total{server,route,code}`, and
+//! `compute_ctl_pending_restart_settings` with `compute_ctl_pending_restart{setting}`.
 //!
 //! The counters are process-wide by nature (the control-plane fetch happens before any HTTP
 //! server exists), so they live in one global registry rather than being threaded through.
@@ -229,6 +230,20 @@ pub fn render(snap: &Snapshot) -> String {
         "gauge",
         "Compute is up, with its build tag and current status",
         std::iter::once((vec![("build_tag", BUILD_TAG), ("status", snap.status.display_name())], 1.0)),
+    );
+    family(
+        &mut out,
+        "compute_ctl_pending_restart_settings",
+        "gauge",
+        "Number of settings changed live that wait for a restart (POST /restart applies them)",
+        std::iter::once((Vec::new(), snap.pending_restart.len() as f64)),
+    );
+    family(
+        &mut out,
+        "compute_ctl_pending_restart",
+        "gauge",
+        "1 for each setting changed live that waits for a restart",
+        snap.pending_restart.iter().map(|name| (vec![("setting", name.as_str())], 1.0)),
     );
     let m = &snap.metrics;
     let ms = |v: u64| v as f64 / 1000.0;

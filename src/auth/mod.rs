@@ -46,6 +46,11 @@ impl Token {
         Ok(Token::new(token))
     }
 
+    /// The token itself, to send it (`compute_ctl --terminate`; never to log it).
+    pub fn reveal(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+
     /// Compares in time that depends only on the lengths, never on where the bytes differ.
     pub fn matches(&self, given: &[u8]) -> bool {
         let mut diff = self.0.len() ^ given.len();

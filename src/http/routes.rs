@@ -4,7 +4,8 @@
 //!
 //! Differences from Neon, on purpose: unknown paths (404) and wrong methods (405) get a JSON
 //! `{"error": …}` body like every other error; `/terminate` also works from `empty` and answers
-//! `{"lsn": …}`; `/insights` is a JSON object, not a JSON string holding JSON text.
+//! `{"lsn": …}`; `/insights` is a JSON object, not a JSON string holding JSON text. Added:
+//! `POST /restart` and the Kubernetes probes ([`super::probes`]).
 
 use super::neon2026;
 use super::request::Request;
@@ -37,6 +38,8 @@ pub struct App {
     /// Requests being handled; the owner waits for them before the process exits so that
     /// the last answers (to `/terminate`, say) are written.
     pub in_flight: AtomicUsize,
+    /// The owner loop's heartbeat, for `/healthz`.
+    pub heartbeat: Arc<crate::heartbeat::Heartbeat>,
 }
 
 impl App {
@@ -58,6 +61,7 @@ impl App {
             | Reply::AlreadyTerminated { .. }
             | Reply::Promoted(_) => Ok(()),
             Reply::WrongState(s) => Err(precondition(s)),
+            Reply::NotPossible(msg) => Err(Response::error(409, msg)),
             Reply::Failed(msg) => Err(Response::error(500, msg)),
         }
     }
@@ -117,6 +121,10 @@ const EXTERNAL: &[(&str, &[&str])] = &[
     ("/check_writability", &["POST"]),
     ("/configure", &["POST"]),
     ("/terminate", &["POST"]),
+    ("/restart", &["POST"]),
+    ("/healthz", &["GET", "HEAD"]),
+    ("/readyz", &["GET", "HEAD"]),
+    ("/startupz", &["GET", "HEAD"]),
     ("/promote", &["POST"]),
     ("/lfc/prewarm", &["GET", "HEAD", "POST", "DELETE"]),
     ("/lfc/offload", &["GET", "HEAD", "POST"]),
@@ -209,6 +217,10 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
         (Server::External, "/check_writability") => check_writability(app),
         (Server::External, "/configure") => configure(app, req),
         (Server::External, "/terminate") => terminate(app, req),
+        (Server::External, "/restart") => restart(app),
+        (Server::External, "/healthz") => super::probes::healthz(app.heartbeat.age()),
+        (Server::External, "/readyz") => super::probes::readyz(&app.shared.get(), &app.node.connstr),
+        (Server::External, "/startupz") => super::probes::startupz(&app.shared.get()),
         (Server::Internal, "/extensions") => extensions(app, req),
         (Server::Internal, "/grants") => grants(app, req),
         (Server::External, "/promote") => neon2026::promote(app, req),
@@ -292,6 +304,7 @@ fn configure(app: &App, req: &Request) -> Response {
             status(app)
         }
         Ok(Reply::WrongState(s)) => precondition(s),
+        Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
         // A termination signal cut the configuration short: not the spec's fault.
         Ok(Reply::Failed(msg))
             if matches!(
@@ -325,7 +338,24 @@ fn terminate(app: &App, req: &Request) -> Response {
             Response::json(200, &serde_json::json!({ "lsn": null }))
         }
         Ok(Reply::WrongState(s)) => precondition(s),
+        Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
         Ok(Reply::Failed(msg)) => Response::error(500, msg),
+        Err(resp) => resp,
+    }
+}
+
+/// `POST /restart` (running, local mode): fast shutdown and start of Postgres on the same
+/// PGDATA, so that settings waiting for a restart take effect; answers the new status. 409 in
+/// pageserver mode, where the control plane must restart the compute.
+fn restart(app: &App) -> Response {
+    match app.ask(Event::Restart) {
+        Ok(Reply::Configured(body)) => Response::json(200, &body),
+        Ok(Reply::Done | Reply::Terminated { .. } | Reply::AlreadyTerminated { .. } | Reply::Promoted(_)) => {
+            status(app)
+        }
+        Ok(Reply::WrongState(s)) => precondition(s),
+        Ok(Reply::NotPossible(msg)) => Response::error(409, msg),
+        Ok(Reply::Failed(msg)) => Response::error(500, format!("restart failed: {msg}")),
         Err(resp) => resp,
     }
 }

@@ -247,8 +247,9 @@ impl Ready {
 }
 
 /// The live reconfiguration: new `postgresql.conf`, reload, catalog apply. Never restarts
-/// Postgres, never drops subscriptions.
-pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> Result<()> {
+/// Postgres, never drops subscriptions. Returns the settings that changed but wait for a
+/// restart (`pg_settings.pending_restart` once the reload was taken).
+pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> Result<Vec<String>> {
     if pm.exit_status().is_some() {
         return Err(Error::PostgresStart { reason: "postgres is not running".into(), log_tail: pm.log_tail() });
     }
@@ -278,9 +279,13 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
         return Err(e);
     }
     if !check.need_restart.is_empty() {
-        log::warn!("reconfigure: {} take effect only after a restart", check.need_restart.join(", "));
+        log::info!("reconfigure: {} take effect only after a restart", check.need_restart.join(", "));
     }
+    let mut client = sql::connect(&node.connstr, None, sql::APP_APPLY)?;
+    let loaded_before = apply::settings::conf_load_time(&mut client)?;
     pm.reload();
+    let pending = apply::settings::pending_restart(&mut client, &loaded_before, Duration::from_secs(5))?;
+    drop(client);
     let s = spec.spec();
     if !s.skip_pg_catalog_updates && s.mode == ComputeMode::Primary {
         let concurrency = apply::Concurrency::Reconfigure(s.reconfigure_concurrency);
@@ -291,7 +296,44 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
         "finished reconfiguration of compute node for operation {}",
         s.operation_uuid.as_deref().unwrap_or("unknown")
     );
-    Ok(())
+    Ok(pending)
+}
+
+/// A restart keeps PGDATA, which only local storage allows: a pageserver compute's PGDATA
+/// is fetched anew for every start, after its safekeepers are synced.
+pub(super) fn restart_allowed(spec: &ParsedSpec) -> Result<(), String> {
+    match spec.storage() {
+        StorageMode::Local => Ok(()),
+        StorageMode::Pageserver { .. } => Err("a compute on a pageserver cannot restart Postgres on its own: \
+             PGDATA must be fetched anew after a safekeeper sync; the control plane must restart the compute"
+            .into()),
+    }
+}
+
+/// `POST /restart` in local mode: a fast shutdown of `old`, then Postgres started again on
+/// the same PGDATA with the configuration already there. Nothing else of a start runs (no
+/// PGDATA preparation, no subscription handling, no catalog apply). The [`Stopped`] proof is
+/// minted only once `old` has exited.
+pub(super) fn restart(ctx: &Context, spec: &ParsedSpec, old: Postmaster) -> Result<Postmaster> {
+    let started = Instant::now();
+    old.stop(crate::postgres::process::StopMode::Fast);
+    let status = old.wait_exit(None).expect("waiting without a timeout returns a status");
+    log::info!(
+        "restart: postgres stopped ({}) in {} ms",
+        crate::postgres::process::describe_exit(status),
+        elapsed_ms(started)
+    );
+    drop(old);
+    ctx.set_handle(None);
+    let proof = Stopped::minted_by_boot();
+    let token = spec.spec().storage_auth_token.clone();
+    let env: Vec<(&str, &str)> = token.as_deref().map(|t| ("NEON_AUTH_TOKEN", t)).into_iter().collect();
+    let on_exit = ctx.on_postgres_exit.clone();
+    let pm = Postmaster::spawn(proof, &ctx.node, &env, Box::new(move |status| on_exit(status)))?;
+    ctx.set_handle(Some(pm.handle()));
+    pm.wait_ready(READY_TIMEOUT, &ctx.node.interrupted)?;
+    log::info!("restart: postgres is ready again after {} ms", elapsed_ms(started));
+    Ok(pm)
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

@@ -15,6 +15,9 @@
 //!     │   Terminate, Signal                       wait
 //!     └─────────────▶ TerminationPending<Fast | Immediate> ─────▶ Terminated
 //!         Running, Failed ──▶ TerminationPending<…>   (Terminate, Signal, PostgresExited)
+//!
+//!                 Restart (local storage only: fast shutdown, start on the same PGDATA)
+//!         Running ──────────────────────────────────────────────────────▶ Running | Failed
 //! ```
 //!
 //! Inside a start ([`Boot`], then [`Ready`]): `Boot` holds the [`Stopped`] proof the
@@ -183,6 +186,10 @@ pub struct Parts {
     pub postmaster: Arc<Mutex<Option<PostmasterHandle>>>,
     /// Called on the reaper thread when Postgres exits (the owner turns it into an event).
     pub on_postgres_exit: Arc<dyn Fn(ExitStatus) + Send + Sync>,
+    /// systemd's notification socket (does nothing outside systemd); every publish tells it.
+    pub notifier: Arc<crate::notify::Notifier>,
+    /// `--pre-stop-checkpoint`: the bound of the `CHECKPOINT` before a fast shutdown.
+    pub pre_stop_checkpoint: std::time::Duration,
     /// Fetches the spec again for `/refresh_configuration` (from the control plane or the spec
     /// file); None when the spec came inline or from `/configure`.
     pub refresh: Option<Refresh>,
@@ -205,11 +212,27 @@ impl std::ops::Deref for Context {
 impl Context {
     /// Publishes first and logs after, so whoever reads the log line finds `/status` agreeing.
     fn publish(&self, status: Status, error: Option<String>) {
+        let text = match &error {
+            Some(e) => format!("{}: {e}", status.wire_name()),
+            None => format!("{}: {}", status.wire_name(), status.doing()),
+        };
         self.shared.update(|s| {
             s.status = status;
             s.error = error;
+            s.started |= status == Status::Running;
         });
+        self.notifier.transition(status.notify_phase(), &text);
         log::info!("compute status: {}", status.wire_name());
+    }
+
+    /// The bounded `CHECKPOINT` before a fast shutdown (see [`crate::postgres::stop`]). After
+    /// a termination signal the signal thread has run it already, before its fast shutdown.
+    fn pre_stop_checkpoint(&self) {
+        if self.node.interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let outcome = crate::postgres::stop::checkpoint(&self.node.connstr, self.pre_stop_checkpoint);
+        log::info!("{}", outcome.describe());
     }
 
     fn publish_spec(&self, spec: &ParsedSpec) {
@@ -218,6 +241,17 @@ impl Context {
             s.timeline = Some(spec.timeline_id());
             s.remote_extensions = spec.spec().remote_extensions.clone().map(Arc::new);
         });
+    }
+
+    /// Publishes the settings a live reconfiguration changed that wait for a restart.
+    fn record_pending_restart(&self, pending: Vec<String>) {
+        if !pending.is_empty() {
+            log::warn!(
+                "settings changed that take effect only after a restart (POST /restart): {}",
+                pending.join(", ")
+            );
+        }
+        self.shared.update(|s| s.pending_restart = pending);
     }
 
     fn set_postgres_up(&self, up: bool) {

@@ -74,6 +74,15 @@ pub struct Failed {
     running: Option<Box<(Postmaster, ParsedSpec)>>,
 }
 
+/// The outcome of [`Running::restart`].
+pub(super) enum Restarted {
+    Running(Running),
+    /// Postgres did not come back; it is not running.
+    Failed(Failed),
+    /// Not for this compute (pageserver storage), with the reason; nothing was done.
+    NotPossible(Running, String),
+}
+
 /// Why a compute is ending: decides the exit code and whether `/status` lingers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Reason {
@@ -195,7 +204,10 @@ impl Configuration<Live> {
     pub fn apply(self) -> Result<Running, Failed> {
         let Live(postmaster, old) = self.phase;
         match boot::reconfigure(&self.ctx, &self.spec, &postmaster) {
-            Ok(()) => Ok(Running::enter(self.ctx, self.spec, postmaster)),
+            Ok(pending) => {
+                self.ctx.record_pending_restart(pending);
+                Ok(Running::enter(self.ctx, self.spec, postmaster))
+            }
             Err(e) => Err(Failed::enter(self.ctx, e, Some((postmaster, old)))),
         }
     }
@@ -236,10 +248,47 @@ impl Running {
         ConfigurationPending { ctx: self.ctx, spec, phase: Live(self.postmaster, self.spec) }
     }
 
-    /// Asks Postgres to stop (`mode`) and waits in [`TerminationPending`].
+    /// False once the current postmaster has exited: an exit event may be for an earlier
+    /// one, replaced by a restart.
+    pub fn postgres_alive(&self) -> bool {
+        self.postmaster.exit_status().is_none()
+    }
+
+    /// Asks Postgres to stop (`mode`) and waits in [`TerminationPending`]. A fast shutdown
+    /// is preceded by a bounded `CHECKPOINT` (see [`crate::postgres::stop`]), once the status
+    /// already says the compute is stopping.
     pub(super) fn terminate<U: Urgency>(self, mode: StopMode, reason: Reason) -> TerminationPending<U> {
-        self.postmaster.stop(mode);
-        TerminationPending::enter(self.ctx, Some((self.postmaster, self.spec)), reason)
+        let pending = TerminationPending::<U>::enter(self.ctx, Some((self.postmaster, self.spec)), reason);
+        if let Some((pm, _)) = &pending.postgres {
+            if mode == StopMode::Fast {
+                pending.ctx.pre_stop_checkpoint();
+            }
+            pm.stop(mode);
+        }
+        pending
+    }
+
+    /// `POST /restart`: a fast shutdown and a start of Postgres on the same PGDATA (local
+    /// storage only), so that settings waiting for a restart take effect. Nothing else of a
+    /// start runs again: PGDATA is neither prepared nor fetched, no subscription is dropped.
+    /// [`Restarted::NotPossible`] hands the compute back, untouched, when its storage does not
+    /// allow it.
+    pub(super) fn restart(self) -> Restarted {
+        if let Err(why) = boot::restart_allowed(&self.spec) {
+            return Restarted::NotPossible(self, why);
+        }
+        self.ctx.publish(Status::Configuration, None);
+        self.ctx.pre_stop_checkpoint();
+        match boot::restart(&self.ctx, &self.spec, self.postmaster) {
+            Ok(pm) => {
+                self.ctx.shared.update(|s| s.pending_restart.clear());
+                Restarted::Running(Running::enter(self.ctx, self.spec, pm))
+            }
+            Err(e) => {
+                self.ctx.set_postgres_up(false);
+                Restarted::Failed(Failed::enter(self.ctx, e, None))
+            }
+        }
     }
 
     /// `POST /promote`: promotes the standby, then applies the new spec as a live
@@ -263,7 +312,8 @@ impl Running {
         let started = std::time::Instant::now();
         self.ctx.publish_spec(&new);
         match boot::reconfigure(&self.ctx, &new, &self.postmaster) {
-            Ok(()) => {
+            Ok(pending) => {
+                self.ctx.record_pending_restart(pending);
                 timings.reconfigure_time_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
                 (Ok(Running { spec: new, ..self }), Ok(timings))
             }

@@ -61,6 +61,38 @@ impl Status {
         }
     }
 
+    /// A few words on what the compute does in this state (systemd's `STATUS=`).
+    pub fn doing(self) -> &'static str {
+        match self {
+            Status::Empty => "waiting for a spec (POST /configure)",
+            Status::ConfigurationPending => "spec accepted",
+            Status::Init => "starting postgres",
+            Status::Running => "postgres is up and configured",
+            Status::Configuration => "applying the spec",
+            Status::Failed => "failed",
+            Status::TerminationPendingFast | Status::TerminationPendingImmediate => "stopping postgres",
+            Status::Terminated => "postgres has stopped",
+            Status::RefreshConfigurationPending => "waiting to refresh the configuration",
+            Status::RefreshConfiguration => "refreshing the configuration",
+        }
+    }
+
+    /// What systemd is told about a transition to this state.
+    pub fn notify_phase(self) -> crate::notify::Phase {
+        use crate::notify::Phase;
+        match self {
+            Status::Empty | Status::Init => Phase::Starting,
+            Status::ConfigurationPending
+            | Status::Configuration
+            | Status::RefreshConfigurationPending
+            | Status::RefreshConfiguration => Phase::Configuring,
+            Status::Running => Phase::Running,
+            Status::Failed => Phase::Failed,
+            Status::TerminationPendingFast | Status::TerminationPendingImmediate => Phase::Stopping,
+            Status::Terminated => Phase::Stopped,
+        }
+    }
+
     pub const ALL: [Status; 11] = [
         Status::Empty,
         Status::ConfigurationPending,
@@ -114,6 +146,11 @@ pub struct Snapshot {
     pub metrics: Metrics,
     /// Postgres is up and reachable through `--connstr` (running, or a failed reconfigure).
     pub postgres_up: bool,
+    /// The compute has been `running` at least once: start-up is over (`/startupz`).
+    pub started: bool,
+    /// Settings changed by a live reconfiguration that take effect only after a restart
+    /// (`pg_settings.pending_restart`), sorted; `POST /restart` applies them.
+    pub pending_restart: Vec<String>,
     /// The current spec's `remote_extensions`, for `/extension_server`.
     pub remote_extensions: Option<Arc<RemoteExtSpec>>,
 }
@@ -127,6 +164,8 @@ pub struct StatusBody {
     pub status: Status,
     pub last_active: Option<String>,
     pub error: Option<String>,
+    /// Not in Neon's answer: the settings waiting for a restart (empty when none).
+    pub pending_restart: Vec<String>,
 }
 
 impl Snapshot {
@@ -138,6 +177,7 @@ impl Snapshot {
             status: self.status,
             last_active: self.last_active.map(time::rfc3339_offset),
             error: self.error.clone(),
+            pending_restart: self.pending_restart.clone(),
         }
     }
 }
@@ -157,6 +197,8 @@ impl Shared {
             last_active: None,
             metrics: Metrics::default(),
             postgres_up: false,
+            started: false,
+            pending_restart: Vec::new(),
             remote_extensions: None,
         })))
     }

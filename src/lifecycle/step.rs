@@ -1,6 +1,8 @@
 //! The owner's state holder and the one place that decides what an event does: [`step`].
 
-use super::states::{Empty, Failed, Fast, Immediate, Linger, Reason, Running, Terminated, TerminationPending, Urgency};
+use super::states::{
+    Empty, Failed, Fast, Immediate, Linger, Reason, Restarted, Running, Terminated, TerminationPending, Urgency,
+};
 use super::{Context, Parts, Status, StatusBody};
 use crate::postgres::process::StopMode;
 use crate::postgres::promote::Timings;
@@ -17,6 +19,8 @@ pub enum Event {
     Configure(ParsedSpec),
     /// `POST /terminate`.
     Terminate(Termination),
+    /// `POST /restart`.
+    Restart,
     /// `POST /promote`: the new primary's spec and the LSN the standby must replay first.
     Promote { spec: ParsedSpec, wal_flush_lsn: Lsn },
     /// `POST /refresh_configuration`: fetch the spec again and apply it.
@@ -58,6 +62,8 @@ pub enum Reply {
     Promoted(Timings),
     /// Not possible in this state.
     WrongState(Status),
+    /// Not possible for this compute, whatever its state, and why.
+    NotPossible(String),
     /// The transition ran and failed, with the error.
     Failed(String),
 }
@@ -128,7 +134,7 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
             log::info!("received signal {sig} while waiting for a spec: exiting");
             terminated(s.terminate::<Fast>(Reason::Signal))
         }
-        (s @ State::Empty(_), E::Query | E::Promote { .. } | E::RefreshConfiguration) => wrong(s),
+        (s @ State::Empty(_), E::Query | E::Restart | E::Promote { .. } | E::RefreshConfiguration) => wrong(s),
         (s @ State::Empty(_), E::PostgresExited) => (s, Reply::Done),
 
         (State::Running(r), E::Configure(spec)) => started(r.reconfigure(spec).begin().apply()),
@@ -145,6 +151,13 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
             log::info!("received signal {sig}: fast shutdown of postgres");
             terminated(r.terminate::<Fast>(StopMode::Fast, Reason::Signal))
         }
+        (State::Running(r), E::Restart) => match r.restart() {
+            Restarted::Running(r) => (State::Running(r), Reply::Done),
+            Restarted::Failed(f) => started(Err(f)),
+            Restarted::NotPossible(r, why) => (State::Running(r), Reply::NotPossible(why)),
+        },
+        // The exit of the postmaster a restart replaced.
+        (State::Running(r), E::PostgresExited) if r.postgres_alive() => (State::Running(r), Reply::Done),
         (State::Running(r), E::PostgresExited) => terminated(r.postgres_exited()),
         (State::Running(r), E::Promote { spec, wal_flush_lsn }) => match r.promote(spec, wal_flush_lsn) {
             (next, Ok(timings)) => (started(next).0, Reply::Promoted(timings)),
@@ -173,7 +186,7 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
         (State::Failed(f), E::PostgresExited) => {
             terminated(f.terminate::<Fast>(StopMode::Fast, Reason::PostgresExited))
         }
-        (s @ State::Failed(_), E::Init(_) | E::Terminate(_) | E::Query | E::Promote { .. }) => wrong(s),
+        (s @ State::Failed(_), E::Init(_) | E::Terminate(_) | E::Query | E::Restart | E::Promote { .. }) => wrong(s),
 
         (State::Terminated(t), E::Signal(_)) => (State::Terminated(t.stop_lingering()), Reply::Done),
         (s @ State::Terminated(_), E::PostgresExited) => (s, Reply::Done),
@@ -183,7 +196,7 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
         }
         (
             s @ State::Terminated(_),
-            E::Init(_) | E::Configure(_) | E::Query | E::Promote { .. } | E::RefreshConfiguration,
+            E::Init(_) | E::Configure(_) | E::Query | E::Restart | E::Promote { .. } | E::RefreshConfiguration,
         ) => wrong(s),
     }
 }

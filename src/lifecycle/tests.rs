@@ -52,6 +52,8 @@ impl Fake {
             shared: shared.clone(),
             postmaster: Arc::new(Mutex::new(None)),
             on_postgres_exit: Arc::new(|_| {}),
+            notifier: Arc::new(crate::notify::Notifier::disabled()),
+            pre_stop_checkpoint: std::time::Duration::ZERO,
             refresh: None,
         };
         Fake { dir, shared, parts: Some(parts) }
@@ -122,6 +124,8 @@ fn exit_by_itself(state: &State) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let exited = || match state {
         State::Failed(f) => !f.postgres_running(),
+        // The reaper records the exit status before it sends the real event.
+        State::Running(r) => !r.postgres_alive(),
         _ => gone(pid),
     };
     while !exited() {
@@ -182,6 +186,8 @@ fn empty_refuses_queries_ignores_exits_and_ends_on_terminate_or_signal() {
     let empty = f.empty();
     let (s, r) = f.step(empty, Event::Query);
     assert_eq!((s.status(), r), (Status::Empty, Reply::WrongState(Status::Empty)));
+    let (s, r) = f.step(s, Event::Restart);
+    assert_eq!((s.status(), r), (Status::Empty, Reply::WrongState(Status::Empty)));
     let (s, r) = f.step(s, Event::PostgresExited);
     assert_eq!((s.status(), r), (Status::Empty, Reply::Done));
     let (s, r) = f.step(s, Event::Signal(15));
@@ -205,7 +211,13 @@ fn a_failed_start_is_final_and_refuses_everything() {
     let s = refuses(
         &f,
         s,
-        vec![Event::Init(spec()), Event::Configure(spec()), Event::Terminate(Termination::Fast), Event::Query],
+        vec![
+            Event::Init(spec()),
+            Event::Configure(spec()),
+            Event::Terminate(Termination::Fast),
+            Event::Query,
+            Event::Restart,
+        ],
     );
     // The exit of the Postgres a failed start stopped arrives after it: nothing changes.
     let (s, r) = f.step(s, Event::PostgresExited);
@@ -221,6 +233,13 @@ fn running_answers_queries_refuses_init_and_fails_a_live_configure_with_postgres
     assert_eq!((s.status(), r), (Status::Running, Reply::Done));
     let (s, r) = f.step(s, Event::Init(spec()));
     assert_eq!((s.status(), r), (Status::Running, Reply::WrongState(Status::Running)));
+    // A restart (local storage) replaces the postmaster; the old one's exit event is stale.
+    let old = postmaster_pid(&s);
+    let (s, r) = f.step(s, Event::Restart);
+    assert_eq!((s.status(), r), (Status::Running, Reply::Done));
+    assert!(gone(old) && postmaster_pid(&s) != old);
+    let (s, r) = f.step(s, Event::PostgresExited);
+    assert_eq!((s.status(), r), (Status::Running, Reply::Done));
     let pid = postmaster_pid(&s);
     let (s, r) = f.step(s, Event::Configure(spec()));
     let Reply::Failed(msg) = r else { panic!("{r:?}") };
@@ -261,7 +280,8 @@ fn failed_with_postgres_up_takes_a_new_spec_refuses_the_rest_and_ends_on_signal_
     let pid = postmaster_pid(&s);
     let (s, r) = f.step(s, Event::Configure(spec()));
     assert!(matches!(r, Reply::Failed(_)), "a corrected spec is tried (and fails here too): {r:?}");
-    let s = refuses(&f, s, vec![Event::Init(spec()), Event::Terminate(Termination::Fast), Event::Query]);
+    let s =
+        refuses(&f, s, vec![Event::Init(spec()), Event::Terminate(Termination::Fast), Event::Query, Event::Restart]);
     // A stale exit event while Postgres still runs changes nothing.
     let (s, r) = f.step(s, Event::PostgresExited);
     assert_eq!((s.status(), r, postmaster_pid(&s)), (Status::Failed, Reply::Done, pid));
@@ -275,7 +295,7 @@ fn failed_with_postgres_up_takes_a_new_spec_refuses_the_rest_and_ends_on_signal_
 fn terminated_refuses_everything_and_a_signal_ends_the_lingering() {
     let mut f = Fake::new("terminated", INITDB_OK);
     let s = f.terminated();
-    let s = refuses(&f, s, vec![Event::Init(spec()), Event::Configure(spec()), Event::Query]);
+    let s = refuses(&f, s, vec![Event::Init(spec()), Event::Configure(spec()), Event::Query, Event::Restart]);
     // A repeated /terminate gets the first answer's LSN again (answered 201).
     let (s, r) = f.step(s, Event::Terminate(Termination::Immediate));
     assert_eq!(r, Reply::AlreadyTerminated { lsn: None });

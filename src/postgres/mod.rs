@@ -21,6 +21,7 @@ pub mod promote;
 pub mod queries;
 pub mod safekeepers;
 pub mod sql;
+pub mod stop;
 pub mod storage;
 pub mod subscriptions;
 pub mod version;

@@ -149,6 +149,11 @@ impl Postmaster {
         // In the memory cgroup when AUTOSCALING is set (see `cgroup`).
         let mut cmd = crate::cgroup::command(&pgbin)?;
         cmd.arg("-D").arg(pgdata).stdin(Stdio::null()).stderr(Stdio::piped());
+        // Debian's Postgres speaks sd_notify itself: it must not tell systemd it is ready
+        // before compute_ctl has configured it (and systemd would refuse a non-main pid).
+        for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            cmd.env_remove(k);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -166,6 +166,14 @@ fn each_bad_token_gets_neons_code_and_a_refused_configure_applies_nothing() {
     let r = with_auth(s.http_port, "GET", "/status", Some(&format!("bEARer {valid}")), b"");
     assert_eq!(r.status, 200);
     assert_eq!(with_auth(s.http_port, "GET", "/metrics", None, b"").status, 200);
+    // The Kubernetes probes need no token either (the kubelet cannot send one); they answer
+    // for the state (`empty`: alive, start-up over, not ready), while /restart stays guarded.
+    assert_eq!(with_auth(s.http_port, "GET", "/healthz", None, b"").status, 200);
+    assert_eq!(with_auth(s.http_port, "GET", "/startupz", None, b"").status, 200);
+    let r = with_auth(s.http_port, "GET", "/readyz", None, b"");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("empty"), "{}", r.text());
+    assert_eq!(with_auth(s.http_port, "POST", "/restart", None, b"").status, 400);
     assert_eq!(with_auth(s.http_port, "GET", "/no_such_route", None, b"").status, 404);
     assert_eq!(with_auth(s.http_port, "GET", "/metrics.json", None, b"").status, 400);
 
@@ -175,6 +183,7 @@ fn each_bad_token_gets_neons_code_and_a_refused_configure_applies_nothing() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "running");
     assert_eq!(probe(s.http_port), Some(0));
+    assert_eq!(with_auth(s.http_port, "GET", "/readyz", None, b"").status, 200, "running and accepting");
     let r = with_auth(s.http_port, "POST", "/terminate", Some(&format!("Bearer {admin}")), b"");
     assert_eq!(r.status, 200, "{}", r.text());
     c.wait_exit(Duration::from_secs(30));

@@ -79,7 +79,10 @@ impl RefreshConfiguration {
         };
         self.ctx.publish_spec(&spec);
         match boot::reconfigure(&self.ctx, &spec, &self.postmaster) {
-            Ok(()) => (Ok(Running::enter(self.ctx, spec, self.postmaster)), Ok(())),
+            Ok(pending) => {
+                self.ctx.record_pending_restart(pending);
+                (Ok(Running::enter(self.ctx, spec, self.postmaster)), Ok(()))
+            }
             Err(e) => {
                 let msg = format!("the refreshed spec could not be applied: {}", e.report());
                 (Err(Failed::enter(self.ctx, e, Some((self.postmaster, spec)))), Err(msg))

@@ -119,26 +119,41 @@ pub fn hand_over_admin_of_deleted_roles(
     privileged: &str,
     deleting: &[String],
 ) -> Result<()> {
-    const PHASE: &str = "drop_roles";
-    if !version.at_least(16) || deleting.is_empty() {
-        return Ok(());
+    for stmt in admin_to_take_over(sys.client, sys.db, version, privileged, deleting)? {
+        sys.run("drop_roles", &stmt)?;
     }
-    let names: Vec<String> = sys
-        .client
+    Ok(())
+}
+
+/// The grants [`hand_over_admin_of_deleted_roles`] would run now; only reads the catalog
+/// (`compute_ctl plan` shows them).
+pub fn admin_to_take_over(
+    client: &mut postgres::Client,
+    db: &str,
+    version: PgVersion,
+    privileged: &str,
+    deleting: &[String],
+) -> Result<Vec<Stmt>> {
+    if !version.at_least(16) || deleting.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = client
         .query(ADMIN_HELD_BY_DELETED, &[&deleting, &privileged])
-        .map_err(|e| Error::sql(PHASE, sys.db, e))?
+        .map_err(|e| Error::sql("drop_roles", db, e))?
         .into_iter()
         .map(|r| r.get(0))
         .collect();
-    for name in names {
-        let sql = format!(
-            "GRANT {} TO {} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE",
-            quote_ident(&name),
-            quote_ident(privileged)
-        );
-        sys.run(PHASE, &Stmt { what: sql.clone(), sql })?;
-    }
-    Ok(())
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let sql = format!(
+                "GRANT {} TO {} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE",
+                quote_ident(&name),
+                quote_ident(privileged)
+            );
+            Stmt { what: sql.clone(), sql }
+        })
+        .collect())
 }
 
 #[cfg(test)]

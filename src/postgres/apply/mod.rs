@@ -2,11 +2,14 @@
 //! vanilla PostgreSQL.
 //!
 //! The spec is the source of truth for the roles and databases it names; others are left
-//! alone, and only delta operations delete. The apply reads the catalog once, plans each
-//! phase as a list of statements from the difference (see [`catalog`]), and runs only those:
-//! a second apply of the same spec sends no DDL at all. Per-database phases run on a bounded
-//! pool of threads ([`per_db`]). Where PostgreSQL majors differ, the statements are chosen
-//! by the server's `server_version_num`, read once per apply ([`by_version`]).
+//! alone, and only delta operations delete. The apply reads the catalog once and plans every
+//! cluster-wide phase as a list of statements from the difference ([`plan`], from the pure
+//! functions of [`catalog`]) before running any; each database is read and planned when it is
+//! visited, then its plan runs. A second apply of the same spec sends no DDL at all.
+//! Per-database phases run on a bounded pool of threads ([`per_db`]). `compute_ctl plan`
+//! prints the same plans without running them ([`plan::dry_run`]). Where PostgreSQL majors
+//! differ, the statements are chosen by the server's `server_version_num`, read once per
+//! apply ([`by_version`]).
 //!
 //! Phases, in order: the privileged role (`--privileged-role-name`, default `neon_superuser`); drop invalid databases; rename roles; create and alter
 //! roles; rename and delete databases (a deleted database's subscriptions are dropped first,
@@ -23,19 +26,20 @@
 pub mod by_version;
 pub mod catalog;
 pub mod per_db;
+pub mod plan;
 pub mod privileged;
 pub mod settings;
 
 use crate::error::{Error, Result};
-use crate::escape::quote_ident;
 use crate::postgres::sql::Warm;
 use crate::postgres::version::PgVersion;
 use crate::postgres::{conf, sql};
 use crate::spec::{ComputeSpec, Database, ParsedSpec, Role};
-use catalog::{DbDelta, Snapshot, Stmt};
+use catalog::Snapshot;
 use per_db::{DbTask, Exec};
+use plan::SystemPlan;
 use postgres::Client;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -117,85 +121,27 @@ pub fn apply_with(
     let system_db = sql::connstr_dbname(connstr)?;
     let counter = Counter::default();
     let mut client = maintenance_client_from(warm, connstr, &system_db)?;
-    let mut snap = Snapshot::load(&mut client, privileged).map_err(|e| Error::sql("read catalog", &system_db, e))?;
-    let state = SystemState::load(&mut client).map_err(|e| Error::sql("read catalog", &system_db, e))?;
-    let jwks_roles: HashSet<String> = spec
-        .local_proxy_config
-        .iter()
-        .flat_map(|l| l.jwks.iter().flatten())
-        .flat_map(|j| j.role_names.iter().cloned())
-        .collect();
-
-    // Before any statement: a spec that would weaken compute_ctl's own roles changes nothing.
-    privileged::check(spec, &state.current_user, privileged)?;
-    // Before any DDL too: a database option this major lacks fails the apply with nothing done.
-    by_version::check_database_options(spec, &snap, state.version)?;
-
-    let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
-    let superuser = catalog::create_superuser(spec, privileged, &mut snap);
-    if !superuser.is_empty() {
+    let plan = SystemPlan::build(&mut client, spec, privileged, &system_db)?;
+    if plan.creates_superuser {
         // Default privileges checked before were for a neon_superuser that is gone.
         per_db::forget_verified(Some(connstr));
     }
-    run(&mut sys, "create_superuser", superuser)?;
-    run(&mut sys, "create_superuser", by_version::privileged_role_memberships(state.version, privileged, &mut snap))?;
-    by_version::warn_md5(spec, state.version);
-    run(&mut sys, "drop_invalid_databases", catalog::drop_invalid_databases(&mut snap))?;
-    run(&mut sys, "rename_roles", catalog::rename_roles(spec, &mut snap))?;
-    let roles = catalog::create_and_alter_roles(spec, privileged, &jwks_roles, &state.current_user, &mut snap);
-    run(&mut sys, "create_and_alter_roles", roles)?;
-    for delta in catalog::rename_and_delete_databases(spec, &mut snap) {
-        match delta {
-            DbDelta::Rename(s) => sys.run("rename_and_delete_databases", &s)?,
-            DbDelta::Delete { name, allow_connections_first, stmts } => {
-                drop_subscriptions_of(&mut sys, connstr, &name, allow_connections_first)?;
-                run(&mut sys, "rename_and_delete_databases", stmts)?;
-            }
-        }
-    }
-    run(&mut sys, "create_and_alter_databases", catalog::create_and_alter_databases(spec, privileged, &mut snap))?;
-    if !state.neon_schema {
-        sys.run("create_schema_neon", &stmt("CREATE SCHEMA IF NOT EXISTS neon"))?;
-    }
-
-    let roles_to_delete = catalog::roles_to_delete(spec, &snap);
-    let tasks = db_tasks(spec, &snap, &system_db, &state.current_user);
+    let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
+    plan::run_steps(&mut sys, connstr, &plan.head)?;
+    let tasks = &plan.tasks;
     let shared = per_db::Shared {
         connstr,
-        roles_to_delete: &roles_to_delete,
+        roles_to_delete: &plan.roles_to_delete,
         privileged_role: privileged,
         counter: &counter,
         warm,
     };
-    per_db::run_all(&tasks, workers, &shared)?;
-
+    per_db::run_all(tasks, workers, &shared)?;
     let mut sys = Exec { client: &mut client, db: &system_db, counter: &counter };
-    if state.pg_stat_statements_preloaded && !state.pg_stat_statements_installed {
-        sys.run("handle_other_extensions", &stmt("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))?;
-    }
-    match (&state.neon_available, &state.neon_installed) {
-        (Some(_), None) => {
-            sys.run("handle_neon_extension", &stmt("CREATE EXTENSION IF NOT EXISTS neon WITH SCHEMA neon"))?
-        }
-        (Some(available), Some(installed)) if available != installed => {
-            sys.run("handle_neon_extension", &stmt("ALTER EXTENSION neon UPDATE"))?
-        }
-        _ => {}
-    }
-    if !state.health_check {
-        sys.run(
-            "create_availability_check",
-            &stmt(
-                "CREATE TABLE IF NOT EXISTS health_check (id serial primary key, updated_at timestamptz default now())",
-            ),
-        )?;
-        sys.run(
-            "create_availability_check",
-            &stmt("INSERT INTO health_check VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET updated_at = now()"),
-        )?;
-    }
-    by_version::hand_over_admin_of_deleted_roles(&mut sys, state.version, privileged, &roles_to_delete)?;
-    run(&mut sys, "drop_roles", catalog::drop_roles(&roles_to_delete, &mut snap))?;
+    plan::run_steps(&mut sys, connstr, &plan.tail)?;
+    // Reads who holds which ADMIN OPTION only now, after the renames and per-database work.
+    by_version::hand_over_admin_of_deleted_roles(&mut sys, plan.version, privileged, &plan.roles_to_delete)?;
+    plan::run_steps(&mut sys, connstr, &plan.drop_roles)?;
 
     let report = Report { statements: counter.by_phase(), total: counter.total(), elapsed: started.elapsed() };
     let phases: Vec<String> = report.statements.iter().map(|(p, n)| format!("{p}={n}")).collect();
@@ -207,14 +153,6 @@ pub fn apply_with(
         tasks.len(),
     );
     Ok(report)
-}
-
-fn stmt(sql: &str) -> Stmt {
-    Stmt { sql: sql.into(), what: sql.into() }
-}
-
-fn run(exec: &mut Exec<'_>, phase: &'static str, stmts: Vec<Stmt>) -> Result<()> {
-    stmts.iter().try_for_each(|s| exec.run(phase, s))
 }
 
 /// Reference 4.7: from `max_connections` (settings, else the base `postgresql_conf`):
@@ -249,7 +187,7 @@ pub fn maintenance_client_from(warm: Option<&Warm>, connstr: &str, db: &str) -> 
 }
 
 /// What the cluster-wide phases after the roles and databases look at, read once.
-struct SystemState {
+pub(super) struct SystemState {
     /// `server_version_num`: read here, once per apply, for every statement that differs
     /// between majors.
     version: PgVersion,
@@ -292,7 +230,7 @@ impl SystemState {
 
 /// The per-database work list: every spec database plus the system database (once, if the
 /// spec also names it).
-fn db_tasks(spec: &ComputeSpec, snap: &Snapshot, system_db: &str, me: &str) -> Vec<DbTask> {
+pub(super) fn db_tasks(spec: &ComputeSpec, snap: &Snapshot, system_db: &str, me: &str) -> Vec<DbTask> {
     let mut tasks: Vec<DbTask> = Vec::new();
     let mut system_seen = false;
     for db in &spec.cluster.databases {
@@ -313,47 +251,6 @@ fn db_tasks(spec: &ComputeSpec, snap: &Snapshot, system_db: &str, me: &str) -> V
         tasks.push(DbTask { name: system_db.to_string(), owner: me.to_string(), manage_schema: false, oid: None });
     }
     tasks
-}
-
-/// Before `DROP DATABASE … WITH (FORCE)`: drops that database's subscriptions without
-/// touching the publisher (slot detached, connection string made unreachable so that not
-/// even table-sync slots are dropped). Connects to the database only when it has some.
-fn drop_subscriptions_of(sys: &mut Exec<'_>, connstr: &str, db: &str, allow_connections_first: bool) -> Result<()> {
-    const PHASE: &str = "rename_and_delete_databases";
-    let n: i64 = sys
-        .client
-        .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d ON d.oid = s.subdbid \
-             WHERE d.datname = $1",
-            &[&db],
-        )
-        .map_err(|e| Error::sql(PHASE, sys.db, e))?
-        .get(0);
-    if n == 0 {
-        return Ok(());
-    }
-    if allow_connections_first {
-        sys.run(PHASE, &stmt(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote_ident(db))))?;
-    }
-    let mut client = maintenance_client(connstr, Some(db))?;
-    let mut exec = Exec { client: &mut client, db, counter: sys.counter };
-    let names: Vec<String> = exec
-        .client
-        .query(
-            "SELECT subname::text FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d \
-             ON d.oid = s.subdbid WHERE d.datname = pg_catalog.current_database()",
-            &[],
-        )
-        .map_err(|e| Error::sql(PHASE, db, e))?
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect();
-    for name in names {
-        for sql in sql::detach_and_drop(&name) {
-            exec.run(PHASE, &stmt(&sql))?;
-        }
-    }
-    Ok(())
 }
 
 /// `GET /dbs_and_roles`: every role and database, as Neon answers it but **without password

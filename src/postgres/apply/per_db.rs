@@ -93,10 +93,18 @@ fn run_one(task: &DbTask, shared: &Shared<'_>) -> Result<()> {
     let mut client = maintenance_client_from(shared.warm, shared.connstr, &task.name)?;
     let mut exec = Exec { client: &mut client, db: &task.name, counter: shared.counter };
     if !deleting.is_empty() {
-        delete_role_references(&mut exec, &deleting, &task.owner)?;
+        // Planned inside the transaction, after the lock, so that what was read still holds.
+        exec.plain(DELETE_REFS, "BEGIN; LOCK TABLE pg_catalog.pg_shdepend IN SHARE ROW EXCLUSIVE MODE")?;
+        // Each role is planned when its turn comes, after the roles before it were handled.
+        for role in &deleting {
+            let ops = plan_role_references(exec.client, &task.name, role, &task.owner)?;
+            run_ops(&mut exec, DELETE_REFS, &ops)?;
+        }
+        exec.plain(DELETE_REFS, "COMMIT")?;
     }
     if check_schema {
-        change_schema_perms(&mut exec, &task.owner, shared.privileged_role)?;
+        let ops = plan_schema_perms(exec.client, &task.name, &task.owner, shared.privileged_role)?;
+        run_ops(&mut exec, SCHEMA_PERMS, &ops)?;
         let oid = match task.oid {
             Some(oid) => oid,
             None => exec
@@ -108,6 +116,57 @@ fn run_one(task: &DbTask, shared: &Shared<'_>) -> Result<()> {
         verified().insert(key(oid));
     }
     Ok(())
+}
+
+/// One statement of a database's plan: counted and logged ([`Op::Run`]), or transaction
+/// plumbing sent as it is ([`Op::Plain`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Run(Stmt),
+    Plain(&'static str),
+}
+
+impl Op {
+    /// What a dry run prints.
+    pub fn shown(&self) -> &str {
+        match self {
+            Op::Run(s) => &s.what,
+            Op::Plain(sql) => sql,
+        }
+    }
+}
+
+fn run_ops(exec: &mut Exec<'_>, phase: &'static str, ops: &[Op]) -> Result<()> {
+    ops.iter().try_for_each(|op| match op {
+        Op::Run(s) => exec.run(phase, s),
+        Op::Plain(sql) => exec.plain(phase, sql),
+    })
+}
+
+/// What a dry run of one database prints: the per-database phases planned from a read-only
+/// look at it (no transaction, no lock; nothing is remembered as verified).
+pub fn plan_one(
+    client: &mut Client,
+    task: &DbTask,
+    roles_to_delete: &[String],
+    privileged: &str,
+) -> Result<Vec<(&'static str, Op)>> {
+    let deleting: Vec<&String> = roles_to_delete.iter().filter(|r| **r != task.owner).collect();
+    let mut out = Vec::new();
+    if !deleting.is_empty() {
+        out.push((DELETE_REFS, Op::Plain("BEGIN")));
+        out.push((DELETE_REFS, Op::Plain("LOCK TABLE pg_catalog.pg_shdepend IN SHARE ROW EXCLUSIVE MODE")));
+        for role in &deleting {
+            let ops = plan_role_references(client, &task.name, role, &task.owner)?;
+            out.extend(ops.into_iter().map(|o| (DELETE_REFS, o)));
+        }
+        out.push((DELETE_REFS, Op::Plain("COMMIT")));
+    }
+    if task.manage_schema {
+        let ops = plan_schema_perms(client, &task.name, &task.owner, privileged)?;
+        out.extend(ops.into_iter().map(|o| (SCHEMA_PERMS, o)));
+    }
+    Ok(out)
 }
 
 /// A connection to one database that counts what it runs.
@@ -167,14 +226,15 @@ WHERE k.grantee = (SELECT oid FROM r) AND k.grantor <> (SELECT oid FROM r)
 ORDER BY 1, 2, 3, 4";
 
 /// `REASSIGN OWNED` to the database owner, `REVOKE` of what other grantors gave (as those
-/// grantors, with `CASCADE` for what the role passed on), then `DROP OWNED`, in one
-/// transaction.
-fn delete_role_references(exec: &mut Exec<'_>, roles: &[&String], owner: &str) -> Result<()> {
-    exec.plain(DELETE_REFS, "BEGIN; LOCK TABLE pg_catalog.pg_shdepend IN SHARE ROW EXCLUSIVE MODE")?;
-    for role in roles {
+/// grantors, with `CASCADE` for what the role passed on), then `DROP OWNED`; run in one
+/// transaction. The grants are read before the `REASSIGN`, which changes only objects the
+/// role owns, not the grants others gave it that are listed here.
+fn plan_role_references(client: &mut Client, db: &str, role: &str, owner: &str) -> Result<Vec<Op>> {
+    let mut ops = Vec::new();
+    {
         let r = quote_ident(role);
-        exec.run(DELETE_REFS, &stmt(format!("REASSIGN OWNED BY {r} TO {}", quote_ident(owner))))?;
-        let grants = exec.query(DELETE_REFS, FOREIGN_GRANTS, &[&role.as_str()])?;
+        ops.push(Op::Run(stmt(format!("REASSIGN OWNED BY {r} TO {}", quote_ident(owner)))));
+        let grants = client.query(FOREIGN_GRANTS, &[&role]).map_err(|e| Error::sql(DELETE_REFS, db, e))?;
         for g in grants {
             let grantor: String = g.get(0);
             // Only the four words the query itself produces reach the statement.
@@ -191,13 +251,13 @@ fn delete_role_references(exec: &mut Exec<'_>, roles: &[&String], owner: &str) -
                 Some(n) => format!("{}.{}", quote_ident(&n), quote_ident(&obj)),
                 None => quote_ident(&obj),
             };
-            exec.run(DELETE_REFS, &stmt(format!("SET LOCAL ROLE {}", quote_ident(&grantor))))?;
-            exec.run(DELETE_REFS, &stmt(format!("REVOKE ALL ON {kind} {target} FROM {r} CASCADE")))?;
-            exec.plain(DELETE_REFS, "RESET ROLE")?;
+            ops.push(Op::Run(stmt(format!("SET LOCAL ROLE {}", quote_ident(&grantor)))));
+            ops.push(Op::Run(stmt(format!("REVOKE ALL ON {kind} {target} FROM {r} CASCADE"))));
+            ops.push(Op::Plain("RESET ROLE"));
         }
-        exec.run(DELETE_REFS, &stmt(format!("DROP OWNED BY {r}")))?;
+        ops.push(Op::Run(stmt(format!("DROP OWNED BY {r}"))));
     }
-    exec.plain(DELETE_REFS, "COMMIT")
+    Ok(ops)
 }
 
 const SCHEMA_PERMS: &str = "change_schema_perms";
@@ -226,20 +286,21 @@ FROM p";
 /// Schema `public`: owned by the database owner when the admin still owns it, `CREATE` for
 /// `web_access`, default privileges for the privileged role (reference 4.8 8b); each
 /// statement only when its state is not there yet.
-fn change_schema_perms(exec: &mut Exec<'_>, owner: &str, privileged: &str) -> Result<()> {
-    let rows = exec.query(SCHEMA_PERMS, SCHEMA_STATE, &[&privileged])?;
-    let Some(row) = rows.first() else { return Ok(()) };
+fn plan_schema_perms(client: &mut Client, db: &str, owner: &str, privileged: &str) -> Result<Vec<Op>> {
+    let rows = client.query(SCHEMA_STATE, &[&privileged]).map_err(|e| Error::sql(SCHEMA_PERMS, db, e))?;
+    let Some(row) = rows.first() else { return Ok(Vec::new()) };
     let schema_owner: String = row.get(0);
     let need_web_access: bool = row.get(1);
     let tables_ok: bool = row.get(2);
     let sequences_ok: bool = row.get(3);
     let me: String = row.get(4);
+    let mut ops = Vec::new();
     let admin_owned = schema_owner == me || schema_owner == "cloud_admin" || schema_owner == "zenith_admin";
     if admin_owned && schema_owner != owner {
-        exec.run(SCHEMA_PERMS, &stmt(format!("ALTER SCHEMA public OWNER TO {}", quote_ident(owner))))?;
+        ops.push(Op::Run(stmt(format!("ALTER SCHEMA public OWNER TO {}", quote_ident(owner)))));
     }
     if need_web_access {
-        exec.run(SCHEMA_PERMS, &stmt("GRANT CREATE ON SCHEMA public TO web_access".into()))?;
+        ops.push(Op::Run(stmt("GRANT CREATE ON SCHEMA public TO web_access".into())));
     }
     for (ok, what) in [(tables_ok, "TABLES"), (sequences_ok, "SEQUENCES")] {
         if !ok {
@@ -247,10 +308,10 @@ fn change_schema_perms(exec: &mut Exec<'_>, owner: &str, privileged: &str) -> Re
                 "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON {what} TO {} WITH GRANT OPTION",
                 quote_ident(privileged)
             );
-            exec.run(SCHEMA_PERMS, &stmt(sql))?;
+            ops.push(Op::Run(stmt(sql)));
         }
     }
-    Ok(())
+    Ok(ops)
 }
 
 fn stmt(sql: String) -> Stmt {

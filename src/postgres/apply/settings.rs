@@ -51,6 +51,34 @@ pub fn check_postgresql_conf(connstr: &str) -> Result<Check> {
     Ok(check)
 }
 
+/// When Postgres last loaded its configuration files, as it prints the time; compare it
+/// before and after a reload to know when the reload was taken.
+pub fn conf_load_time(client: &mut postgres::Client) -> Result<String> {
+    let row = client
+        .query_one("SELECT pg_catalog.pg_conf_load_time()::text", &[])
+        .map_err(|e| Error::sql("read pg_conf_load_time", "postgres", e))?;
+    Ok(row.get(0))
+}
+
+/// The settings whose new value waits for a restart (`pg_settings.pending_restart`), sorted,
+/// read once Postgres has taken the reload asked for after `loaded_before` (the
+/// [`conf_load_time`] seen before it), polling at most `wait` for that.
+pub fn pending_restart(
+    client: &mut postgres::Client,
+    loaded_before: &str,
+    wait: std::time::Duration,
+) -> Result<Vec<String>> {
+    let deadline = std::time::Instant::now() + wait;
+    // A backend takes a reload between two commands, once the postmaster has passed it on.
+    while conf_load_time(client)? == loaded_before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let rows = client
+        .query("SELECT name FROM pg_catalog.pg_settings WHERE pending_restart ORDER BY name", &[])
+        .map_err(|e| Error::sql("read pg_settings", "postgres", e))?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
 /// Parses the configuration as the next start would, with `postgres -D PGDATA -C port`
 /// (allowed beside a running server; it reads the files and exits). This catches what
 /// `pg_file_settings` cannot tell from a pending restart: an invalid value of a restart-only
