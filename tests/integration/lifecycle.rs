@@ -237,8 +237,14 @@ fn a_second_sigterm_escalates_a_stuck_fast_shutdown_to_immediate() {
     assert!(!st.success());
     support::wait_pid_gone(pm, Duration::from_secs(10));
     assert!(c.log_text().contains("second signal: immediate shutdown"), "{}", c.log_text());
-    // The shutdown checkpoint never completed: pg_control says "in production" (not begun)
-    // or "shutting down" (begun when the immediate shutdown came), never "shut down".
+    // Postgres runs the archiver's last cycle after the shutdown checkpoint, so the hang can
+    // come before it ("in production"), during it ("shutting down") or after it ("shut down",
+    // likelier now that the pre-stop CHECKPOINT leaves the shutdown checkpoint little to do).
+    // What proves the escalation is the log line above and the exit while the archiver still
+    // hangs; pg_control must only be in one of those states, never "in crash recovery".
     let state = support::cluster_state(&s.pgdata);
-    assert!(["in production", "shutting down"].contains(&state.as_str()), "an immediate shutdown left {state:?}");
+    assert!(
+        ["in production", "shutting down", "shut down"].contains(&state.as_str()),
+        "an immediate shutdown left {state:?}"
+    );
 }
