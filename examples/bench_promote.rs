@@ -22,7 +22,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{PGBIN_DIR, as_postgres, chmod, chown, claim_port_pair, compute_ctl_binary, median, ms, pg_cmd};
+use support::{PGBIN_DIR, as_postgres, chmod, claim_port_pair, compute_ctl_binary, median, ms, pg_cmd};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SUPERUSER: &str = "cloud_admin";
@@ -68,9 +68,7 @@ fn main() {
 }
 
 fn initdb(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    chown(dir);
-    chmod(dir, 0o700);
+    support::pg_data_dir(dir);
     let out = pg_cmd("initdb")
         .arg("-D")
         .arg(dir)
@@ -81,9 +79,7 @@ fn initdb(dir: &Path) {
 }
 
 fn basebackup(dir: &Path, primary_port: u16) {
-    std::fs::create_dir_all(dir).unwrap();
-    chown(dir);
-    chmod(dir, 0o700);
+    support::pg_data_dir(dir);
     let out = pg_cmd("pg_basebackup")
         .arg("-D")
         .arg(dir)

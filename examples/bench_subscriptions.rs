@@ -24,7 +24,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{PGBIN_DIR, chmod, chown, compute_ctl_binary, free_port, median, ms, pg_cmd};
+use support::{PGBIN_DIR, chmod, compute_ctl_binary, free_port, median, ms, pg_cmd};
 
 const RUNS: usize = 15;
 
@@ -140,9 +140,7 @@ fn main() {
 }
 
 fn initdb(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    chown(dir);
-    chmod(dir, 0o700);
+    support::pg_data_dir(dir);
     let out = pg_cmd("initdb")
         .arg("-D")
         .arg(dir)

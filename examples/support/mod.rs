@@ -49,6 +49,13 @@ pub fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// Makes `dir` (and its parents) a PGDATA-to-be: owned by the Postgres user, mode 0700.
+pub fn pg_data_dir(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    chown(dir);
+    chmod(dir, 0o700);
+}
+
 /// A free loopback port whose next port is free too (compute_ctl's internal HTTP server takes
 /// it), below the kernel's ephemeral range's end.
 pub fn free_port() -> u16 {
