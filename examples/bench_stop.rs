@@ -152,7 +152,10 @@ impl Bench {
             {
                 break c;
             }
-            assert!(child.0.try_wait().unwrap().is_none(), "compute_ctl exited; see {}", self.root.display());
+            if child.0.try_wait().unwrap().is_some() {
+                let log = std::fs::read_to_string(self.root.join("compute_ctl.log")).unwrap_or_default();
+                panic!("compute_ctl exited during its start; its log:\n{log}");
+            }
             assert!(t0.elapsed() < TIMEOUT, "postgres not up");
             std::thread::sleep(Duration::from_millis(20));
         };
