@@ -196,6 +196,7 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
             crate::monitor::set_extensions_interval(args.installed_extensions_interval, running.spec().spec());
             crate::monitor::ensure_started(&app.shared, &app.node.connstr);
             crate::vm_monitor::ensure_started(&args, running.spec().spec().disable_lfc_resizing != Some(true));
+            crate::lfc::ensure_started(&app.node, app.shared.get().lfc.as_ref());
         }
         let message = match state.exit() {
             None => owner.recv(),
@@ -221,6 +222,7 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         let configure = matches!(event, Event::Configure(_));
         if stops_postgres(&state, &event) {
             crate::vm_monitor::stop();
+            crate::lfc::stop();
         }
         let (next, answer) = lifecycle::step(state, event);
         state = next;
@@ -331,12 +333,14 @@ fn spawn_signal_thread(
                     let _ = to_owner.send(Message { event: Event::Signal(sig), reply: None });
                     // The agent is told first, so it never talks to a Postgres on its way down.
                     crate::vm_monitor::stop();
+                    crate::lfc::stop();
                     pm.stop(StopMode::Fast);
                 });
                 if let Err(e) = spawned {
                     log::error!("cannot start the pre-stop thread ({e}): fast shutdown without a checkpoint");
                     let _ = tx.send(Message { event: Event::Signal(sig), reply: None });
                     crate::vm_monitor::stop();
+                    crate::lfc::stop();
                     if let Some(pm) = crate::locks::lock(&postmaster).clone() {
                         pm.stop(StopMode::Fast);
                     }

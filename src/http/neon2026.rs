@@ -179,59 +179,53 @@ pub(super) fn refresh_configuration(app: &App) -> Response {
     }
 }
 
-/// The LFC prewarm and offload states of this process (Neon's `LfcPrewarmState` and
-/// `LfcOffloadState`, tagged by `status`).
-static LFC: std::sync::Mutex<(serde_json::Value, serde_json::Value)> = std::sync::Mutex::new((
-    serde_json::Value::Null, // not_prewarmed until set
-    serde_json::Value::Null, // not_offloaded until set
-));
-
-/// `GET|POST|DELETE /lfc/prewarm`, `GET|POST /lfc/offload` (reference 5.8). `GET` answers the
-/// state. `POST` needs a running compute whose Postgres has the neon extension's file cache
-/// functions; on vanilla PostgreSQL it answers 412 naming the missing function, and the
-/// state becomes `failed` with the same text. `DELETE` (cancel) answers 202.
+/// `GET|POST|DELETE /lfc/prewarm[?from_endpoint=<id>]`, `GET|POST /lfc/offload` (reference
+/// 5.8). `GET` answers the state. `POST` answers 202 and works in the background (a prewarm
+/// or offload on vanilla PostgreSQL ends `failed`, naming the neon function it lacks), or 429
+/// while one runs; with no spec yet 412, where Neon's task panics. A query without
+/// `from_endpoint` is a plain-text 400, as axum's. `DELETE` cancels a running prewarm and
+/// answers 202.
 pub(super) fn lfc(app: &App, req: &Request, offload: bool) -> Response {
-    let (function, kind) = if offload {
-        ("neon.get_local_cache_state()", "offload")
-    } else {
-        ("neon.prewarm_local_cache(bytea)", "prewarm")
-    };
-    let current = |lfc: &(serde_json::Value, serde_json::Value)| {
-        let v = if offload { &lfc.1 } else { &lfc.0 };
-        if v.is_null() {
-            serde_json::json!({ "status": if offload { "not_offloaded" } else { "not_prewarmed" } })
-        } else {
-            v.clone()
-        }
-    };
     match req.method.as_str() {
-        "GET" | "HEAD" => return Response::json(200, &current(&crate::locks::lock(&LFC))),
-        "DELETE" => return Response::empty(202),
+        "GET" | "HEAD" if offload => return Response::json(200, &crate::lfc::offload_state()),
+        "GET" | "HEAD" => return Response::json(200, &crate::lfc::prewarm_state()),
+        "DELETE" => {
+            crate::lfc::cancel_prewarm();
+            return Response::empty(202);
+        }
         _ => {}
     }
-    if let Err(r) = app.admit() {
-        return r;
-    }
-    let set = |v: serde_json::Value| {
-        let mut lfc = crate::locks::lock(&LFC);
-        if offload { lfc.1 = v } else { lfc.0 = v }
+    let from_endpoint = match req.query.as_deref() {
+        Some(q) if !offload && !q.is_empty() => match req.query_param("from_endpoint") {
+            Some(id) if crate::lfc::valid_endpoint_id(&id) => Some(id),
+            Some(id) => {
+                let msg = format!(
+                    "Failed to deserialize query string: from_endpoint {id:?} is not an endpoint id (letters, digits, '-', '_', '.')"
+                );
+                return Response::text(400, "text/plain; charset=utf-8", msg);
+            }
+            None => {
+                let msg = "Failed to deserialize query string: missing field `from_endpoint`".to_string();
+                return Response::text(400, "text/plain; charset=utf-8", msg);
+            }
+        },
+        _ => None,
     };
-    match crate::postgres::queries::function_exists(&app.node, function) {
-        Ok(true) => {
-            // The neon extension is there, but this build does not talk to the endpoint
-            // storage (`endpoint_storage_addr`) yet: say so rather than pretend.
-            let msg = format!("LFC {kind} through the endpoint storage is not implemented by this compute_ctl");
-            set(serde_json::json!({ "status": "failed", "error": msg }));
-            Response::error(501, msg)
-        }
-        Ok(false) => {
-            let msg = format!(
-                "the neon extension's local file cache is not available on this Postgres ({function} does not exist)"
-            );
-            set(serde_json::json!({ "status": "failed", "error": msg }));
-            Response::error(412, msg)
-        }
-        Err(e) => super::routes::failure("", &e),
+    let Some(target) = app.shared.get().lfc else {
+        return Response::error(
+            412,
+            "no spec yet: the LFC state's location (tenant, timeline, endpoint, endpoint storage) comes from the \
+             spec; send one with POST /configure first",
+        );
+    };
+    let started = if offload {
+        crate::lfc::start_offload(&app.node, &target)
+    } else {
+        crate::lfc::start_prewarm(&app.node, &target, from_endpoint.as_deref())
+    };
+    match started {
+        Ok(()) => Response::empty(202),
+        Err(busy) => Response::error(429, busy),
     }
 }
 

@@ -240,6 +240,7 @@ impl Context {
             s.tenant = Some(spec.tenant_id());
             s.timeline = Some(spec.timeline_id());
             s.remote_extensions = spec.spec().remote_extensions.clone().map(Arc::new);
+            s.lfc = Some(Arc::new(crate::lfc::Target::of(spec)));
         });
     }
 

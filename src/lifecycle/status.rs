@@ -153,6 +153,8 @@ pub struct Snapshot {
     pub pending_restart: Vec<String>,
     /// The current spec's `remote_extensions`, for `/extension_server`.
     pub remote_extensions: Option<Arc<RemoteExtSpec>>,
+    /// Where the current spec keeps the LFC state, for `/lfc/prewarm` and `/lfc/offload`.
+    pub lfc: Option<Arc<crate::lfc::Target>>,
 }
 
 /// Neon's `ComputeStatusResponse`.
@@ -200,6 +202,7 @@ impl Shared {
             started: false,
             pending_restart: Vec::new(),
             remote_extensions: None,
+            lfc: None,
         })))
     }
 

@@ -14,6 +14,7 @@ pub mod basebackup;
 pub mod conf;
 pub mod dump;
 pub mod hba;
+pub mod lfc;
 pub mod migrations;
 pub mod pgdata;
 pub mod process;

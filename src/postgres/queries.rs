@@ -37,15 +37,6 @@ pub fn insights(node: &Node) -> Result<serde_json::Value> {
 
 /// An upsert into `public.health_check`. A full disk is logged and still counts as success,
 /// as in Neon.
-/// Whether the function `signature` (e.g. `neon.get_local_cache_state()`) exists.
-pub fn function_exists(node: &Node, signature: &str) -> Result<bool> {
-    let mut client = sql::connect(&node.connstr, None, "compute_ctl:lfc")?;
-    let row = client
-        .query_one("SELECT pg_catalog.to_regprocedure($1) IS NOT NULL", &[&signature])
-        .map_err(|e| Error::sql("look up a function", "postgres", e))?;
-    Ok(row.get(0))
-}
-
 pub fn check_writability(node: &Node) -> Result<()> {
     let mut client = sql::connect(&node.connstr, None, "compute_ctl:check_writability")?;
     let result = client.batch_execute(

@@ -165,6 +165,20 @@ impl ParsedSpec {
     pub fn mode(&self) -> ComputeMode {
         self.spec.mode
     }
+    /// `endpoint_storage_addr`, else the setting `neon.endpoint_storage_addr` (reference 2026
+    /// §3.5); an empty value counts as missing.
+    pub fn endpoint_storage_addr(&self) -> Option<&str> {
+        let s = &self.spec;
+        s.endpoint_storage_addr.as_deref().or_else(|| s.setting("neon.endpoint_storage_addr")).filter(|v| !v.is_empty())
+    }
+    /// `endpoint_storage_token`, else the setting `neon.endpoint_storage_token`.
+    pub fn endpoint_storage_token(&self) -> Option<&str> {
+        let s = &self.spec;
+        s.endpoint_storage_token
+            .as_deref()
+            .or_else(|| s.setting("neon.endpoint_storage_token"))
+            .filter(|v| !v.is_empty())
+    }
 }
 
 /// The pageserver of each shard (its libpq URL, in shard order), or None for local mode.

@@ -1,0 +1,627 @@
+//! LFC prewarm and offload (reference 2026 §5.8): the neon extension's Local File Cache is
+//! saved to the endpoint storage ("offload") and loaded back into a new compute ("prewarm"),
+//! so that a restarted or promoted compute starts with a warm cache.
+//!
+//! This module owns the two state machines, Neon's `LfcPrewarmState` and `LfcOffloadState`
+//! (their JSON bodies are the answers of `GET /lfc/prewarm` and `GET /lfc/offload`), and the
+//! background work: each prewarm or offload runs on its own thread, never on an HTTP handler
+//! or the owner loop. After `running`, [`ensure_started`] starts the prewarm of `autoprewarm`
+//! and the offload every `offload_lfc_interval_seconds`; [`stop`] ends both when Postgres
+//! stops.
+//!
+//! # Types
+//! - [`Machine`] holds both states. [`Machine::begin_prewarm`] is the only way to a
+//!   [`Ticket`], and it refuses while a prewarm runs (Neon's 429); the ticket is spent by
+//!   [`Machine::finish_prewarm`], so only the prewarm that began can end the `prewarming` state.
+//! - [`Job`] is the running prewarm's cancel handle: `DELETE /lfc/prewarm` sets it and sends
+//!   Postgres's cancel request while `neon.prewarm_local_cache` runs.
+//!
+//! ```compile_fail,E0451
+//! // A ticket cannot be made outside `begin_prewarm` (E0451: private field).
+//! let t = compute_ctl::lfc::Ticket { job: std::sync::Arc::new(Default::default()) };
+//! ```
+//! ```
+//! // The twin: the ticket `begin_prewarm` hands out.
+//! let mut m = compute_ctl::lfc::Machine::default();
+//! let t = m.begin_prewarm().unwrap();
+//! m.finish_prewarm(t, compute_ctl::lfc::PrewarmState::Skipped);
+//! ```
+//!
+//! Differences from Neon, on purpose: a `DELETE` with no prewarm running changes nothing (in
+//! Neon it leaves a cancelled token behind, and the next prewarm ends `cancelled`); with no
+//! spec the `POST` answers 412 (Neon's task panics with the state lock held).
+
+pub mod storage;
+
+use crate::locks::lock;
+use crate::metrics::{Counter, count};
+use crate::postgres::Node;
+use crate::postgres::lfc::{self as pg, Interrupted, Session};
+use crate::spec::ParsedSpec;
+use serde::Serialize;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Neon's `LfcPrewarmState`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum PrewarmState {
+    NotPrewarmed,
+    Prewarming,
+    Completed {
+        total: i32,
+        prewarmed: i32,
+        skipped: i32,
+        state_download_time_ms: u32,
+        uncompress_time_ms: u32,
+        prewarm_time_ms: u32,
+    },
+    Failed {
+        error: String,
+    },
+    /// Nothing stored for the endpoint (404).
+    Skipped,
+    Cancelled,
+}
+
+/// Neon's `LfcOffloadState`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum OffloadState {
+    NotOffloaded,
+    Offloading,
+    Completed {
+        state_query_time_ms: u32,
+        compress_time_ms: u32,
+        state_upload_time_ms: u32,
+    },
+    Failed {
+        error: String,
+    },
+    /// The extension had no state to save.
+    Skipped,
+}
+
+/// Neon's 429 messages.
+pub const PREWARM_BUSY: &str = "Multiple requests for prewarm are not allowed";
+pub const OFFLOAD_BUSY: &str = "Multiple requests for prewarm offload are not allowed";
+
+/// What of the spec the LFC work needs: the object's path and the endpoint storage.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Target {
+    tenant: String,
+    timeline: String,
+    endpoint_id: Option<String>,
+    addr: Option<String>,
+    token: Option<String>,
+    autoprewarm: bool,
+    offload_interval: Option<Duration>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("endpoint_id", &self.endpoint_id)
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    pub fn of(spec: &ParsedSpec) -> Target {
+        Target {
+            tenant: spec.tenant_id().to_string(),
+            timeline: spec.timeline_id().to_string(),
+            endpoint_id: spec.spec().endpoint_id.clone().filter(|e| !e.is_empty()),
+            addr: spec.endpoint_storage_addr().map(str::to_string),
+            token: spec.endpoint_storage_token().map(str::to_string),
+            autoprewarm: spec.spec().autoprewarm,
+            offload_interval: spec.spec().offload_lfc_interval_seconds.map(|n| Duration::from_secs(n.get())),
+        }
+    }
+
+    /// The object of `from_endpoint`, else of this endpoint; an error names what is missing.
+    pub fn object(&self, from_endpoint: Option<&str>) -> Result<storage::Object, String> {
+        let missing = |field: &str, setting: &str| {
+            format!("{field} missing: set it in the spec (or as the setting {setting}) to use the endpoint storage")
+        };
+        let addr =
+            self.addr.as_deref().ok_or_else(|| missing("endpoint_storage_addr", "neon.endpoint_storage_addr"))?;
+        let token =
+            self.token.as_deref().ok_or_else(|| missing("endpoint_storage_token", "neon.endpoint_storage_token"))?;
+        let endpoint = from_endpoint
+            .or(self.endpoint_id.as_deref())
+            .ok_or("endpoint_id missing: the spec names no endpoint and the request no from_endpoint")?;
+        Ok(storage::Object::new(addr, &self.tenant, &self.timeline, endpoint, token))
+    }
+}
+
+/// Whether `id` can be a path segment of the object URL (Neon's endpoint ids are like
+/// `ep-cool-darkness-123456`).
+pub fn valid_endpoint_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// The running prewarm's cancel handle.
+#[derive(Default)]
+pub struct Job(Mutex<JobState>);
+
+#[derive(Default)]
+struct JobState {
+    cancelled: bool,
+    done: bool,
+    /// Set while `neon.prewarm_local_cache` runs.
+    token: Option<postgres::CancelToken>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = lock(&self.0);
+        f.debug_struct("Job").field("cancelled", &s.cancelled).field("done", &s.done).finish()
+    }
+}
+
+impl Job {
+    fn cancelled(&self) -> bool {
+        lock(&self.0).cancelled
+    }
+
+    /// Hands over the token of the query about to run; false when a cancel came first.
+    fn arm(&self, token: postgres::CancelToken) -> bool {
+        let mut s = lock(&self.0);
+        s.token = Some(token);
+        !s.cancelled
+    }
+
+    fn end(&self) {
+        let mut s = lock(&self.0);
+        s.token = None;
+        s.done = true;
+    }
+
+    /// Marks the job cancelled and keeps sending Postgres's cancel request while the query
+    /// runs: a request that reaches the backend just before the query starts is ignored by
+    /// Postgres, so one is not enough. Bounded; on its own thread.
+    fn cancel(self: &Arc<Job>) {
+        lock(&self.0).cancelled = true;
+        let job = self.clone();
+        let spawned = std::thread::Builder::new().name("lfc-cancel".into()).spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                let token = {
+                    let s = lock(&job.0);
+                    if s.done {
+                        return;
+                    }
+                    s.token.clone()
+                };
+                if let Some(t) = token
+                    && let Err(e) = t.cancel_query(postgres::NoTls)
+                {
+                    log::warn!("LFC prewarm: cannot send the cancel request: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        if let Err(e) = spawned {
+            log::error!("LFC prewarm: cannot start the cancel thread: {e}");
+        }
+    }
+}
+
+/// Proof that a prewarm began: only [`Machine::begin_prewarm`] makes one.
+#[derive(Debug)]
+pub struct Ticket {
+    job: Arc<Job>,
+}
+
+/// Both state machines.
+#[derive(Debug)]
+pub struct Machine {
+    prewarm: PrewarmState,
+    offload: OffloadState,
+    job: Option<Arc<Job>>,
+}
+
+impl Default for Machine {
+    fn default() -> Machine {
+        Machine { prewarm: PrewarmState::NotPrewarmed, offload: OffloadState::NotOffloaded, job: None }
+    }
+}
+
+impl Machine {
+    pub fn prewarm(&self) -> &PrewarmState {
+        &self.prewarm
+    }
+    pub fn offload(&self) -> &OffloadState {
+        &self.offload
+    }
+
+    /// `prewarming`, unless a prewarm runs already.
+    pub fn begin_prewarm(&mut self) -> Result<Ticket, &'static str> {
+        if self.prewarm == PrewarmState::Prewarming {
+            return Err(PREWARM_BUSY);
+        }
+        let job = Arc::new(Job::default());
+        self.prewarm = PrewarmState::Prewarming;
+        self.job = Some(job.clone());
+        Ok(Ticket { job })
+    }
+
+    pub fn finish_prewarm(&mut self, ticket: Ticket, end: PrewarmState) {
+        ticket.job.end();
+        if self.job.as_ref().is_some_and(|j| Arc::ptr_eq(j, &ticket.job)) {
+            self.job = None;
+        }
+        self.prewarm = end;
+    }
+
+    /// The running prewarm's job, to cancel; None when none runs (nothing is remembered).
+    pub fn running_job(&self) -> Option<Arc<Job>> {
+        self.job.clone()
+    }
+
+    /// `offloading`, unless an offload runs already.
+    pub fn begin_offload(&mut self) -> Result<(), &'static str> {
+        if self.offload == OffloadState::Offloading {
+            return Err(OFFLOAD_BUSY);
+        }
+        self.offload = OffloadState::Offloading;
+        Ok(())
+    }
+
+    pub fn finish_offload(&mut self, end: OffloadState) {
+        self.offload = end;
+    }
+
+    /// Whether a periodic offload may run now: never over a prewarm that is not done
+    /// (#12645), so a half-loaded cache is never saved.
+    pub fn may_offload_periodically(&self) -> bool {
+        matches!(self.prewarm, PrewarmState::Completed { .. } | PrewarmState::NotPrewarmed | PrewarmState::Skipped)
+    }
+}
+
+static MACHINE: Mutex<Option<Machine>> = Mutex::new(None);
+
+fn machine<R>(f: impl FnOnce(&mut Machine) -> R) -> R {
+    f(lock(&MACHINE).get_or_insert_with(Machine::default))
+}
+
+/// `GET /lfc/prewarm`.
+pub fn prewarm_state() -> PrewarmState {
+    machine(|m| m.prewarm.clone())
+}
+
+/// `GET /lfc/offload`.
+pub fn offload_state() -> OffloadState {
+    machine(|m| m.offload.clone())
+}
+
+fn ms(since: Instant) -> u32 {
+    u32::try_from(since.elapsed().as_millis()).unwrap_or(u32::MAX)
+}
+
+fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(work)
+        .map(|_| ())
+        .map_err(|e| format!("cannot start {name}: {e}"))
+}
+
+/// Starts a prewarm from `from_endpoint`'s state (else this endpoint's) on its own thread.
+/// `Err` is Neon's 429 message when one runs already.
+pub fn start_prewarm(node: &Node, target: &Target, from_endpoint: Option<&str>) -> Result<(), String> {
+    let ticket = machine(Machine::begin_prewarm)?;
+    count(Counter::LfcPrewarms);
+    let object = target.object(from_endpoint);
+    log::info!("LFC prewarm started from {}", object.as_ref().map_or("nowhere", |o| o.url.as_str()));
+    let (node, job) = (node.clone(), ticket.job.clone());
+    let ticket = Arc::new(Mutex::new(Some(ticket)));
+    let slot = ticket.clone();
+    let result = spawn("lfc-prewarm", move || {
+        let end = prewarm(&node, object, &job);
+        if let Some(t) = lock(&slot).take() {
+            finish_prewarm(t, end);
+        }
+    });
+    if let Err(e) = result
+        && let Some(t) = lock(&ticket).take()
+    {
+        finish_prewarm(t, PrewarmState::Failed { error: e });
+    }
+    Ok(())
+}
+
+fn finish_prewarm(ticket: Ticket, end: PrewarmState) {
+    match &end {
+        PrewarmState::Failed { error } => {
+            count(Counter::LfcPrewarmErrors);
+            log::warn!("LFC prewarm failed: {error}");
+        }
+        other => log::info!("LFC prewarm ended: {}", serde_json::to_string(other).unwrap_or_default()),
+    }
+    machine(|m| m.finish_prewarm(ticket, end));
+}
+
+/// The prewarm itself: download, decompress, `neon.prewarm_local_cache`, `get_prewarm_info`.
+fn prewarm(node: &Node, object: Result<storage::Object, String>, job: &Job) -> PrewarmState {
+    let run = || -> Result<PrewarmState, String> {
+        let object = object?;
+        let mut session = Session::open(node, "compute_ctl:lfc_prewarm", &[pg::PREWARM, pg::PREWARM_INFO])?;
+        if job.cancelled() {
+            return Ok(PrewarmState::Cancelled);
+        }
+        let started = Instant::now();
+        let compressed = match storage::get(&object)? {
+            storage::Fetched::Found(b) => b,
+            storage::Fetched::Missing => {
+                log::info!("LFC prewarm: no state stored at {}", object.url);
+                return Ok(PrewarmState::Skipped);
+            }
+        };
+        let state_download_time_ms = ms(started);
+        if job.cancelled() {
+            return Ok(PrewarmState::Cancelled);
+        }
+        let started = Instant::now();
+        let state = storage::decompress(&compressed, storage::MAX_STATE)?;
+        let uncompress_time_ms = ms(started);
+        drop(compressed);
+        if !job.arm(session.cancel_token()) {
+            return Ok(PrewarmState::Cancelled);
+        }
+        let started = Instant::now();
+        match session.prewarm(&state) {
+            Ok(()) => {}
+            Err(Interrupted::Cancelled) => return Ok(PrewarmState::Cancelled),
+            Err(Interrupted::Failed(e)) => return Err(e),
+        }
+        let prewarm_time_ms = ms(started);
+        let info = session.info()?;
+        Ok(PrewarmState::Completed {
+            total: info.total,
+            prewarmed: info.prewarmed,
+            skipped: info.skipped,
+            state_download_time_ms,
+            uncompress_time_ms,
+            prewarm_time_ms,
+        })
+    };
+    run().unwrap_or_else(|error| PrewarmState::Failed { error })
+}
+
+/// `DELETE /lfc/prewarm`: cancels the running prewarm, if any.
+pub fn cancel_prewarm() {
+    match machine(|m| m.running_job()) {
+        Some(job) => {
+            log::info!("LFC prewarm: cancel requested");
+            job.cancel();
+        }
+        None => log::info!("LFC prewarm: cancel requested with no prewarm running: nothing to do"),
+    }
+}
+
+/// Starts an offload on its own thread; `Err` is Neon's 429 message when one runs already.
+pub fn start_offload(node: &Node, target: &Target) -> Result<(), String> {
+    machine(Machine::begin_offload)?;
+    let (node, target) = (node.clone(), target.clone());
+    if let Err(e) = spawn("lfc-offload", move || offload_now(&node, &target)) {
+        machine(|m| m.finish_offload(OffloadState::Failed { error: e }));
+    }
+    Ok(())
+}
+
+/// Runs an offload begun with [`Machine::begin_offload`] and records its end.
+fn offload_now(node: &Node, target: &Target) {
+    count(Counter::LfcOffloads);
+    let end = offload(node, target).unwrap_or_else(|error| OffloadState::Failed { error });
+    match &end {
+        OffloadState::Failed { error } => {
+            count(Counter::LfcOffloadErrors);
+            log::warn!("LFC offload failed: {error}");
+        }
+        other => log::info!("LFC offload ended: {}", serde_json::to_string(other).unwrap_or_default()),
+    }
+    machine(|m| m.finish_offload(end));
+}
+
+fn offload(node: &Node, target: &Target) -> Result<OffloadState, String> {
+    let object = target.object(None)?;
+    let mut session = Session::open(node, "compute_ctl:lfc_offload", &[pg::GET_STATE])?;
+    let started = Instant::now();
+    let Some(state) = session.state()? else {
+        log::info!("LFC offload: the file cache has no state to save");
+        return Ok(OffloadState::Skipped);
+    };
+    drop(session);
+    let state_query_time_ms = ms(started);
+    let started = Instant::now();
+    let compressed = storage::compress(&state)?;
+    let compress_time_ms = ms(started);
+    drop(state);
+    let started = Instant::now();
+    storage::put(&object, compressed)?;
+    Ok(OffloadState::Completed { state_query_time_ms, compress_time_ms, state_upload_time_ms: ms(started) })
+}
+
+/// The background tasks of one Postgres run: whether they started, and a generation that
+/// [`stop`] moves on so the periodic offload of an earlier run ends.
+struct Run {
+    active: bool,
+    generation: u64,
+}
+
+static RUN: Mutex<Run> = Mutex::new(Run { active: false, generation: 0 });
+static WAKE: Condvar = Condvar::new();
+
+/// Once Postgres runs: the prewarm of `autoprewarm` and the offload every
+/// `offload_lfc_interval_seconds`, from the spec published in `target`. Does nothing when
+/// they have started already for this run of Postgres.
+pub fn ensure_started(node: &Node, target: Option<&Arc<Target>>) {
+    let Some(target) = target else { return };
+    let generation = {
+        let mut run = lock(&RUN);
+        if run.active {
+            return;
+        }
+        run.active = true;
+        run.generation
+    };
+    if target.autoprewarm {
+        log::info!("autoprewarm: starting an LFC prewarm");
+        if let Err(e) = start_prewarm(node, target, None) {
+            log::warn!("autoprewarm: {e}");
+        }
+    }
+    if let Some(interval) = target.offload_interval {
+        let (node, target) = (node.clone(), target.clone());
+        let started = spawn("lfc-offload-every", move || offload_every(interval, generation, &node, &target));
+        match started {
+            Ok(()) => log::info!("LFC offload every {} s", interval.as_secs()),
+            Err(e) => log::error!("no periodic LFC offload: {e}"),
+        }
+    }
+}
+
+/// The periodic offload: first after `interval`, then every `interval`, until [`stop`].
+fn offload_every(interval: Duration, generation: u64, node: &Node, target: &Target) {
+    let mut next = Instant::now() + interval;
+    loop {
+        {
+            let mut run = lock(&RUN);
+            loop {
+                if run.generation != generation {
+                    return;
+                }
+                let left = next.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                run = WAKE.wait_timeout(run, left).map_or_else(|e| e.into_inner().0, |(g, _)| g);
+            }
+        }
+        next = Instant::now() + interval;
+        let begun = machine(|m| if m.may_offload_periodically() { m.begin_offload().is_ok() } else { false });
+        if begun {
+            offload_now(node, target);
+        } else {
+            log::info!("periodic LFC offload skipped: a prewarm or an offload is in progress");
+        }
+    }
+}
+
+/// Postgres stops: the periodic offload ends and a running prewarm is cancelled. The next
+/// [`ensure_started`] starts them again.
+pub fn stop() {
+    {
+        let mut run = lock(&RUN);
+        if !run.active {
+            return;
+        }
+        run.active = false;
+        run.generation += 1;
+    }
+    WAKE.notify_all();
+    if let Some(job) = machine(|m| m.running_job()) {
+        job.cancel();
+    }
+    log::info!("LFC background tasks stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_bodies_are_neons() {
+        let j = |v: &dyn erased::Ser| v.json();
+        assert_eq!(j(&PrewarmState::NotPrewarmed), r#"{"status":"not_prewarmed"}"#);
+        assert_eq!(j(&PrewarmState::Cancelled), r#"{"status":"cancelled"}"#);
+        assert_eq!(
+            j(&PrewarmState::Completed {
+                total: 3,
+                prewarmed: 2,
+                skipped: 1,
+                state_download_time_ms: 4,
+                uncompress_time_ms: 5,
+                prewarm_time_ms: 6
+            }),
+            r#"{"status":"completed","total":3,"prewarmed":2,"skipped":1,"state_download_time_ms":4,"uncompress_time_ms":5,"prewarm_time_ms":6}"#
+        );
+        assert_eq!(j(&PrewarmState::Failed { error: "x".into() }), r#"{"status":"failed","error":"x"}"#);
+        assert_eq!(j(&OffloadState::NotOffloaded), r#"{"status":"not_offloaded"}"#);
+        assert_eq!(
+            j(&OffloadState::Completed { state_query_time_ms: 1, compress_time_ms: 2, state_upload_time_ms: 3 }),
+            r#"{"status":"completed","state_query_time_ms":1,"compress_time_ms":2,"state_upload_time_ms":3}"#
+        );
+    }
+
+    mod erased {
+        pub trait Ser {
+            fn json(&self) -> String;
+        }
+        impl<T: serde::Serialize> Ser for T {
+            fn json(&self) -> String {
+                serde_json::to_string(self).unwrap()
+            }
+        }
+    }
+
+    #[test]
+    fn a_second_prewarm_or_offload_is_refused_while_one_runs() {
+        let mut m = Machine::default();
+        let t = m.begin_prewarm().unwrap();
+        assert_eq!(m.begin_prewarm().unwrap_err(), PREWARM_BUSY);
+        assert!(!m.may_offload_periodically());
+        m.finish_prewarm(t, PrewarmState::Skipped);
+        assert!(m.may_offload_periodically());
+        m.begin_offload().unwrap();
+        assert_eq!(m.begin_offload().unwrap_err(), OFFLOAD_BUSY);
+        m.finish_offload(OffloadState::Skipped);
+        m.begin_offload().unwrap();
+    }
+
+    /// Neon's quirk, fixed: a cancel with nothing running leaves nothing behind.
+    #[test]
+    fn a_cancel_with_nothing_running_does_not_reach_the_next_prewarm() {
+        let mut m = Machine::default();
+        assert!(m.running_job().is_none());
+        let t = m.begin_prewarm().unwrap();
+        assert!(!t.job.cancelled());
+        m.running_job().unwrap().cancel();
+        assert!(t.job.cancelled());
+        m.finish_prewarm(t, PrewarmState::Cancelled);
+        assert!(m.running_job().is_none());
+        let next = m.begin_prewarm().unwrap();
+        assert!(!next.job.cancelled());
+    }
+
+    #[test]
+    fn periodic_offload_waits_for_a_prewarm_to_end_well() {
+        let mut m = Machine::default();
+        assert!(m.may_offload_periodically());
+        for (end, ok) in [
+            (PrewarmState::Failed { error: "x".into() }, false),
+            (PrewarmState::Cancelled, false),
+            (PrewarmState::Skipped, true),
+        ] {
+            let t = m.begin_prewarm().unwrap();
+            m.finish_prewarm(t, end);
+            assert_eq!(m.may_offload_periodically(), ok);
+        }
+    }
+
+    #[test]
+    fn endpoint_ids_that_fit_a_path_segment() {
+        assert!(valid_endpoint_id("ep-cool-darkness-123456"));
+        for bad in ["", ".", "..", "a/b", "a b", "a?b", "%2e"] {
+            assert!(!valid_endpoint_id(bad), "{bad:?}");
+        }
+    }
+}
