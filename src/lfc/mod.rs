@@ -352,8 +352,9 @@ fn finish_prewarm(ticket: Ticket, end: PrewarmState) {
 /// The prewarm itself: download, decompress, `neon.prewarm_local_cache`, `get_prewarm_info`.
 fn prewarm(node: &Node, object: Result<storage::Object, String>, job: &Job) -> PrewarmState {
     let run = || -> Result<PrewarmState, String> {
-        let object = object?;
+        // Postgres first: on vanilla PostgreSQL the missing neon function is the answer.
         let mut session = Session::open(node, "compute_ctl:lfc_prewarm", &[pg::PREWARM, pg::PREWARM_INFO])?;
+        let object = object?;
         if job.cancelled() {
             return Ok(PrewarmState::Cancelled);
         }
@@ -432,8 +433,8 @@ fn offload_now(node: &Node, target: &Target) {
 }
 
 fn offload(node: &Node, target: &Target) -> Result<OffloadState, String> {
-    let object = target.object(None)?;
     let mut session = Session::open(node, "compute_ctl:lfc_offload", &[pg::GET_STATE])?;
+    let object = target.object(None)?;
     let started = Instant::now();
     let Some(state) = session.state()? else {
         log::info!("LFC offload: the file cache has no state to save");
@@ -493,7 +494,7 @@ pub fn ensure_started(node: &Node, target: Option<&Arc<Target>>) {
 fn offload_every(interval: Duration, generation: u64, node: &Node, target: &Target) {
     let mut next = Instant::now() + interval;
     loop {
-        {
+        let begun = {
             let mut run = lock(&RUN);
             loop {
                 if run.generation != generation {
@@ -505,18 +506,24 @@ fn offload_every(interval: Duration, generation: u64, node: &Node, target: &Targ
                 }
                 run = WAKE.wait_timeout(run, left).map_or_else(|e| e.into_inner().0, |(g, _)| g);
             }
-        }
+            // Begun under the run's lock: once `stop` has moved the generation on, no offload
+            // begins, and one begun before it is waited for.
+            machine(|m| m.may_offload_periodically() && m.begin_offload().is_ok())
+        };
         next = Instant::now() + interval;
-        let begun = machine(|m| if m.may_offload_periodically() { m.begin_offload().is_ok() } else { false });
         if begun {
             offload_now(node, target);
         } else {
-            log::info!("periodic LFC offload skipped: a prewarm or an offload is in progress");
+            log::debug!("periodic LFC offload skipped: a prewarm or an offload is in progress, or the prewarm failed");
         }
     }
 }
 
-/// Postgres stops: the periodic offload ends and a running prewarm is cancelled. The next
+/// How long [`stop`] waits for an offload in progress to end before Postgres stops.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// Postgres stops: the periodic offload ends (an offload in progress gets up to [`STOP_WAIT`]
+/// to finish, so that it does not fail half-way) and a running prewarm is cancelled. The next
 /// [`ensure_started`] starts them again.
 pub fn stop() {
     {
@@ -530,6 +537,10 @@ pub fn stop() {
     WAKE.notify_all();
     if let Some(job) = machine(|m| m.running_job()) {
         job.cancel();
+    }
+    let deadline = Instant::now() + STOP_WAIT;
+    while machine(|m| m.offload == OffloadState::Offloading) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
     log::info!("LFC background tasks stopped");
 }
