@@ -34,7 +34,12 @@ impl Auto {
     }
 
     fn start_with(name: &str, tweak: impl FnOnce(&mut Vec<String>)) -> Auto {
-        let s = Setup::new(name);
+        Auto::start_full(name, |_| {}, tweak)
+    }
+
+    fn start_full(name: &str, spec: impl FnOnce(&mut Setup), tweak: impl FnOnce(&mut Vec<String>)) -> Auto {
+        let mut s = Setup::new(name);
+        spec(&mut s);
         let root = s.dir.join("cgroup-root");
         let cgroup = root.join("neon-postgres");
         std::fs::create_dir_all(&cgroup).unwrap();
@@ -372,4 +377,64 @@ fn postgres_pid_is_in_a_real_cgroup_v2() {
         assert!(Instant::now() < deadline, "cgroup {} not empty after postgres exited", dir.display());
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `SHOW neon.file_cache_size_limit` until it says `want` (the reload is asynchronous).
+fn wait_file_cache(x: &Auto, want: u64) {
+    let deadline = Instant::now() + T;
+    loop {
+        let got: String = x.s.client().query_one("SHOW neon.file_cache_size_limit", &[]).unwrap().get(0);
+        if got == want.to_string() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "neon.file_cache_size_limit is {got}, want {want}\n{}", x.c.log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Where the neon extension provides the file cache, the monitor resizes it (reference
+/// vm_monitor §5, §7). The extension is not available here; what the monitor detects it by is
+/// the setting `neon.file_cache_size_limit` existing, and a placeholder setting in
+/// postgresql.conf (with `neon.max_file_cache_size`) makes that true on vanilla Postgres, so
+/// the real path runs: `ALTER SYSTEM` and a reload, read back with `SHOW` (a placeholder shows
+/// the bare number of MiB the monitor wrote).
+#[test]
+fn file_cache_is_resized_by_the_reference_formula_where_the_setting_exists() {
+    let mut x = Auto::start_full(
+        "vm-filecache",
+        |s| {
+            s.setting("neon.file_cache_size_limit", "0", "string");
+            s.setting("neon.max_file_cache_size", "1500MB", "string");
+        },
+        |_| {},
+    );
+    let mem_total = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024;
+    let mut a = x.agent();
+    // On connect: cache_size(MemTotal), capped at neon.max_file_cache_size.
+    let cache_size = |t: u64| {
+        let available = t.saturating_sub(256 * MIB);
+        if available == 0 { 0 } else { ((available as f64 / 1.1) as u64).min((t as f64 * 0.75) as u64) / MIB }
+    };
+    wait_file_cache(&x, cache_size(mem_total).min(1500));
+    // Upscale to 2 GiB: usable 1948 MiB, cache 1461 MiB (the reference's worked values).
+    let r = a.call("UpscaleNotification", json!({"granted": {"cpu": 2, "mem": 2u64 << 30}}), 2);
+    assert_eq!(r, json!({"type": "UpscaleConfirmation", "id": 2}));
+    wait_file_cache(&x, 1461);
+    // Upscale to 4 GiB: 2997 MiB by the formula, capped at 1500 MiB.
+    let r = a.call("UpscaleNotification", json!({"granted": {"cpu": 4, "mem": 4u64 << 30}}), 4);
+    assert_eq!(r, json!({"type": "UpscaleConfirmation", "id": 4}));
+    wait_file_cache(&x, 1500);
+    // Downscale to 1 GiB: usable 924 MiB, cache 607 MiB.
+    let mut id = 4;
+    let ok = downscale(&mut a, 1 << 30, &mut id, |r| r["Ok"] == true);
+    let status = ok["Status"].as_str().unwrap();
+    assert!(status.contains("set file cache size to 607 MiB"), "{status}");
+    wait_file_cache(&x, 607);
+    assert_eq!(cache_size(1 << 30), 698, "the reference's table");
 }
