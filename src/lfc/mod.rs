@@ -628,6 +628,32 @@ mod tests {
         }
     }
 
+    fn target(extra: &str) -> Target {
+        let json = format!(
+            r#"{{"format_version":1.0,"cluster":{{"roles":[],"databases":[]{extra}}},
+            "tenant_id":"b0554b632bd4d547a63b86c3630317e8","timeline_id":"2414a61ffc94e428f14b5758fe308e13"}}"#
+        );
+        Target::of(&ParsedSpec::parse(&json).unwrap())
+    }
+
+    #[test]
+    fn the_object_url_comes_from_the_spec_or_its_settings_and_missing_parts_are_named() {
+        let err = target("").object(None).unwrap_err();
+        assert!(err.starts_with("endpoint_storage_addr missing"), "{err}");
+        let settings = r#","settings":[
+            {"name":"neon.endpoint_storage_addr","value":"store:9000","vartype":"string"},
+            {"name":"neon.endpoint_storage_token","value":"tok","vartype":"string"}]"#;
+        let t = target(settings);
+        let err = t.object(None).unwrap_err();
+        assert!(err.starts_with("endpoint_id missing"), "{err}");
+        let o = t.object(Some("ep-x")).unwrap();
+        assert_eq!(
+            o.url,
+            "http://store:9000/b0554b632bd4d547a63b86c3630317e8/2414a61ffc94e428f14b5758fe308e13/ep-x/lfc_state"
+        );
+        assert!(!format!("{t:?}").contains("tok\""), "{t:?}");
+    }
+
     #[test]
     fn endpoint_ids_that_fit_a_path_segment() {
         assert!(valid_endpoint_id("ep-cool-darkness-123456"));

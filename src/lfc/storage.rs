@@ -194,6 +194,20 @@ mod tests {
         assert_eq!(err, "the LFC state decompresses to more than 99999 bytes");
     }
 
+    /// What the zstd command line writes (as Neon's encoder does: a checksum, or none) reads
+    /// back, one frame or two.
+    #[test]
+    fn reads_frames_of_the_zstd_cli() {
+        let seed = b"page tags 0001 0002 0003 0004 0005 0006 0007 0008 page tags 0001 0002";
+        for (file, want) in [
+            (&include_bytes!("../../fuzz/corpus/lfc_state/zstd_cli.zst")[..], seed.to_vec()),
+            (&include_bytes!("../../fuzz/corpus/lfc_state/zstd_cli_nocheck.zst")[..], seed.to_vec()),
+            (&include_bytes!("../../fuzz/corpus/lfc_state/two_frames.zst")[..], [&seed[..], &seed[..]].concat()),
+        ] {
+            assert_eq!(decompress(file, MAX_STATE).unwrap(), want);
+        }
+    }
+
     #[test]
     fn debug_never_shows_the_token() {
         let o = Object::new("h:1", "t", "l", "e", "s3cr3t");

@@ -334,7 +334,7 @@ fn autoprewarm_at_start_and_periodic_offload_until_postgres_stops() {
     });
     let done = x.wait_end("/lfc/prewarm", "prewarming");
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(x.received(), [first.clone()]);
+    assert_eq!(x.received(), [first]);
 
     let second = cache_state(50_000, 5);
     x.set_cache_state(&second);
