@@ -174,7 +174,7 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
     let mut state = State::new(Parts {
         node: app.node.clone(),
         shared: app.shared.clone(),
-        postmaster,
+        postmaster: postmaster.clone(),
         refresh: refresh_source(&args),
         on_postgres_exit: Arc::new(move |_| {
             let _ = crate::locks::lock(&exit_tx).send(Message { event: Event::PostgresExited, reply: None });
@@ -196,7 +196,8 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
             crate::monitor::set_extensions_interval(args.installed_extensions_interval, running.spec().spec());
             crate::monitor::ensure_started(&app.shared, &app.node.connstr);
             crate::vm_monitor::ensure_started(&args, running.spec().spec().disable_lfc_resizing != Some(true));
-            crate::lfc::ensure_started(&app.node, app.shared.get().lfc.as_ref());
+            let pid = crate::locks::lock(&postmaster).as_ref().map(|pm| pm.pid());
+            crate::lfc::ensure_started(&app.node, app.shared.get().lfc.as_ref(), pid);
         }
         let message = match state.exit() {
             None => owner.recv(),
@@ -220,8 +221,13 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         // signal.
         let Message { event, reply } = message.unwrap_or(Message { event: Event::Signal(0), reply: None });
         let configure = matches!(event, Event::Configure(_));
+        let restart = matches!(event, Event::Restart);
         if stops_postgres(&state, &event) {
             crate::vm_monitor::stop();
+            crate::lfc::stop();
+        } else if restart && matches!(state, State::Running(_)) {
+            // Not across a restart: an offload would fail half-way. They start again for the
+            // new postmaster (whose file cache is new and empty), autoprewarm included.
             crate::lfc::stop();
         }
         let (next, answer) = lifecycle::step(state, event);
@@ -269,7 +275,9 @@ fn refresh_source(args: &Args) -> Option<lifecycle::Refresh> {
 /// stopped first, so the agent never talks to a Postgres on its way down.
 fn stops_postgres(state: &State, event: &Event) -> bool {
     match (state, event) {
-        (State::Running(_), Event::Terminate(_) | Event::Signal(_) | Event::PostgresExited) => true,
+        (State::Running(_), Event::Terminate(_) | Event::Signal(_)) => true,
+        // The exit of a postmaster that `POST /restart` replaced is not the end of Postgres.
+        (State::Running(r), Event::PostgresExited) => !r.postgres_alive(),
         (State::Failed(f), Event::Signal(_)) => f.postgres_running(),
         (State::Failed(f), Event::PostgresExited) => !f.postgres_running(),
         _ => false,

@@ -451,30 +451,36 @@ fn offload(node: &Node, target: &Target) -> Result<OffloadState, String> {
     Ok(OffloadState::Completed { state_query_time_ms, compress_time_ms, state_upload_time_ms: ms(started) })
 }
 
-/// The background tasks of one Postgres run: whether they started, and a generation that
-/// [`stop`] moves on so the periodic offload of an earlier run ends.
+/// The background tasks of one Postgres run: whether they run, for which postmaster, and a
+/// generation that [`stop`] moves on so the periodic offload of an earlier run ends.
 struct Run {
     active: bool,
     generation: u64,
+    /// The postmaster `autoprewarm` last ran for: once per postmaster.
+    autoprewarmed: Option<u32>,
 }
 
-static RUN: Mutex<Run> = Mutex::new(Run { active: false, generation: 0 });
+static RUN: Mutex<Run> = Mutex::new(Run { active: false, generation: 0, autoprewarmed: None });
 static WAKE: Condvar = Condvar::new();
 
-/// Once Postgres runs: the prewarm of `autoprewarm` and the offload every
-/// `offload_lfc_interval_seconds`, from the spec published in `target`. Does nothing when
-/// they have started already for this run of Postgres.
-pub fn ensure_started(node: &Node, target: Option<&Arc<Target>>) {
-    let Some(target) = target else { return };
-    let generation = {
+/// Once Postgres (postmaster `pid`) runs: the prewarm of `autoprewarm` (once per postmaster)
+/// and the offload every `offload_lfc_interval_seconds`, from the spec published in `target`.
+/// Does nothing while they run.
+pub fn ensure_started(node: &Node, target: Option<&Arc<Target>>, pid: Option<u32>) {
+    let (Some(target), Some(pid)) = (target, pid) else { return };
+    let (generation, autoprewarm) = {
         let mut run = lock(&RUN);
         if run.active {
             return;
         }
         run.active = true;
-        run.generation
+        let autoprewarm = target.autoprewarm && run.autoprewarmed != Some(pid);
+        if autoprewarm {
+            run.autoprewarmed = Some(pid);
+        }
+        (run.generation, autoprewarm)
     };
-    if target.autoprewarm {
+    if autoprewarm {
         log::info!("autoprewarm: starting an LFC prewarm");
         if let Err(e) = start_prewarm(node, target, None) {
             log::warn!("autoprewarm: {e}");

@@ -316,8 +316,9 @@ fn a_second_request_gets_429_and_delete_cancels_a_running_prewarm_which_poisons_
     x.assert_token_not_logged();
 }
 
-/// `autoprewarm` loads the stored state once the compute runs; `offload_lfc_interval_seconds`
-/// uploads the state again and again, and stops with Postgres. The endpoint storage is named
+/// `autoprewarm` loads the stored state once the compute runs (and again after `POST
+/// /restart`); `offload_lfc_interval_seconds` uploads the state again and again, and stops
+/// with Postgres. The endpoint storage is named
 /// by the `neon.endpoint_storage_*` settings here, the fallback of the spec fields.
 #[test]
 fn autoprewarm_at_start_and_periodic_offload_until_postgres_stops() {
@@ -343,10 +344,22 @@ fn autoprewarm_at_start_and_periodic_offload_until_postgres_stops() {
         assert!(Instant::now() < deadline, "the periodic offload never uploaded; log:\n{}", x.c.log_text());
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(x.req("GET", "/lfc/offload").json()["status"], "completed");
+    assert_eq!(x.wait_end("/lfc/offload", "offloading")["status"], "completed");
     assert_eq!(x.metric("compute_ctl_lfc_prewarms_total"), 1);
-    let offloads = x.metric("compute_ctl_lfc_offloads_total");
-    assert!(offloads >= 1);
+    assert!(x.metric("compute_ctl_lfc_offloads_total") >= 1);
+
+    // A restarted Postgres has a new, empty cache: autoprewarm runs again, with what the
+    // periodic offload saved.
+    let r = http::request(x.s.http_port, "POST", "/restart", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = Instant::now() + T;
+    while x.received().len() < 2 {
+        assert!(Instant::now() < deadline, "no prewarm after the restart; log:\n{}", x.c.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(x.received()[1], second);
+    assert_eq!(x.wait_end("/lfc/prewarm", "prewarming")["status"], "completed");
+    assert_eq!(x.metric("compute_ctl_lfc_prewarms_total"), 2);
 
     // After Postgres stops (the compute lingers 3 s before exiting), no offload is attempted:
     // one would fail, and log it, within the 1 s interval.
