@@ -277,16 +277,16 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
-    fn ok() -> Result<Fetched, Failure> {
+    type Outcome = Result<Fetched, Failure>;
+
+    fn ok() -> Outcome {
         Ok(Fetched::Downloaded { files: 1, bytes: 1 })
     }
 
     /// Starts `d.run("x")` on a thread whose work blocks until `release` sends its outcome.
     /// Returns once the work has started.
-    fn blocked(
-        d: &'static Downloads,
-    ) -> (mpsc::Sender<Result<Fetched, Failure>>, std::thread::JoinHandle<Result<Fetched, Failure>>) {
-        let (release, rx) = mpsc::channel::<Result<Fetched, Failure>>();
+    fn blocked(d: &'static Downloads) -> (mpsc::Sender<Outcome>, std::thread::JoinHandle<Outcome>) {
+        let (release, rx) = mpsc::channel::<Outcome>();
         let (started_tx, started) = mpsc::channel();
         let h = std::thread::spawn(move || {
             d.run("x", || {
@@ -303,7 +303,7 @@ mod tests {
     }
 
     /// Starts a waiter for "x"; returns once it waits for the running attempt.
-    fn waiter(d: &'static Downloads) -> std::thread::JoinHandle<Result<Fetched, Failure>> {
+    fn waiter(d: &'static Downloads) -> std::thread::JoinHandle<Outcome> {
         let h = std::thread::spawn(move || d.run("x", || Err(Failure::Install("the waiter downloaded".into()))));
         let deadline = Instant::now() + Duration::from_secs(10);
         while locks::lock(&d.map)["x"].waiting == 0 {
