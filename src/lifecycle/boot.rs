@@ -134,12 +134,12 @@ impl Boot {
         Ok(())
     }
 
-    /// Waits for the preload (each download is bounded by its timeout) and gives the proof
-    /// the spawn of Postgres takes.
+    /// Waits for the preload (each download is bounded by its timeout; a termination request
+    /// ends the wait) and gives the proof the spawn of Postgres takes.
     fn preloaded(&mut self) -> Result<Preloaded> {
         let started = Instant::now();
         let preload = self.preload.take().expect("the preload is started before it is waited for, once per start");
-        let preloaded = preload.finish()?;
+        let preloaded = preload.finish(&self.ctx.node.interrupted)?;
         log::debug!("waited {} ms for the preload after preparing PGDATA", elapsed_ms(started));
         Ok(preloaded)
     }

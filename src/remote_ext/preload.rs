@@ -14,8 +14,12 @@ use super::{Fetched, Installer};
 use crate::error::{Error, Result};
 use crate::spec::{ComputeSpec, RemoteExtSpec};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How often a wait for the preload looks at the termination flag.
+const INTERRUPT_CHECK: Duration = Duration::from_millis(100);
 
 /// Libraries Neon never downloads at start-up.
 const NEVER_PRELOADED: [&str; 2] = ["neon", "databricks_auth"];
@@ -79,9 +83,9 @@ pub struct Preloaded {
     _private: (),
 }
 
-/// A preload under way (or nothing to do).
+/// A preload under way (or nothing to do): its thread sends the outcome once.
 pub struct Preload {
-    work: Option<JoinHandle<Result<()>>>,
+    outcome: Option<Receiver<Result<()>>>,
 }
 
 impl Preload {
@@ -92,11 +96,11 @@ impl Preload {
     pub fn start(installer: &Arc<Installer>, spec: &ComputeSpec) -> Result<Preload> {
         let libs = libraries(spec);
         let (Some(remote), false) = (&spec.remote_extensions, libs.is_empty()) else {
-            return Ok(Preload { work: None });
+            return Ok(Preload { outcome: None });
         };
         if installer.base_url().is_none() {
             log::warn!("no --remote-ext-base-url: not preloading {}", libs.join(", "));
-            return Ok(Preload { work: None });
+            return Ok(Preload { outcome: None });
         }
         let mut wanted = Vec::new();
         for lib in libs {
@@ -104,17 +108,33 @@ impl Preload {
             wanted.push((lib, ext));
         }
         let installer = installer.clone();
-        let work = std::thread::Builder::new()
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
             .name("preload".into())
-            .spawn(move || preload(&installer, &wanted))
+            .spawn(move || {
+                let _ = tx.send(preload(&installer, &wanted));
+            })
             .map_err(|e| Error::system("cannot start the preload thread", e))?;
-        Ok(Preload { work: Some(work) })
+        Ok(Preload { outcome: Some(rx) })
     }
 
-    /// Waits for the preload to end (each download is bounded by its timeout).
-    pub fn finish(self) -> Result<Preloaded> {
-        if let Some(work) = self.work {
-            work.join().map_err(|_| preload_error("(all)", "the preload thread panicked (see the log)".into()))??;
+    /// Waits for the preload to end (each download is bounded by its timeout), or gives up
+    /// with `Error::Interrupted` soon after `interrupted` is set (a termination request); the
+    /// downloads then end on their own.
+    pub fn finish(self, interrupted: &AtomicBool) -> Result<Preloaded> {
+        if let Some(rx) = self.outcome {
+            loop {
+                match rx.recv_timeout(INTERRUPT_CHECK) {
+                    Ok(outcome) => break outcome?,
+                    Err(RecvTimeoutError::Timeout) if interrupted.load(Ordering::SeqCst) => {
+                        return Err(Error::Interrupted);
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err(preload_error("(all)", "the preload thread panicked (see the log)".into()));
+                    }
+                }
+            }
         }
         Ok(Preloaded { _private: () })
     }
@@ -198,6 +218,15 @@ mod tests {
         assert_eq!(lookup(r, "nope", true), Err("library nope is not found".into()));
         assert_eq!(lookup(r, "lost", true), Err("extension lost is not found".into()));
         assert_eq!(lookup(r, "pgx", false), Err("real_ext_name pgx is not found".into()));
+    }
+
+    /// A termination request ends the wait for a preload that does not end.
+    #[test]
+    fn a_termination_request_ends_the_wait() {
+        let (tx, rx) = mpsc::channel();
+        let err = Preload { outcome: Some(rx) }.finish(&AtomicBool::new(true)).unwrap_err();
+        assert!(matches!(err, Error::Interrupted), "{err:?}");
+        drop(tx);
     }
 
     /// A library the index maps to an unlisted extension fails the start before any thread
