@@ -7,7 +7,7 @@ use crate::support::http;
 use crate::support::{self, Compute, Setup};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A file server standing in for the extension storage: answers a GET for a known path with
 /// its bytes, anything else with 404, and records the paths asked for. Paths in `fail_first`
@@ -162,22 +162,10 @@ fn remote_extensions(exts: &[&str], library_index: serde_json::Value) -> serde_j
     })
 }
 
-fn poll(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// POSTs `/extension_server/{ext}` on a thread.
 fn ask(internal: u16, ext: &str) -> std::thread::JoinHandle<http::Response> {
     let path = format!("/extension_server/{ext}");
     std::thread::spawn(move || http::request(internal, "POST", &path, &[], b"").unwrap())
-}
-
-fn error_of(r: &http::Response) -> String {
-    r.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {}", r.text())).to_string()
 }
 
 /// Two requests for one archive while its download runs: the stand-in sees one download,
@@ -211,11 +199,11 @@ fn extension_server_downloads_an_archive_once_and_gives_waiters_its_outcome() {
     // The second request is waiting once compute_ctl logs so for this archive.
     let waiting = |ext: &str| {
         let line = format!("{ext}.tar.zst: a download is already running; waiting for it");
-        poll(Duration::from_secs(20), &line, || c.log_text().contains(&line));
+        support::poll(Duration::from_secs(20), &line, || c.log_text().contains(&line).then_some(()));
     };
 
     let first = ask(internal, &good);
-    poll(Duration::from_secs(20), "the first download", || server.count(&good_path) == 1);
+    support::poll(Duration::from_secs(20), "the first download", || (server.count(&good_path) == 1).then_some(()));
     let second = ask(internal, &good);
     waiting(&good);
     server.release();
@@ -231,15 +219,15 @@ fn extension_server_downloads_an_archive_once_and_gives_waiters_its_outcome() {
     // comes, so hold the stand-in again.
     *server.gate.0.lock().unwrap() = false;
     let first = ask(internal, &flaky);
-    poll(Duration::from_secs(20), "the flaky download", || server.count(&flaky_path) == 1);
+    support::poll(Duration::from_secs(20), "the flaky download", || (server.count(&flaky_path) == 1).then_some(()));
     let second = ask(internal, &flaky);
     waiting(&flaky);
     server.release();
     let (first, second) = (first.join().unwrap(), second.join().unwrap());
     assert_eq!(first.status, 500, "{}", first.text());
-    assert!(error_of(&first).contains("status code: 500"), "{}", first.text());
+    assert!(first.error().contains("status code: 500"), "{}", first.text());
     assert_eq!(second.status, 500, "the waiter gets the failure: {}", second.text());
-    let e = error_of(&second);
+    let e = second.error();
     assert!(e.contains("the download another request started failed") && e.contains("status code: 500"), "{e}");
     assert_eq!(server.count(&flaky_path), 1);
     assert!(!share.join(format!("{flaky}.control")).exists());
