@@ -390,15 +390,9 @@ fn vanilla_postgres_fails_naming_the_neon_function_and_no_spec_is_a_412() {
         ("/lfc/offload", "offloading", "neon.get_local_cache_state()"),
     ] {
         assert_eq!(http::request(p, "POST", path, &[], b"").unwrap().status, 202, "{path}");
-        let deadline = Instant::now() + T;
-        let v = loop {
-            let v = http::get(p, path).json();
-            if v["status"] != busy {
-                break v;
-            }
-            assert!(Instant::now() < deadline, "{path} still {busy}");
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let v = support::poll(T, &format!("{path} to end"), || {
+            Some(http::get(p, path).json()).filter(|v| v["status"] != busy)
+        });
         assert_eq!(v["status"], "failed", "{v}");
         let e = v["error"].as_str().unwrap();
         assert!(e.contains(function) && e.contains("neon extension"), "{e}");
@@ -409,14 +403,10 @@ fn vanilla_postgres_fails_naming_the_neon_function_and_no_spec_is_a_412() {
 
     let s = Setup::new("lfc-nospec");
     let _c = Compute::spawn(&s.base_args(), s.http_port);
-    let deadline = Instant::now() + T;
-    while http::request(s.http_port, "GET", "/status", &[], b"").is_err() {
-        assert!(Instant::now() < deadline, "no HTTP server");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    support::poll(T, "the HTTP server", || http::request(s.http_port, "GET", "/status", &[], b"").ok());
     let r = http::request(s.http_port, "POST", "/lfc/prewarm", &[], b"").unwrap();
     assert_eq!(r.status, 412);
-    assert!(r.json()["error"].as_str().unwrap().starts_with("no spec yet"), "{}", r.text());
+    assert!(r.error().starts_with("no spec yet"), "{}", r.text());
     assert_eq!(http::get(s.http_port, "/lfc/prewarm").json(), json!({"status": "not_prewarmed"}));
     assert_eq!(http::request(s.http_port, "DELETE", "/lfc/prewarm", &[], b"").unwrap().status, 202);
 }
