@@ -45,6 +45,7 @@ impl Fake {
             internal_http_port: 3081,
             privileged_role: "neon_superuser".into(),
             interrupted: Arc::new(AtomicBool::new(false)),
+            tls: None,
         };
         let shared = Shared::new();
         let parts = Parts {
