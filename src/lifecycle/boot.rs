@@ -112,10 +112,17 @@ impl Boot {
     }
 
     /// With `compute_ctl_config.tls` (whatever the features, as Neon), waits until the
-    /// certificate file is readable, at most [`tls::cert_wait`] (Neon waits for ever).
+    /// certificate file is readable, at most [`tls::cert_wait`] (Neon waits for ever); when
+    /// Postgres is to serve TLS, the key must be readable too. Before PGDATA is touched.
     fn wait_for_cert(&self) -> Result<()> {
-        let Some(t) = &self.ctx.node.tls else { return Ok(()) };
-        tls::wait_readable(std::path::Path::new(&t.cert_path), tls::cert_wait(), &self.ctx.node.interrupted).map(drop)
+        let node = &self.ctx.node;
+        let Some(t) = &node.tls else { return Ok(()) };
+        tls::wait_readable(std::path::Path::new(&t.cert_path), tls::cert_wait(), &node.interrupted)?;
+        if node.ssl(&self.spec) {
+            std::fs::File::open(&t.key_path)
+                .map_err(|e| Error::io("compute_ctl_config.tls.key_path: cannot read", &t.key_path, e))?;
+        }
+        Ok(())
     }
 
     /// Makes PGDATA ready to start: local mode keeps it (running `initdb` when it is missing

@@ -201,12 +201,10 @@ pub fn confirm_reload(connstr: &str, pm: &Postmaster, loaded_before: &str, wait:
         if let Some(at) = lines.iter().position(|l| l.contains(&mark)) {
             return match reload_failure(&lines[..at]) {
                 None => Ok(()),
-                Some(why) => Err(Error::invalid(
-                    "compute_ctl_config.tls",
-                    format!(
-                        "postgres did not load the new key or certificate ({why}); it goes on serving the previous ones"
-                    ),
-                )),
+                Some(why) => Err(Error::Process {
+                    what: "postgres did not load the new TLS key or certificate of compute_ctl_config.tls".into(),
+                    detail: format!("{why} (it goes on serving the previous ones)"),
+                }),
             };
         }
         if Instant::now() >= deadline {
