@@ -347,3 +347,33 @@ fn tls_missing_files_fail_start_naming_them() {
     assert!(log.contains(&want), "{log}");
     assert_eq!(support::tree_snapshot(&s.pgdata), before, "PGDATA untouched");
 }
+
+/// TLS settings are fixed at start: the `compute_ctl_config.tls` of a `/configure` body is
+/// ignored, as in Neon, even with the feature in the spec.
+#[test]
+fn tls_in_a_configure_body_is_ignored() {
+    if !have_openssl("tls_in_a_configure_body_is_ignored") {
+        return;
+    }
+    let s = Setup::new("tls-configure");
+    let pair = ec_pair(&s.dir.path, "cfg");
+    let path = s.dir.join("config.json");
+    let config = json!({"spec": null, "compute_ctl_config": {"jwks": {"keys": []}}});
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let mut args = s.base_args();
+    args.extend(["-c".into(), path.to_str().unwrap().into()]);
+    let mut cc = Compute::spawn(&args, s.http_port);
+    cc.wait_status("empty", Duration::from_secs(30));
+    let tls = json!({"key_path": pair.key, "cert_path": pair.cert});
+    let body = json!({"spec": tls_spec(&s), "compute_ctl_config": {"jwks": {"keys": []}, "tls": tls}});
+    let r = http::post_json(s.http_port, "/configure", &body);
+    assert_eq!(r.status, 200, "{}", cc.log_text());
+    cc.wait_running();
+    let conf = std::fs::read_to_string(s.pgdata.join("postgresql.conf")).unwrap();
+    assert!(!conf.contains("ssl"), "{conf}");
+    assert!(!s.pgdata.join("server.key").exists());
+    assert_eq!(show(s.pg_port, "ssl"), "off");
+    let r = http::request(s.http_port, "POST", "/terminate", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    cc.wait_exit(Duration::from_secs(30));
+}
