@@ -348,10 +348,14 @@ fn reload(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster, ssl: bool) -> Resul
         pm.capture_log();
     }
     pm.reload();
-    let pending = apply::settings::pending_restart(&mut client, &loaded_before, Duration::from_secs(5))?;
+    let pending = apply::settings::pending_restart(&mut client, &loaded_before, Duration::from_secs(5));
     drop(client);
     if ssl {
-        let confirmed = tls::confirm_reload(&node.connstr, pm, &loaded_before, Duration::from_secs(5));
+        // Checked only after a reload that was taken; the capture ends either way.
+        let confirmed = match &pending {
+            Ok(_) => tls::confirm_reload(&node.connstr, pm, &loaded_before, Duration::from_secs(5)),
+            Err(_) => Ok(()),
+        };
         pm.end_capture();
         if let Err(e) = confirmed {
             // The old conf goes back too (it may not have had the ssl lines); the caller puts
@@ -360,7 +364,7 @@ fn reload(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster, ssl: bool) -> Resul
             return Err(e);
         }
     }
-    Ok(pending)
+    pending
 }
 
 /// A restart keeps PGDATA, which only local storage allows: a pageserver compute's PGDATA
