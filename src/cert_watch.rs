@@ -102,3 +102,35 @@ fn watch(cert_path: &std::path::Path, shared: &Shared, events: &Sender<Message>,
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+
+    /// Nothing before `running`; one event on `running`, one per change of the bytes (not per
+    /// write of the same bytes); the thread ends once the compute has failed.
+    #[test]
+    fn events_on_first_running_and_on_each_change_until_failed() {
+        let dir = std::env::temp_dir().join(format!("cc-certwatch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("tls.crt");
+        std::fs::write(&cert, "A").unwrap();
+        let shared = Shared::new();
+        let (tx, rx) = channel();
+        let (path, snapshot) = (cert.clone(), shared.clone());
+        let thread = std::thread::spawn(move || watch(&path, &snapshot, &tx, Duration::from_millis(10)));
+        let next = |wait: u64| rx.recv_timeout(Duration::from_millis(wait)).map(|m| m.event);
+        assert!(matches!(next(200), Err(RecvTimeoutError::Timeout)), "nothing before running");
+        shared.update(|s| s.status = Status::Running);
+        assert!(matches!(next(10_000), Ok(Event::CertificateChanged)), "once on running");
+        std::fs::write(&cert, "A").unwrap();
+        assert!(matches!(next(200), Err(RecvTimeoutError::Timeout)), "same bytes: nothing");
+        std::fs::write(&cert, "B").unwrap();
+        assert!(matches!(next(10_000), Ok(Event::CertificateChanged)), "on a change");
+        shared.update(|s| s.status = Status::Failed);
+        assert!(matches!(next(10_000), Err(RecvTimeoutError::Disconnected)), "stops on failed");
+        thread.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
