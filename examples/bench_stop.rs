@@ -76,9 +76,13 @@ fn main() {
         return;
     }
     let need = b.huge_pages_needed();
-    match HugePages::reserve(need) {
+    match HugePages::reserve(need + HUGE_PAGES_MARGIN) {
         Ok(guard) => {
-            println!("vm.nr_hugepages {} -> {} for the next configuration ({need} needed)", guard.old, guard.now);
+            println!(
+                "vm.nr_hugepages {} -> {} for the next configuration ({need} needed, {HUGE_PAGES_MARGIN} more \
+                 for other Postgres instances on this machine, which take free huge pages too)",
+                guard.old, guard.now
+            );
             let h = b.configuration(&format!("huge pages reserved (vm.nr_hugepages = {})", guard.now), runs);
             drop(guard);
             h.report("huge_", Some(base));
@@ -410,6 +414,11 @@ fn load_average() -> String {
 }
 
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+/// Huge pages reserved beyond what our Postgres needs: with `huge_pages = try` (the default),
+/// any Postgres started on this machine while they are free takes some (~70 for a default
+/// 128 MB), and ours would then find too few and fall back to 4 KiB pages.
+const HUGE_PAGES_MARGIN: u64 = 1024;
 
 fn read_nr_hugepages() -> u64 {
     std::fs::read_to_string(NR_HUGEPAGES).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
