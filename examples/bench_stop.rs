@@ -35,8 +35,9 @@
 //!
 //! Each run also prints, from Postgres's own log, the shutdown checkpoint's time and the
 //! teardown after it (`checkpoint complete` to `database system is shut down`), and how long
-//! compute_ctl took to exit after its postmaster had exited (polled in /proc): the share of
-//! the window compute_ctl itself causes. Results are printed as `RESULT` lines (see
+//! compute_ctl took to exit after its postmaster had exited (polled in /proc every ms; `-`
+//! when compute_ctl had reaped it before a poll saw it exit): the share of the window
+//! compute_ctl itself causes. Results are printed as `RESULT` lines (see
 //! examples/bench.rs) with the load average. The binary under test is `$COMPUTE_CTL_BIN`,
 //! else target/release/compute_ctl, built first when cargo runs us. Every compute_ctl is
 //! stopped by pid and waited for; its Postgres gets its parent-death signal if we die.
