@@ -77,11 +77,11 @@ fn main() {
         return;
     }
     let need = b.huge_pages_needed();
-    match HugePages::reserve(need + HUGE_PAGES_MARGIN) {
+    match HugePages::reserve(need, HUGE_PAGES_MARGIN) {
         Ok(guard) => {
             println!(
-                "vm.nr_hugepages {} -> {} for the next configuration ({need} needed, {HUGE_PAGES_MARGIN} more \
-                 for other Postgres instances on this machine, which take free huge pages too)",
+                "vm.nr_hugepages {} -> {} for the next configuration ({need} needed, up to {HUGE_PAGES_MARGIN} \
+                 more for other Postgres instances on this machine, which take free huge pages too)",
                 guard.old, guard.now
             );
             let h = b.configuration(&format!("huge pages reserved (vm.nr_hugepages = {})", guard.now), runs);
@@ -433,15 +433,16 @@ struct HugePages {
 }
 
 impl HugePages {
-    fn reserve(need: u64) -> Result<HugePages, String> {
+    /// Raises `vm.nr_hugepages` by `need` plus what the kernel can give of `margin`.
+    fn reserve(need: u64, margin: u64) -> Result<HugePages, String> {
         let old = read_nr_hugepages();
-        let want = old + need;
+        let want = old + need + margin;
         std::fs::write(NR_HUGEPAGES, want.to_string())
             .map_err(|e| format!("cannot raise {NR_HUGEPAGES} to {want} (needs root): {e}"))?;
         let guard = HugePages { old, now: read_nr_hugepages() };
-        if guard.now < want {
+        if guard.now < old + need {
             // The kernel found too little contiguous memory.
-            return Err(format!("the kernel reserved only {} of {want} huge pages", guard.now));
+            return Err(format!("the kernel reserved only {} of {} huge pages", guard.now, old + need));
         }
         Ok(guard)
     }
