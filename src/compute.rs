@@ -229,11 +229,15 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         // signal.
         let Message { event, reply } = message.unwrap_or(Message { event: Event::Signal(0), reply: None });
         let configure = matches!(event, Event::Configure(_));
-        if stops_postgres(&state, &event) {
+        let restart = restarts_postgres(&state, &event);
+        if stops_postgres(&state, &event) || restart {
             crate::vm_monitor::stop();
         }
         let (next, answer) = lifecycle::step(state, event);
         state = next;
+        if restart && matches!(state, State::Running(_)) {
+            crate::vm_monitor::resume();
+        }
         if let Some(reply) = reply {
             // A /configure that ran gets the status it left, read before the next event runs.
             let answer = match answer {
@@ -277,9 +281,22 @@ fn refresh_source(args: &Args) -> Option<lifecycle::Refresh> {
 /// stopped first, so the agent never talks to a Postgres on its way down.
 fn stops_postgres(state: &State, event: &Event) -> bool {
     match (state, event) {
-        (State::Running(_), Event::Terminate(_) | Event::Signal(_) | Event::PostgresExited) => true,
+        (State::Running(_), Event::Terminate(_) | Event::Signal(_)) => true,
+        // The exit of the postmaster a `/restart` replaced arrives after the new one runs:
+        // not a stop.
+        (State::Running(r), Event::PostgresExited) => !r.postgres_alive(),
         (State::Failed(f), Event::Signal(_)) => f.postgres_running(),
         (State::Failed(f), Event::PostgresExited) => !f.postgres_running(),
+        _ => false,
+    }
+}
+
+/// Whether `step` will restart Postgres (`POST /restart` in local mode; in pageserver mode it
+/// is refused and Postgres is left alone): the vm-monitor is paused around it, as around a
+/// stop, and agents are let in again once Postgres runs.
+fn restarts_postgres(state: &State, event: &Event) -> bool {
+    match (state, event) {
+        (State::Running(r), Event::Restart) => matches!(r.spec().storage(), crate::spec::StorageMode::Local),
         _ => false,
     }
 }

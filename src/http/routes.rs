@@ -135,6 +135,9 @@ const INTERNAL: &[(&str, &[&str])] = &[
     ("/extensions", &["POST"]),
     ("/grants", &["POST"]),
     ("/refresh_configuration", &["POST"]),
+    // Not in Neon's internal set: a `preStop` hook in the pod reaches it on loopback without
+    // a JWT, which it could not mint (`compute_ctl --terminate`, README "Kubernetes").
+    ("/terminate", &["POST"]),
     // `/extension_server/{filename}`: matched by prefix.
     ("/extension_server/", &["POST"]),
 ];
@@ -217,7 +220,7 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
         (Server::External, "/dbs_and_roles") => dbs_and_roles(app),
         (Server::External, "/check_writability") => check_writability(app),
         (Server::External, "/configure") => configure(app, req),
-        (Server::External, "/terminate") => terminate(app, req),
+        (Server::External | Server::Internal, "/terminate") => terminate(app, req),
         (Server::External, "/restart") => restart(app),
         (Server::External, "/healthz") => super::probes::healthz(app.heartbeat.age()),
         (Server::External, "/readyz") => super::probes::readyz(&app.shared.get(), &app.node.connstr),

@@ -294,6 +294,27 @@ fn terminate_closes_the_agent_connection_first() {
 }
 
 #[test]
+fn restart_closes_the_agent_first_and_lets_a_new_one_in_once_postgres_runs() {
+    let mut x = Auto::start("vm-restart");
+    let mut a = x.agent();
+    let old = support::postmaster_pid(&x.s.pgdata).unwrap();
+    let r = http::request(x.s.http_port, "POST", "/restart", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (code, reason) = a.recv_close(T);
+    assert_eq!((code, reason.as_str()), (Some(1001), "postgres is stopping"));
+    let new = support::postmaster_pid(&x.s.pgdata).unwrap();
+    assert_ne!(new, old, "postgres was restarted");
+    // The agent was closed before the old Postgres was asked to stop, and let in again after.
+    let log = x.c.log_text();
+    let at = |what: &str| log.find(what).unwrap_or_else(|| panic!("no {what:?} in the log:\n{log}"));
+    assert!(at("vm-monitor stopped") < at(&format!("postgres (pid {old}) exited")), "{log}");
+    assert!(at(&format!("postgres (pid {old}) exited")) < at("vm-monitor resumed"), "{log}");
+    let mut b = x.agent();
+    assert_eq!(b.call("HealthCheck", json!({}), 2), json!({"type": "HealthCheck", "id": 2}));
+    assert_eq!(x.metric("compute_ctl_vm_monitor_agent_connected ").as_deref(), Some("1"));
+}
+
+#[test]
 fn bind_failure_is_shown_in_status_and_metrics_and_postgres_runs() {
     let port = support::free_port();
     let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();

@@ -385,6 +385,28 @@ fn sigterm_interrupts_a_stalled_basebackup() {
 }
 
 #[test]
+fn restart_in_pageserver_mode_is_refused_and_postgres_is_left_alone() {
+    if support::skip_unless_major(15, "storage::restart_in_pageserver_mode_is_refused_and_postgres_is_left_alone") {
+        return;
+    }
+    let n = Neon::new("ps-restart", "Primary".into());
+    let mut c = n.spawn(0);
+    c.wait_running();
+    let pm = support::postmaster_pid(&n.s.pgdata).unwrap();
+    let syncs = n.wrapper.sync_calls().len();
+    let r = http::request(n.s.http_port, "POST", "/restart", &[], b"").unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("the control plane must restart the compute"), "{}", r.text());
+    assert_eq!(support::postmaster_pid(&n.s.pgdata), Some(pm), "postgres was not stopped");
+    assert_eq!(c.status().unwrap()["status"], "running");
+    assert_eq!(n.source_row(), SOURCE_ROW, "postgres still serves");
+    assert_eq!(n.wrapper.sync_calls().len(), syncs, "no safekeeper sync ran");
+    assert!(!c.log_text().contains("pre-stop checkpoint done"), "nothing of a stop ran:\n{}", c.log_text());
+    c.signal("TERM");
+    c.wait_exit(Duration::from_secs(30));
+}
+
+#[test]
 fn sigterm_of_a_running_primary_syncs_safekeepers_after_postgres_exits() {
     if support::skip_unless_major(15, "storage::sigterm_of_a_running_primary_syncs_safekeepers_after_postgres_exits") {
         return;
