@@ -60,6 +60,11 @@ pub fn run(args: Args) -> Result<i32> {
     let owner = Owner { rx, heartbeat: app.heartbeat.clone(), notifier };
     owner.turn();
     let result = supervise(args, app.clone(), owner);
+    // No lease query outlives the compute by more than one query's bound.
+    crate::lease::stop();
+    if !crate::lease::wait_stopped(crate::lease::QUERY_TIMEOUT) {
+        log::warn!("lsn lease: a lease query is still in flight; exiting without it");
+    }
     // Give handlers that were answered by the owner a moment to write their responses; the
     // bound keeps a stuck client from delaying the exit.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -196,6 +201,7 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
             crate::monitor::set_extensions_interval(args.installed_extensions_interval, running.spec().spec());
             crate::monitor::ensure_started(&app.shared, &app.node.connstr);
             crate::vm_monitor::ensure_started(&args, running.spec().spec().disable_lfc_resizing != Some(true));
+            crate::lease::ensure(running.spec());
         }
         let message = match state.exit() {
             None => owner.recv(),
@@ -221,6 +227,7 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         let configure = matches!(event, Event::Configure(_));
         if stops_postgres(&state, &event) {
             crate::vm_monitor::stop();
+            crate::lease::stop();
         }
         let (next, answer) = lifecycle::step(state, event);
         state = next;
