@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "storage-token-42";
+pub(crate) const TOKEN: &str = "storage-token-42";
 pub(crate) const SYNC_LSN: &str = "0/169AD58";
 pub(crate) const SOURCE_ROW: &str = "hello from the source";
 
@@ -78,16 +78,16 @@ pub(crate) fn fixture_tar() -> &'static Path {
 }
 
 /// A compute in pageserver mode: its stand-in pageserver and `postgres` wrapper.
-struct Neon {
-    s: Setup,
-    ps: StandIn,
-    wrapper: Wrapper,
+pub(crate) struct Neon {
+    pub(crate) s: Setup,
+    pub(crate) ps: StandIn,
+    pub(crate) wrapper: Wrapper,
     env: Vec<(String, String)>,
 }
 
 impl Neon {
     /// PGDATA starts as a copy of the template (so the test can see it wiped).
-    fn new(name: &str, mode: serde_json::Value) -> Neon {
+    pub(crate) fn new(name: &str, mode: serde_json::Value) -> Neon {
         let mut s = Setup::new(name);
         let ps = StandIn::start(true);
         ps.add_tar(TENANT, TIMELINE, fixture_tar());
@@ -105,7 +105,7 @@ impl Neon {
 
     /// compute_ctl with `-b` pointing at the wrapper; `exit_delay` keeps a failed start's
     /// `/status` readable.
-    fn spawn(&self, exit_delay: u32) -> Compute {
+    pub(crate) fn spawn(&self, exit_delay: u32) -> Compute {
         let mut args = self.s.args();
         let b = args.iter().position(|a| a == "-b").unwrap();
         args[b + 1] = self.wrapper.bin.to_str().unwrap().into();
@@ -128,7 +128,7 @@ impl Neon {
         format!("basebackup {TENANT} {TIMELINE}{tail}")
     }
 
-    fn source_row(&self) -> String {
+    pub(crate) fn source_row(&self) -> String {
         self.s.client().query_one("SELECT x FROM from_source", &[]).unwrap().get(0)
     }
 
