@@ -107,7 +107,7 @@ fn a_short_lease_is_renewed_before_it_runs_out() {
         return;
     }
     let n = Neon::new("lease-renew", static_mode());
-    n.ps.set_lease_answer(LeaseAnswer { valid_for: Some(Duration::from_secs(2)), fail_first: 0 });
+    n.ps.set_lease_answer(LeaseAnswer { valid_for: Some(Duration::from_secs(2)), ..LeaseAnswer::default() });
     let mut c = n.spawn(0);
     c.wait_running();
     // Valid 2 s: renewed at half time, 1 s after each answer.
@@ -158,7 +158,7 @@ fn a_refused_lease_stops_the_lease_thread() {
         return;
     }
     let n = Neon::new("lease-refused", static_mode());
-    n.ps.set_lease_answer(LeaseAnswer { valid_for: None, fail_first: 0 });
+    n.ps.set_lease_answer(LeaseAnswer { valid_for: None, ..LeaseAnswer::default() });
     let mut c = n.spawn(0);
     c.wait_running();
     wait_leases(&n.ps, 1, Duration::from_secs(20), &|| c.log_text());
@@ -250,4 +250,27 @@ fn a_live_configure_with_another_pageserver_moves_the_lease_there_at_once() {
     assert_eq!(moved[0].query, expected_query(TENANT));
     assert_eq!(n.ps.leases().len(), 1, "the old pageserver was asked again");
     terminate(&mut c);
+}
+
+#[test]
+fn a_lease_query_that_never_returns_delays_the_exit_by_one_query_timeout_at_most() {
+    if skip("a_lease_query_that_never_returns_delays_the_exit_by_one_query_timeout_at_most") {
+        return;
+    }
+    let n = Neon::new("lease-hang", static_mode());
+    n.ps.set_lease_answer(LeaseAnswer { hang: true, ..LeaseAnswer::default() });
+    let mut c = n.spawn(0);
+    c.wait_running();
+    wait_leases(&n.ps, 1, Duration::from_secs(20), &|| c.log_text());
+    // /terminate answers once Postgres is down, without waiting for the lease thread ...
+    let started = Instant::now();
+    let r = http::request(c.http_port, "POST", "/terminate", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(8), "/terminate took {:?}", started.elapsed());
+    // ... and the process waits for it at most the query timeout (10 s) before exiting.
+    assert!(c.wait_exit(Duration::from_secs(20)).success(), "{}", c.log_text());
+    assert!(started.elapsed() < Duration::from_secs(18), "exit took {:?}", started.elapsed());
+    let log = c.log_text();
+    assert!(log.contains("a lease query is still in flight; exiting without it"), "{log}");
+    assert_eq!(n.ps.leases().len(), 1);
 }

@@ -27,11 +27,13 @@ pub struct LeaseAnswer {
     pub valid_for: Option<Duration>,
     /// Answer the first N lease queries with an ErrorResponse.
     pub fail_first: usize,
+    /// Never answer: hold the connection until the client goes away.
+    pub hang: bool,
 }
 
 impl Default for LeaseAnswer {
     fn default() -> LeaseAnswer {
-        LeaseAnswer { valid_for: Some(Duration::from_secs(600)), fail_first: 0 }
+        LeaseAnswer { valid_for: Some(Duration::from_secs(600)), fail_first: 0, hang: false }
     }
 }
 
@@ -399,6 +401,12 @@ fn lease(
         seen.leases.len()
     };
     let answer = inner.lease.lock().unwrap().clone();
+    if answer.hang {
+        let mut s = w.get_ref().try_clone()?;
+        s.set_read_timeout(None)?;
+        while matches!(s.read(&mut [0u8; 64]), Ok(n) if n > 0) {}
+        return Err(io::Error::other("hung on purpose until the client left"));
+    }
     if n <= answer.fail_first {
         send(w, b'E', &error_body("ERROR", "XX000", &format!("stand-in: injected lease failure {n}")))?;
         return Ok(false);
