@@ -191,7 +191,11 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         log::info!("no spec yet: waiting for POST /configure");
     }
     if let Some(spec) = initial {
+        // As in Neon, a Static compute's lease is asked for as soon as the spec is known, so
+        // the basebackup at its old LSN is protected too.
+        crate::lease::ensure(&spec);
         state = lifecycle::step(state, Event::Init(spec)).0;
+        lease_follows(&state);
     }
 
     // When the current end state began lingering.
@@ -201,7 +205,6 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
             crate::monitor::set_extensions_interval(args.installed_extensions_interval, running.spec().spec());
             crate::monitor::ensure_started(&app.shared, &app.node.connstr);
             crate::vm_monitor::ensure_started(&args, running.spec().spec().disable_lfc_resizing != Some(true));
-            crate::lease::ensure(running.spec());
         }
         let message = match state.exit() {
             None => owner.recv(),
@@ -229,8 +232,12 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
             crate::vm_monitor::stop();
             crate::lease::stop();
         }
+        if let (State::Empty(_), Event::Configure(spec)) = (&state, &event) {
+            crate::lease::ensure(spec);
+        }
         let (next, answer) = lifecycle::step(state, event);
         state = next;
+        lease_follows(&state);
         if let Some(reply) = reply {
             // A /configure that ran gets the status it left, read before the next event runs.
             let answer = match answer {
@@ -267,6 +274,16 @@ fn refresh_source(args: &Args) -> Option<lifecycle::Refresh> {
             }))
         }
         SpecSource::Inline(_) | SpecSource::Wait => None,
+    }
+}
+
+/// The LSN lease thread lives while the compute runs (or starts); a start that failed
+/// without a Postgres, or a termination, ends it.
+fn lease_follows(state: &State) {
+    match state {
+        State::Running(running) => crate::lease::ensure(running.spec()),
+        State::Failed(f) if f.postgres_running() => {}
+        State::Empty(_) | State::Failed(_) | State::Terminated(_) => crate::lease::stop(),
     }
 }
 

@@ -1,10 +1,11 @@
 //! LSN leases for a `Static` compute (reference §4.12, 2026 §10.2): a read-only compute at a
 //! fixed LSN asks every pageserver to keep that LSN's data from garbage collection.
 //!
-//! One thread, owned by the running compute: the owner calls [`ensure`] while the compute is
-//! `running` (it starts the thread, or hands it a changed spec) and [`stop`] before it stops
-//! Postgres; [`wait_stopped`] at the end of the process bounds how long a lease query still
-//! in flight may delay the exit. The owner never waits on the thread otherwise: it only takes
+//! One thread, owned by the compute: the owner calls [`ensure`] as soon as a spec is accepted
+//! (as Neon does, so the basebackup at the old LSN is protected too) and after every event
+//! while the compute runs (it starts the thread, or hands it a changed spec), and [`stop`]
+//! before it stops Postgres or when a start failed; [`wait_stopped`] at the end of the process
+//! bounds how long a lease query still in flight may delay the exit. The owner never waits on the thread otherwise: it only takes
 //! a mutex that the thread holds for no longer than a copy.
 //!
 //! A round asks every pageserver of every shard, over libpq, with the simple query

@@ -4,7 +4,7 @@
 //! PostgreSQL 15 only, as the storage tests (the stand-in serves a 15 basebackup).
 
 use crate::storage::{Neon, TOKEN};
-use crate::support::pageserver::{Lease, LeaseAnswer, StandIn};
+use crate::support::pageserver::{Faults, Lease, LeaseAnswer, StandIn};
 use crate::support::{self, TENANT, TIMELINE, http};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -67,6 +67,10 @@ fn a_static_compute_leases_its_lsn_with_neons_query() {
     assert_eq!((l.tenant_shard.as_str(), l.timeline.as_str(), l.lsn.as_str()), (TENANT, TIMELINE, LSN));
     assert_eq!(l.password.as_deref(), Some(TOKEN), "storage_auth_token is the password, as for the basebackup");
     assert_eq!(n.source_row(), crate::storage::SOURCE_ROW);
+    // Asked for as soon as the spec is known (as Neon does), before the basebackup.
+    let log = c.log_text();
+    let (leasing, unpacked) = (log.find("lsn lease: leasing LSN FF/0"), log.find("basebackup of "));
+    assert!(leasing.is_some() && unpacked.is_some() && leasing < unpacked, "{log}");
 
     // The lease is shown in /status and /metrics (polled: the thread publishes after the answer).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -287,4 +291,24 @@ fn a_lease_query_that_never_returns_delays_the_exit_by_one_query_timeout_at_most
     let log = c.log_text();
     assert!(log.contains("a lease query is still in flight; exiting without it"), "{log}");
     assert_eq!(n.ps.leases().len(), 1);
+}
+
+#[test]
+fn a_failed_start_ends_the_lease_thread() {
+    if skip("a_failed_start_ends_the_lease_thread") {
+        return;
+    }
+    let mut n = Neon::new("lease-failed-start", static_mode());
+    n.retries(0);
+    n.ps.set_faults(Faults { error_at: Some(0), ..Faults::default() });
+    // Renewed every second while the thread lives.
+    n.ps.set_lease_answer(LeaseAnswer { valid_for: Some(Duration::from_secs(2)), ..LeaseAnswer::default() });
+    let mut c = n.spawn(30);
+    c.wait_status("failed", Duration::from_secs(30));
+    let after_failure = n.ps.leases().len();
+    assert!(after_failure <= 1, "{:?}", n.ps.leases());
+    no_more_leases(&n.ps, after_failure, Duration::from_millis(2500));
+    assert!(c.log_text().contains("lsn lease: thread stopped"), "{}", c.log_text());
+    c.signal("TERM");
+    c.wait_exit(Duration::from_secs(20));
 }

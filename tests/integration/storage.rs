@@ -99,7 +99,7 @@ impl Neon {
         Neon { s, ps, wrapper, env: Vec::new() }
     }
 
-    fn retries(&mut self, n: u32) {
+    pub(crate) fn retries(&mut self, n: u32) {
         self.env.push(("NEON_COMPUTE_TESTING_BASEBACKUP_RETRIES".into(), n.to_string()));
     }
 
