@@ -73,15 +73,9 @@ fn a_static_compute_leases_its_lsn_with_neons_query() {
     assert!(leasing.is_some() && unpacked.is_some() && leasing < unpacked, "{log}");
 
     // The lease is shown in /status and /metrics (polled: the thread publishes after the answer).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let s = c.status().unwrap();
-        if s["lsn_lease"]["valid_until"].is_u64() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no lease in /status: {s}");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = support::poll(Duration::from_secs(10), "the lease in /status", || {
+        c.status().filter(|s| s["lsn_lease"]["valid_until"].is_u64())
+    });
     let lease = &status["lsn_lease"];
     assert_eq!(lease["lsn"], LSN);
     assert_eq!(lease["refused"], false);
@@ -139,16 +133,10 @@ fn failed_leases_are_retried_with_backoff() {
     let gaps: Vec<Duration> = leases.windows(2).map(|p| p[1].at - p[0].at).collect();
     assert!(gaps[0] >= Duration::from_millis(490) && gaps[0] < Duration::from_millis(1500), "{gaps:?}");
     assert!(gaps[1] >= Duration::from_millis(740) && gaps[1] < Duration::from_millis(2500), "{gaps:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = c.status().unwrap();
-        if s["lsn_lease"]["valid_until"].is_u64() {
-            assert_eq!(s["lsn_lease"]["failures"], 2, "{s}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the third lease was not recorded: {s}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let s = support::poll(Duration::from_secs(10), "the third lease in /status", || {
+        c.status().filter(|s| s["lsn_lease"]["valid_until"].is_u64())
+    });
+    assert_eq!(s["lsn_lease"]["failures"], 2, "{s}");
     let text = http::get(c.http_port, "/metrics").text();
     assert!(text.contains("\ncompute_ctl_lsn_lease_failures_total 2\n"), "{text}");
     assert!(c.log_text().contains("injected lease failure 1"), "{}", c.log_text());
