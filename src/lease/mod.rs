@@ -85,9 +85,10 @@ fn with<R>(f: impl FnOnce(&mut Inner) -> R) -> R {
     f(lock().get_or_insert_with(Inner::default))
 }
 
-/// Called by the owner on every turn while the compute is `running`: starts the thread for a
-/// `Static` compute in pageserver mode, hands it a changed target, or stops it when the spec
-/// no longer asks for leases. Never blocks on the thread.
+/// Called by the owner when a spec is accepted and after every event while the compute
+/// runs: starts the thread for a `Static` compute in pageserver mode, hands it a changed
+/// target, or stops it when the spec no longer asks for leases (a promotion, say). Never
+/// blocks on the thread.
 pub fn ensure(spec: &ParsedSpec) {
     let wanted = target(spec);
     let mut guard = lock();
@@ -101,10 +102,8 @@ pub fn ensure(spec: &ParsedSpec) {
         }
         return;
     };
-    if inner.target.as_deref() == Some(&wanted) && (inner.running || inner.refused.is_some()) && !inner.stop {
-        return;
-    }
-    if inner.refused.as_deref() == Some(&wanted) {
+    let asking = inner.running && !inner.stop && inner.target.as_deref() == Some(&wanted);
+    if asking || inner.refused.as_deref() == Some(&wanted) {
         return;
     }
     describe(&wanted);

@@ -69,7 +69,7 @@ pub struct Seen {
     pub connections: usize,
     pub users: Vec<String>,
     pub passwords: Vec<String>,
-    /// Every query text it ran (from Query or Execute), in order.
+    /// Every query text it ran (from Query or Execute), in order, but `lease lsn` (see `leases`).
     pub queries: Vec<String>,
     /// Streams it stopped sending on purpose (`Faults::stall_at`).
     pub stalled: usize,
@@ -322,11 +322,11 @@ fn serve(stream: TcpStream, inner: &Inner) -> io::Result<()> {
 
 /// Runs one query; false when it ended in an ErrorResponse.
 fn run(query: &str, inner: &Inner, w: &mut BufWriter<TcpStream>, password: &Option<String>) -> io::Result<bool> {
-    inner.seen.lock().unwrap().queries.push(query.to_string());
     let words: Vec<&str> = query.split_whitespace().collect();
     if words.len() == 5 && words[..2] == ["lease", "lsn"] {
         return lease(query, &words, inner, w, password);
     }
+    inner.seen.lock().unwrap().queries.push(query.to_string());
     if words.first() != Some(&"basebackup") || words.len() < 3 {
         send(w, b'E', &error_body("ERROR", "42601", &format!("stand-in: unsupported query {query:?}")))?;
         return Ok(false);
