@@ -63,6 +63,11 @@ pub fn run(args: Args) -> Result<i32> {
     let owner = Owner { rx, heartbeat: app.heartbeat.clone(), notifier };
     owner.turn();
     let result = supervise(args, app.clone(), owner);
+    // No lease query outlives the compute by more than one query's bound.
+    crate::lease::stop();
+    if !crate::lease::wait_stopped(crate::lease::QUERY_TIMEOUT) {
+        log::warn!("lsn lease: a lease query is still in flight; exiting without it");
+    }
     // Give handlers that were answered by the owner a moment to write their responses; the
     // bound keeps a stuck client from delaying the exit.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -196,7 +201,11 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         log::info!("no spec yet: waiting for POST /configure");
     }
     if let Some(spec) = initial {
+        // As in Neon, a Static compute's lease is asked for as soon as the spec is known, so
+        // the basebackup at its old LSN is protected too.
+        crate::lease::ensure(&spec);
         state = lifecycle::step(state, Event::Init(spec)).0;
+        lease_follows(&state);
     }
 
     // When the current end state began lingering.
@@ -232,12 +241,17 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         let restart = restarts_postgres(&state, &event);
         if stops_postgres(&state, &event) || restart {
             crate::vm_monitor::stop();
+            crate::lease::stop();
+        }
+        if let (State::Empty(_), Event::Configure(spec)) = (&state, &event) {
+            crate::lease::ensure(spec);
         }
         let (next, answer) = lifecycle::step(state, event);
         state = next;
         if restart && matches!(state, State::Running(_)) {
             crate::vm_monitor::resume();
         }
+        lease_follows(&state);
         if let Some(reply) = reply {
             // A /configure that ran gets the status it left, read before the next event runs.
             let answer = match answer {
@@ -274,6 +288,16 @@ fn refresh_source(args: &Args) -> Option<lifecycle::Refresh> {
             }))
         }
         SpecSource::Inline(_) | SpecSource::Wait => None,
+    }
+}
+
+/// The LSN lease thread lives while the compute runs (or starts); a start that failed
+/// without a Postgres, or a termination, ends it.
+fn lease_follows(state: &State) {
+    match state {
+        State::Running(running) => crate::lease::ensure(running.spec()),
+        State::Failed(f) if f.postgres_running() => {}
+        State::Empty(_) | State::Failed(_) | State::Terminated(_) => crate::lease::stop(),
     }
 }
 

@@ -239,16 +239,26 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
 
 fn status(app: &App) -> Response {
     let body = app.shared.get().body();
-    match crate::vm_monitor::status_json() {
-        // With AUTOSCALING: the monitor's state (a bind failure, say) beside Neon's fields.
-        Some(vm) => match serde_json::to_value(&body) {
-            Ok(mut v) => {
-                v["vm_monitor"] = vm;
-                Response::json(200, &v)
+    // With AUTOSCALING: the monitor's state (a bind failure, say) beside Neon's fields; for a
+    // Static compute, its LSN lease.
+    let extra: Vec<(&str, serde_json::Value)> = [
+        crate::vm_monitor::status_json().map(|v| ("vm_monitor", v)),
+        crate::lease::status_json().map(|v| ("lsn_lease", v)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if extra.is_empty() {
+        return Response::json(200, &body);
+    }
+    match serde_json::to_value(&body) {
+        Ok(mut v) => {
+            for (k, x) in extra {
+                v[k] = x;
             }
-            Err(_) => Response::json(200, &body),
-        },
-        None => Response::json(200, &body),
+            Response::json(200, &v)
+        }
+        Err(_) => Response::json(200, &body),
     }
 }
 

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "storage-token-42";
+pub(crate) const TOKEN: &str = "storage-token-42";
 pub(crate) const SYNC_LSN: &str = "0/169AD58";
 pub(crate) const SOURCE_ROW: &str = "hello from the source";
 
@@ -79,10 +79,10 @@ pub(crate) fn fixture_tar() -> &'static Path {
 }
 
 /// A compute in pageserver mode: its stand-in pageserver and `postgres` wrapper.
-struct Neon {
-    s: Setup,
-    ps: StandIn,
-    wrapper: Wrapper,
+pub(crate) struct Neon {
+    pub(crate) s: Setup,
+    pub(crate) ps: StandIn,
+    pub(crate) wrapper: Wrapper,
     env: Vec<(String, String)>,
     /// Appended to compute_ctl's arguments.
     extra_args: Vec<String>,
@@ -90,7 +90,7 @@ struct Neon {
 
 impl Neon {
     /// PGDATA starts as a copy of the template (so the test can see it wiped).
-    fn new(name: &str, mode: serde_json::Value) -> Neon {
+    pub(crate) fn new(name: &str, mode: serde_json::Value) -> Neon {
         let mut s = Setup::new(name);
         let ps = StandIn::start(true);
         ps.add_tar(TENANT, TIMELINE, fixture_tar());
@@ -102,13 +102,13 @@ impl Neon {
         Neon { s, ps, wrapper, env: Vec::new(), extra_args: Vec::new() }
     }
 
-    fn retries(&mut self, n: u32) {
+    pub(crate) fn retries(&mut self, n: u32) {
         self.env.push(("NEON_COMPUTE_TESTING_BASEBACKUP_RETRIES".into(), n.to_string()));
     }
 
     /// compute_ctl with `-b` pointing at the wrapper; `exit_delay` keeps a failed start's
     /// `/status` readable.
-    fn spawn(&self, exit_delay: u32) -> Compute {
+    pub(crate) fn spawn(&self, exit_delay: u32) -> Compute {
         let mut args = self.s.args();
         let b = args.iter().position(|a| a == "-b").unwrap();
         args[b + 1] = self.wrapper.bin.to_str().unwrap().into();
@@ -132,7 +132,7 @@ impl Neon {
         format!("basebackup {TENANT} {TIMELINE}{tail}")
     }
 
-    fn source_row(&self) -> String {
+    pub(crate) fn source_row(&self) -> String {
         self.s.client().query_one("SELECT x FROM from_source", &[]).unwrap().get(0)
     }
 
