@@ -46,6 +46,8 @@ pub fn run(args: Args) -> Result<i32> {
         internal_http_port: args.internal_http_port,
         privileged_role: args.privileged_role_name.clone(),
         interrupted: Arc::new(AtomicBool::new(false)),
+        // Set once `compute_ctl_config` is read (see `supervise`).
+        tls: None,
     };
     let extensions = Arc::new(crate::remote_ext::Installer::new(args.remote_ext_base_url.clone(), &node.bindir));
     let app = Arc::new(routes::App {
@@ -61,6 +63,11 @@ pub fn run(args: Args) -> Result<i32> {
     let owner = Owner { rx, heartbeat: app.heartbeat.clone(), notifier };
     owner.turn();
     let result = supervise(args, app.clone(), owner);
+    // No lease query outlives the compute by more than one query's bound.
+    crate::lease::stop();
+    if !crate::lease::wait_stopped(crate::lease::QUERY_TIMEOUT) {
+        log::warn!("lsn lease: a lease query is still in flight; exiting without it");
+    }
     // Give handlers that were answered by the owner a moment to write their responses; the
     // bound keeps a stuck client from delaying the exit.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -170,10 +177,16 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
     }
 
     listen::start(&args, &app, external_auth, internal_auth)?;
+    // TLS settings are fixed here, at start (a `/configure` body's `compute_ctl_config` is
+    // ignored, as in Neon).
+    let tls = app.compute_ctl_config.get().and_then(|c| c.tls.clone());
+    if let Some(t) = &tls {
+        crate::cert_watch::spawn(t.cert_path.clone().into(), app.shared.clone(), tx.clone())?;
+    }
     drop(tx);
 
     let mut state = State::new(Parts {
-        node: app.node.clone(),
+        node: crate::postgres::Node { tls, ..app.node.clone() },
         shared: app.shared.clone(),
         postmaster: postmaster.clone(),
         refresh: refresh_source(&args),
@@ -188,7 +201,11 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         log::info!("no spec yet: waiting for POST /configure");
     }
     if let Some(spec) = initial {
+        // As in Neon, a Static compute's lease is asked for as soon as the spec is known, so
+        // the basebackup at its old LSN is protected too.
+        crate::lease::ensure(&spec);
         state = lifecycle::step(state, Event::Init(spec)).0;
+        lease_follows(&state);
     }
 
     // When the current end state began lingering.
@@ -223,17 +240,24 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         // signal.
         let Message { event, reply } = message.unwrap_or(Message { event: Event::Signal(0), reply: None });
         let configure = matches!(event, Event::Configure(_));
-        let restart = matches!(event, Event::Restart);
-        if stops_postgres(&state, &event) {
+        let restart = restarts_postgres(&state, &event);
+        if stops_postgres(&state, &event) || restart {
             crate::vm_monitor::stop();
+            crate::lease::stop();
+            // Not across a restart either: an offload would fail half-way. The LFC tasks start
+            // again for the new postmaster (whose file cache is new and empty), autoprewarm
+            // included.
             crate::lfc::stop();
-        } else if restart && matches!(state, State::Running(_)) {
-            // Not across a restart: an offload would fail half-way. They start again for the
-            // new postmaster (whose file cache is new and empty), autoprewarm included.
-            crate::lfc::stop();
+        }
+        if let (State::Empty(_), Event::Configure(spec)) = (&state, &event) {
+            crate::lease::ensure(spec);
         }
         let (next, answer) = lifecycle::step(state, event);
         state = next;
+        if restart && matches!(state, State::Running(_)) {
+            crate::vm_monitor::resume();
+        }
+        lease_follows(&state);
         if let Some(reply) = reply {
             // A /configure that ran gets the status it left, read before the next event runs.
             let answer = match answer {
@@ -273,15 +297,36 @@ fn refresh_source(args: &Args) -> Option<lifecycle::Refresh> {
     }
 }
 
+/// The LSN lease thread lives while the compute runs (or starts); a start that failed
+/// without a Postgres, or a termination, ends it.
+fn lease_follows(state: &State) {
+    match state {
+        State::Running(running) => crate::lease::ensure(running.spec()),
+        State::Failed(f) if f.postgres_running() => {}
+        State::Empty(_) | State::Failed(_) | State::Terminated(_) => crate::lease::stop(),
+    }
+}
+
 /// Whether `step` will stop Postgres (or find it gone) for this event: the vm-monitor is
 /// stopped first, so the agent never talks to a Postgres on its way down.
 fn stops_postgres(state: &State, event: &Event) -> bool {
     match (state, event) {
         (State::Running(_), Event::Terminate(_) | Event::Signal(_)) => true,
-        // The exit of a postmaster that `POST /restart` replaced is not the end of Postgres.
+        // The exit of the postmaster a `/restart` replaced arrives after the new one runs:
+        // not a stop.
         (State::Running(r), Event::PostgresExited) => !r.postgres_alive(),
         (State::Failed(f), Event::Signal(_)) => f.postgres_running(),
         (State::Failed(f), Event::PostgresExited) => !f.postgres_running(),
+        _ => false,
+    }
+}
+
+/// Whether `step` will restart Postgres (`POST /restart` in local mode; in pageserver mode it
+/// is refused and Postgres is left alone): the vm-monitor is paused around it, as around a
+/// stop, and agents are let in again once Postgres runs.
+fn restarts_postgres(state: &State, event: &Event) -> bool {
+    match (state, event) {
+        (State::Running(r), Event::Restart) => matches!(r.spec().storage(), crate::spec::StorageMode::Local),
         _ => false,
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod args;
 pub mod auth;
+pub mod cert_watch;
 pub mod cgroup;
 pub mod compute;
 pub mod control_plane;
@@ -28,6 +29,7 @@ pub mod error;
 pub mod escape;
 pub mod heartbeat;
 pub mod http;
+pub mod lease;
 pub mod lfc;
 pub mod lifecycle;
 mod locks;
