@@ -118,7 +118,6 @@ impl Boot {
             StorageMode::Local => {
                 pgdata::initdb(&self.proof, node)?;
                 pgdata::ensure_owned(pgdata, node.run_as)?;
-                hba::restrict_local(&self.proof, node)?;
             }
             StorageMode::Pageserver { .. } => {
                 let t = storage::prepare_from_pageserver(&self.proof, node, &self.spec)?;
@@ -130,6 +129,8 @@ impl Boot {
                 });
             }
         }
+        // One read of pg_hba.conf, and a write only when it changes (the first start).
+        hba::prepare(&self.proof, node, matches!(self.spec.storage(), StorageMode::Local))?;
         // Written here in both modes: pageserver mode wrote it before the sync too, but a
         // basebackup may carry the source's own postgresql.conf, which must not win.
         let text = conf::render(
@@ -141,7 +142,6 @@ impl Boot {
         // Only what changed is written (a restart of the same spec writes nothing), unsynced:
         // see `conf::write_if_changed`.
         conf::write_if_changed(&pgdata.join("postgresql.conf"), text.as_bytes())?;
-        conf::line_in_file(&pgdata.join("pg_hba.conf"), conf::PG_HBA_ALL_MD5)?;
         conf::write_if_changed(&pgdata.join(conf::TEMP_OVERRIDE), b"")?;
         let standby = pgdata.join("standby.signal");
         if matches!(self.spec.mode(), ComputeMode::Static(_) | ComputeMode::Replica) && !standby.exists() {
