@@ -47,12 +47,13 @@ pub fn run(args: Args) -> Result<i32> {
         privileged_role: args.privileged_role_name.clone(),
         interrupted: Arc::new(AtomicBool::new(false)),
     };
+    let extensions = Arc::new(crate::remote_ext::Installer::new(args.remote_ext_base_url.clone(), &node.bindir));
     let app = Arc::new(routes::App {
         shared: Shared::new(),
         events: Mutex::new(tx),
         live_config_allowed: !matches!(args.spec, SpecSource::Inline(_)),
         node,
-        remote_ext_base_url: args.remote_ext_base_url.clone(),
+        extensions,
         compute_ctl_config: std::sync::OnceLock::new(),
         in_flight: AtomicUsize::new(0),
         heartbeat: Arc::new(Heartbeat::new()),
@@ -181,6 +182,7 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         }),
         notifier: owner.notifier.clone(),
         pre_stop_checkpoint: args.pre_stop_checkpoint,
+        extensions: app.extensions.clone(),
     });
     if initial.is_none() && !matches!(args.spec, SpecSource::ControlPlane(_)) {
         log::info!("no spec yet: waiting for POST /configure");

@@ -4,11 +4,18 @@
 //! A start is two types: [`Boot`] while Postgres is down (it holds the [`Stopped`] proof) and
 //! [`Ready`] once the postmaster accepts connections (it holds the subscription guard).
 //!
+//! While `Boot` prepares PGDATA, the preload of remote `shared_preload_libraries` runs beside
+//! it (as in Neon); the spawn of Postgres takes the [`Preloaded`] proof that only waiting for
+//! that preload makes, so Postgres never starts before its libraries are installed.
+//!
 //! Contracts of [`start`]:
 //! - prerequisites: a validated spec; no Postgres of ours runs on PGDATA;
-//! - on success: Postgres is ready, configured, subscriptions handled, status `running`;
+//! - on success: the preload libraries are installed, Postgres is ready, configured,
+//!   subscriptions handled, status `running`;
 //! - on error: any Postgres it started is stopped (dropping [`Postmaster`] does that), status
-//!   `failed` with the cause; a local PGDATA is never wiped.
+//!   `failed` with the cause; a local PGDATA is never wiped. A preload that fails (a library
+//!   named by `shared_preload_libraries` that can be neither fetched nor found installed)
+//!   fails the start before Postgres is spawned, naming the library.
 
 use super::Context;
 use super::states::{Failed, Running, synced_after_exit};
@@ -16,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::postgres::process::Postmaster;
 use crate::postgres::subscriptions::{self, Guard};
 use crate::postgres::{Stopped, apply, conf, hba, pgdata, sql, storage};
+use crate::remote_ext::{Preload, Preloaded};
 use crate::spec::{ComputeMode, ParsedSpec, StorageMode};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -31,6 +39,9 @@ pub struct Boot {
     spec: ParsedSpec,
     proof: Stopped,
     guard: Option<Guard>,
+    /// The preload of remote libraries, running beside the PGDATA preparation until
+    /// [`Boot::preloaded`] waits for it.
+    preload: Option<Preload>,
 }
 
 /// Postgres has started and accepts connections but the compute is not open yet: drops
@@ -57,15 +68,23 @@ struct Aborted {
 
 pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
     let started = Instant::now();
-    let mut boot = Boot { ctx, spec, proof: Stopped::minted_by_boot(), guard: None };
+    let mut boot = Boot { ctx, spec, proof: Stopped::minted_by_boot(), guard: None, preload: None };
     // A spec that would weaken compute_ctl's own roles is refused before PGDATA is touched.
     let superuser = sql::connstr_user(&boot.ctx.node.connstr);
     let privileged = boot.ctx.node.privileged_role.clone();
     let checked = superuser.and_then(|me| apply::privileged::check(boot.spec.spec(), &me, &privileged));
-    if let Err(error) = checked.and_then(|()| boot.prepare_pgdata()).and_then(|()| boot.check_interrupted()) {
-        return Err(abort(Aborted { ctx: boot.ctx, spec: boot.spec, postmaster: None, error }));
-    }
-    let mut ready = boot.start_postgres().map_err(|a| abort(*a))?;
+    // On an error the preload is not waited for: its downloads end on their own, and what they
+    // install counts for a later start (the installer remembers it).
+    let prepared = checked
+        .and_then(|()| boot.start_preload())
+        .and_then(|()| boot.prepare_pgdata())
+        .and_then(|()| boot.preloaded())
+        .and_then(|p| boot.check_interrupted().map(|()| p));
+    let preloaded = match prepared {
+        Ok(p) => p,
+        Err(error) => return Err(abort(Aborted { ctx: boot.ctx, spec: boot.spec, postmaster: None, error })),
+    };
+    let mut ready = boot.start_postgres(preloaded).map_err(|a| abort(*a))?;
     match ready.configure(started) {
         Ok(()) => {
             // One line that splits the start into before-spawn, Postgres start and after-ready
@@ -105,6 +124,24 @@ fn abort(mut a: Aborted) -> Failed {
 impl Boot {
     fn check_interrupted(&self) -> Result<()> {
         if self.ctx.node.interrupted.load(Ordering::SeqCst) { Err(Error::Interrupted) } else { Ok(()) }
+    }
+
+    /// Starts fetching the remote libraries `shared_preload_libraries` names (reference 5.9
+    /// step 7) on their own thread; a library the spec's index maps to an extension it does
+    /// not list fails here, before PGDATA is touched.
+    fn start_preload(&mut self) -> Result<()> {
+        self.preload = Some(Preload::start(&self.ctx.extensions, self.spec.spec())?);
+        Ok(())
+    }
+
+    /// Waits for the preload (each download is bounded by its timeout; a termination request
+    /// ends the wait) and gives the proof the spawn of Postgres takes.
+    fn preloaded(&mut self) -> Result<Preloaded> {
+        let started = Instant::now();
+        let preload = self.preload.take().expect("the preload is started before it is waited for, once per start");
+        let preloaded = preload.finish(&self.ctx.node.interrupted)?;
+        log::debug!("waited {} ms for the preload after preparing PGDATA", elapsed_ms(started));
+        Ok(preloaded)
     }
 
     /// Makes PGDATA ready to start: local mode keeps it (running `initdb` when it is missing
@@ -166,10 +203,11 @@ impl Boot {
     }
 
     /// Starts `postgres -D PGDATA` as the Postgres user, giving it the [`Stopped`] proof, and
-    /// waits until it is ready.
-    fn start_postgres(self) -> Result<Ready, Box<Aborted>> {
+    /// waits until it is ready. It takes the [`Preloaded`] proof: the libraries Postgres
+    /// preloads from the remote extension storage are installed.
+    fn start_postgres(self, _preloaded: Preloaded) -> Result<Ready, Box<Aborted>> {
         let started = Instant::now();
-        let Boot { ctx, spec, proof, guard } = self;
+        let Boot { ctx, spec, proof, guard, preload: _ } = self;
         let token = spec.spec().storage_auth_token.clone();
         let env: Vec<(&str, &str)> = token.as_deref().map(|t| ("NEON_AUTH_TOKEN", t)).into_iter().collect();
         let on_exit = ctx.on_postgres_exit.clone();

@@ -193,6 +193,9 @@ pub struct Parts {
     /// Fetches the spec again for `/refresh_configuration` (from the control plane or the spec
     /// file); None when the spec came inline or from `/configure`.
     pub refresh: Option<Refresh>,
+    /// Fetches remote extension archives; the start preloads `shared_preload_libraries`
+    /// through it, sharing its dedup with `/extension_server`.
+    pub extensions: Arc<crate::remote_ext::Installer>,
 }
 
 /// How a spec is fetched again: `Ok(None)` when its source has none for this compute.

@@ -7,6 +7,7 @@ mod auth;
 mod autoscaling;
 mod catalog;
 mod deploy;
+mod ext_server;
 mod faults_config;
 mod faults_http;
 mod faults_pgdata;

@@ -1,25 +1,10 @@
 //! Today's Neon (2026): termination statuses and bodies, `/promote`, `/refresh_configuration`,
 //! `/extension_server`, the LFC routes and `/autoscaling_metrics`, against a real Postgres.
 
+use crate::ext_server::{FileServer, Installed, extension_archive};
 use crate::support::http;
 use crate::support::{self, Compute, Setup};
-use std::time::{Duration, Instant};
-
-fn error_of(r: &http::Response) -> String {
-    r.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {}", r.text())).to_string()
-}
-
-/// Polls `f` until it returns Some, at most `timeout`.
-fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use std::time::Duration;
 
 /// A compute whose fast shutdown takes a moment: the archiver must archive a finished WAL
 /// segment with a command that sleeps first, so the pending status can be seen. `/status`
@@ -43,7 +28,7 @@ fn terminate_watching(s: &Setup, c: &Compute, mode: &str, pending: &str) -> Stri
     let port = s.http_port;
     let path = format!("/terminate?mode={mode}");
     let req = std::thread::spawn(move || http::request(port, "POST", &path, &[], b"").unwrap());
-    poll(Duration::from_secs(20), pending, || (c.status()?["status"] == pending).then_some(()));
+    support::poll(Duration::from_secs(20), pending, || (c.status()?["status"] == pending).then_some(()));
     let r = req.join().unwrap();
     assert_eq!(r.status, 200, "{mode}: {}", r.text());
     assert_eq!(r.header("content-type"), Some("application/json"));
@@ -62,7 +47,7 @@ fn terminate_fast_reports_its_status_and_repeats_its_body() {
     let r = http::request(s.http_port, "POST", "/terminate?mode=immediate", &[], b"").unwrap();
     assert_eq!((r.status, r.json()), (201, serde_json::json!({ "lsn": lsn })));
     let r = http::request(s.http_port, "POST", "/check_writability", &[], b"").unwrap();
-    assert_eq!((r.status, error_of(&r).as_str()), (412, "invalid compute status: terminated"));
+    assert_eq!((r.status, r.error().as_str()), (412, "invalid compute status: terminated"));
     c.signal("TERM");
     c.wait_exit(Duration::from_secs(20));
 }
@@ -169,91 +154,8 @@ fn promote_without_a_spec_is_412() {
     let mut c = Compute::spawn(&s.base_args(), s.http_port);
     c.wait_status("empty", Duration::from_secs(20));
     let r = http::post_json(s.http_port, "/promote", &promote_body(&s.spec, "0/0"));
-    assert_eq!((r.status, error_of(&r).as_str()), (412, "invalid compute status: empty"));
+    assert_eq!((r.status, r.error().as_str()), (412, "invalid compute status: empty"));
     assert_eq!(c.status().unwrap()["status"], "empty");
-}
-
-/// A file server standing in for the extension storage: answers a GET for a known path with
-/// its bytes, anything else with 404, and records the paths asked for.
-struct FileServer {
-    port: u16,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl FileServer {
-    fn start(files: Vec<(String, Vec<u8>)>) -> FileServer {
-        use std::io::{BufRead, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
-                let mut line = String::new();
-                let _ = reader.read_line(&mut line);
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
-                        break;
-                    }
-                }
-                log.lock().unwrap().push(path.clone());
-                let (status, body) = match files.iter().find(|(p, _)| *p == path) {
-                    Some((_, b)) => ("200 OK", b.clone()),
-                    None => ("404 Not Found", Vec::new()),
-                };
-                let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-                let _ = s.write_all(head.as_bytes());
-                let _ = s.write_all(&body);
-            }
-        });
-        FileServer { port, seen }
-    }
-}
-
-/// Removes what a test installed into the system's Postgres directories.
-struct Installed(Vec<std::path::PathBuf>);
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// A `.tar.zst` of a SQL-only extension `name` (control file and script), made with the
-/// `zstd` command-line tool.
-fn extension_archive(dir: &std::path::Path, name: &str) -> Vec<u8> {
-    let ext = dir.join("src/share/extension");
-    std::fs::create_dir_all(&ext).unwrap();
-    std::fs::write(
-        ext.join(format!("{name}.control")),
-        "comment = 'test'\ndefault_version = '1.0'\nrelocatable = true\ntrusted = true\n",
-    )
-    .unwrap();
-    std::fs::write(
-        ext.join(format!("{name}--1.0.sql")),
-        format!("CREATE FUNCTION {name}_answer() RETURNS int LANGUAGE sql AS 'SELECT 42';\n"),
-    )
-    .unwrap();
-    let tar = dir.join(format!("{name}.tar"));
-    let st = std::process::Command::new("tar")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(dir.join("src"))
-        .arg("share")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let out = std::process::Command::new("zstd").args(["-q", "-c"]).arg(&tar).output().expect("the zstd tool");
-    assert!(out.status.success());
-    out.stdout
 }
 
 /// `/extension_server/{filename}`: the archive is fetched from `--remote-ext-base-url` at
@@ -315,7 +217,7 @@ fn extension_server_installs_an_archive_and_refuses_a_truncated_one() {
 
     let r = http::request(internal, "POST", &format!("/extension_server/{cut}"), &[], b"").unwrap();
     assert_eq!(r.status, 502, "{}", r.text());
-    assert!(error_of(&r).contains("nothing was installed"), "{}", r.text());
+    assert!(r.error().contains("nothing was installed"), "{}", r.text());
     assert!(!share.join(format!("{cut}.control")).exists() && !share.join(format!("{cut}--1.0.sql")).exists());
     let leftovers: Vec<_> = std::fs::read_dir(&share)
         .unwrap()
@@ -325,7 +227,7 @@ fn extension_server_installs_an_archive_and_refuses_a_truncated_one() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     let r = http::request(internal, "POST", "/extension_server/postgis", &[], b"").unwrap();
-    assert_eq!((r.status, error_of(&r).as_str()), (404, "extension postgis is not found"));
+    assert_eq!((r.status, r.error().as_str()), (404, "extension postgis is not found"));
     let r = http::request(internal, "POST", "/extension_server/..%2Fx", &[], b"").unwrap();
     assert_eq!(r.status, 400);
 }
@@ -359,7 +261,7 @@ fn refresh_configuration_fetches_and_applies_the_spec_from_the_control_plane() {
 
     let r = http::request(s.http_port + 1, "POST", "/refresh_configuration", &[], b"").unwrap();
     assert_eq!(r.status, 500);
-    assert!(error_of(&r).contains("cannot fetch the spec"), "{}", r.text());
+    assert!(r.error().contains("cannot fetch the spec"), "{}", r.text());
     assert_eq!(c.status().unwrap()["status"], "running");
     assert_eq!(work_mem(&s), "7777kB");
 }
@@ -376,7 +278,7 @@ fn lfc_and_autoscaling_metrics_say_clearly_what_vanilla_postgres_lacks() {
     args.extend(["--http-auth-token-file".into(), token_file.to_str().unwrap().into()]);
     let mut c = Compute::spawn(&args, s.http_port);
     let auth = [("Authorization", "Bearer tok-lfc-1")];
-    poll(Duration::from_secs(30), "running", || {
+    support::poll(Duration::from_secs(30), "running", || {
         let r = http::request(s.http_port, "GET", "/status", &auth, b"").ok()?;
         (r.json()["status"] == "running").then_some(())
     });
@@ -394,14 +296,14 @@ fn lfc_and_autoscaling_metrics_say_clearly_what_vanilla_postgres_lacks() {
     {
         let r = http::request(p, "POST", path, &auth, b"").unwrap();
         assert_eq!(r.status, 412, "{path}: {}", r.text());
-        let e = error_of(&r);
+        let e = r.error();
         assert!(e.contains("local file cache is not available") && e.contains(function), "{e}");
         let r = http::request(p, "GET", path, &auth, b"").unwrap();
         assert_eq!((r.json()["status"].as_str(), r.json()["error"].as_str()), (Some("failed"), Some(e.as_str())));
     }
     let r = http::request(p, "GET", "/autoscaling_metrics", &[], b"").unwrap();
     assert_eq!(r.status, 500);
-    assert!(error_of(&r).contains("vanilla PostgreSQL has none"), "{}", r.text());
+    assert!(r.error().contains("vanilla PostgreSQL has none"), "{}", r.text());
     c.signal("TERM");
     c.wait_exit(Duration::from_secs(20));
 }
