@@ -280,3 +280,31 @@ pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A watch made after another was dropped (and may reuse its descriptor) wakes for its own
+    /// directory only.
+    #[test]
+    fn a_watch_after_a_dropped_one_sees_its_own_directory_only() {
+        let root = std::env::temp_dir().join(format!("compute_ctl-dirwatch-{}", std::process::id()));
+        let (a, b) = (root.join("a"), root.join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let first = DirWatch::new(&a).unwrap();
+        std::fs::write(a.join("f"), b"1").unwrap();
+        assert!(first.wait(Duration::from_secs(10)).unwrap(), "a write in a was not seen");
+        drop(first);
+
+        let second = DirWatch::new(&b).unwrap();
+        std::fs::write(a.join("f"), b"2").unwrap();
+        assert!(!second.wait(Duration::from_millis(100)).unwrap(), "a write in a woke the watch on b");
+        std::fs::write(b.join("f"), b"3").unwrap();
+        assert!(second.wait(Duration::from_secs(10)).unwrap(), "a write in b was not seen");
+        drop(second);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
