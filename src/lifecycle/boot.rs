@@ -22,7 +22,7 @@ use super::states::{Failed, Running, synced_after_exit};
 use crate::error::{Error, Result};
 use crate::postgres::process::Postmaster;
 use crate::postgres::subscriptions::{self, Guard};
-use crate::postgres::{Stopped, apply, conf, hba, pgdata, sql, storage};
+use crate::postgres::{Stopped, apply, conf, hba, pgdata, sql, storage, tls};
 use crate::remote_ext::{Preload, Preloaded};
 use crate::spec::{ComputeMode, ParsedSpec, StorageMode};
 use std::sync::atomic::Ordering;
@@ -77,6 +77,7 @@ pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
     // install counts for a later start (the installer remembers it).
     let prepared = checked
         .and_then(|()| boot.start_preload())
+        .and_then(|()| boot.wait_for_cert())
         .and_then(|()| boot.prepare_pgdata())
         .and_then(|()| boot.preloaded())
         .and_then(|p| boot.check_interrupted().map(|()| p));
@@ -126,6 +127,20 @@ impl Boot {
         if self.ctx.node.interrupted.load(Ordering::SeqCst) { Err(Error::Interrupted) } else { Ok(()) }
     }
 
+    /// With `compute_ctl_config.tls` (whatever the features, as Neon), waits until the
+    /// certificate file is readable, at most [`tls::cert_wait`] (Neon waits for ever); when
+    /// Postgres is to serve TLS, the key must be readable too. Before PGDATA is touched.
+    fn wait_for_cert(&self) -> Result<()> {
+        let node = &self.ctx.node;
+        let Some(t) = &node.tls else { return Ok(()) };
+        tls::wait_readable(std::path::Path::new(&t.cert_path), tls::cert_wait(), &node.interrupted)?;
+        if node.ssl(&self.spec) {
+            std::fs::File::open(&t.key_path)
+                .map_err(|e| Error::io("compute_ctl_config.tls.key_path: cannot read", &t.key_path, e))?;
+        }
+        Ok(())
+    }
+
     /// Starts fetching the remote libraries `shared_preload_libraries` names (reference 5.9
     /// step 7) on their own thread; a library the spec's index maps to an extension it does
     /// not list fails here, before PGDATA is touched.
@@ -168,6 +183,11 @@ impl Boot {
         }
         // One read of pg_hba.conf, and a write only when it changes (the first start).
         hba::prepare(&self.proof, node, matches!(self.spec.storage(), StorageMode::Local))?;
+        // The key and certificate first: the conf that names them must not be seen without them.
+        let ssl = node.ssl(&self.spec);
+        if let Some(t) = node.tls.as_ref().filter(|_| ssl) {
+            tls::install(node, t)?;
+        }
         // Written here in both modes: pageserver mode wrote it before the sync too, but a
         // basebackup may carry the source's own postgresql.conf, which must not win.
         let text = conf::render(
@@ -175,6 +195,7 @@ impl Boot {
             node.internal_http_port,
             self.spec.spec().drop_subscriptions_before_start,
             &node.privileged_role,
+            ssl,
         );
         // Only what changed is written (a restart of the same spec writes nothing), unsynced:
         // see `conf::write_if_changed`.
@@ -293,8 +314,45 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
     }
     let node = &ctx.node;
     apply::privileged::check(spec.spec(), &sql::connstr_user(&node.connstr)?, &node.privileged_role)?;
+    // The key and certificate are copied again (a renewed certificate), and put back if the
+    // reload is refused or does not take them.
+    let ssl = node.ssl(spec);
+    let installed = match node.tls.as_ref().filter(|_| ssl) {
+        Some(t) => Some(tls::install(node, t)?),
+        None => None,
+    };
+    let pending = match reload(ctx, spec, pm, ssl) {
+        Ok(pending) => pending,
+        Err(e) => {
+            if let Some(installed) = installed.filter(tls::Installed::changed) {
+                installed.restore(node.run_as)?;
+                // Postgres may have read the new ones (and refused them): it reads the old again.
+                pm.reload();
+                log::info!("reconfigure failed: the previous TLS key and certificate were put back");
+            }
+            return Err(e);
+        }
+    };
+    let s = spec.spec();
+    if !s.skip_pg_catalog_updates && s.mode == ComputeMode::Primary {
+        let concurrency = apply::Concurrency::Reconfigure(s.reconfigure_concurrency);
+        apply::apply_spec(&node.connstr, spec, &node.privileged_role, concurrency, None)?;
+        pm.reload();
+    }
+    log::info!(
+        "finished reconfiguration of compute node for operation {}",
+        s.operation_uuid.as_deref().unwrap_or("unknown")
+    );
+    Ok(pending)
+}
+
+/// The configuration part of [`reconfigure`], once the TLS files are in place: the new
+/// `postgresql.conf`, checked, then reloaded, and (with TLS) the check that Postgres took the
+/// key and certificate. On an error the old `postgresql.conf` is back.
+fn reload(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster, ssl: bool) -> Result<Vec<String>> {
+    let node = &ctx.node;
     // A running compute never re-arms the subscriber guard: nothing here drops subscriptions.
-    let text = conf::render(spec, node.internal_http_port, false, &node.privileged_role);
+    let text = conf::render(spec, node.internal_http_port, false, &node.privileged_role, ssl);
     let path = node.pgdata.join("postgresql.conf");
     let old = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
     conf::write_postgres_conf(&node.pgdata, &text)?;
@@ -321,20 +379,27 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
     }
     let mut client = sql::connect(&node.connstr, None, sql::APP_APPLY)?;
     let loaded_before = apply::settings::conf_load_time(&mut client)?;
-    pm.reload();
-    let pending = apply::settings::pending_restart(&mut client, &loaded_before, Duration::from_secs(5))?;
-    drop(client);
-    let s = spec.spec();
-    if !s.skip_pg_catalog_updates && s.mode == ComputeMode::Primary {
-        let concurrency = apply::Concurrency::Reconfigure(s.reconfigure_concurrency);
-        apply::apply_spec(&node.connstr, spec, &node.privileged_role, concurrency, None)?;
-        pm.reload();
+    if ssl {
+        pm.capture_log();
     }
-    log::info!(
-        "finished reconfiguration of compute node for operation {}",
-        s.operation_uuid.as_deref().unwrap_or("unknown")
-    );
-    Ok(pending)
+    pm.reload();
+    let pending = apply::settings::pending_restart(&mut client, &loaded_before, Duration::from_secs(5));
+    drop(client);
+    if ssl {
+        // Checked only after a reload that was taken; the capture ends either way.
+        let confirmed = match &pending {
+            Ok(_) => tls::confirm_reload(&node.connstr, pm, &loaded_before, Duration::from_secs(5)),
+            Err(_) => Ok(()),
+        };
+        pm.end_capture();
+        if let Err(e) = confirmed {
+            // The old conf goes back too (it may not have had the ssl lines); the caller puts
+            // the old files back and reloads.
+            conf::write_atomically(&path, &old)?;
+            return Err(e);
+        }
+    }
+    pending
 }
 
 /// A restart keeps PGDATA, which only local storage allows: a pageserver compute's PGDATA

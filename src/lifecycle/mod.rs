@@ -11,6 +11,7 @@
 //!     │   Running | Failed (Postgres up) ──RefreshConfiguration──▶ RefreshConfigurationPending
 //!     │        ──begin──▶ RefreshConfiguration ──apply──▶ Running | Failed
 //!     │   Running ─────────────▶ ConfigurationPending<Live> ──▶ Configuration<Live> ──▶ Running | Failed
+//!     │   Running ──CertificateChanged (same spec, TLS files copied again)──▶ ConfigurationPending<Live>
 //!     │   Failed (Postgres up) ──▶ ConfigurationPending<Live>
 //!     │   Terminate, Signal                       wait
 //!     └─────────────▶ TerminationPending<Fast | Immediate> ─────▶ Terminated

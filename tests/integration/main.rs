@@ -22,4 +22,5 @@ mod plan;
 mod routes2026;
 mod storage;
 mod subscriptions;
+mod tls;
 mod versions;

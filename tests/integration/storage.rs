@@ -6,6 +6,7 @@
 //! serve what Debian's 15 `pg_basebackup` makes): on another version of the matrix each test
 //! prints that it is skipped, by name.
 
+use crate::support::cgexec::{self, Cgexec};
 use crate::support::pageserver::{Faults, StandIn, Wrapper};
 use crate::support::{self, Compute, PG15_BIN_DIR as PGBIN_DIR, Setup, TENANT, TIMELINE, TestDir, http};
 use std::path::{Path, PathBuf};
@@ -83,6 +84,8 @@ struct Neon {
     ps: StandIn,
     wrapper: Wrapper,
     env: Vec<(String, String)>,
+    /// Appended to compute_ctl's arguments.
+    extra_args: Vec<String>,
 }
 
 impl Neon {
@@ -96,7 +99,7 @@ impl Neon {
         s.spec["pageserver_connstring"] = ps.connstr().into();
         s.spec["safekeeper_connstrings"] = serde_json::json!(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
         s.spec["storage_auth_token"] = TOKEN.into();
-        Neon { s, ps, wrapper, env: Vec::new() }
+        Neon { s, ps, wrapper, env: Vec::new(), extra_args: Vec::new() }
     }
 
     fn retries(&mut self, n: u32) {
@@ -111,6 +114,7 @@ impl Neon {
         args[b + 1] = self.wrapper.bin.to_str().unwrap().into();
         let d = args.iter().position(|a| a == "--exit-delay").unwrap();
         args[d + 1] = exit_delay.to_string();
+        args.extend(self.extra_args.iter().cloned());
         let log = self.s.dir.join(&format!("compute-{}.log", self.ps.seen().connections));
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new(support::BIN)
@@ -397,6 +401,47 @@ fn sigterm_of_a_running_primary_syncs_safekeepers_after_postgres_exits() {
     let log = c.log_text();
     let (exited, synced) = (log.find("exited:").unwrap(), log.find("syncing safekeepers on shutdown").unwrap());
     assert!(exited < synced, "the shutdown sync ran before postgres exited:\n{log}");
+}
+
+/// With AUTOSCALING and `cgexec` on `PATH`, a Primary's `--sync-safekeepers` (at start and
+/// after Postgres stops) and its postmaster all run through `cgexec -g memory:neon-postgres`,
+/// as Neon's wrapper runs them.
+#[test]
+fn with_autoscaling_sync_safekeepers_and_postgres_run_through_cgexec() {
+    if support::skip_unless_major(15, "storage::with_autoscaling_sync_safekeepers_and_postgres_run_through_cgexec") {
+        return;
+    }
+    let mut n = Neon::new("ps-cgexec", "Primary".into());
+    let root = n.s.dir.join("cgroup-root");
+    let cgroup = cgexec::imitation_cgroup(&root, "neon-postgres");
+    let cg = Cgexec::new(&n.s.dir.path, &root);
+    n.env.extend([("AUTOSCALING".into(), "1".into()), ("PATH".into(), cg.path())]);
+    let vm = format!("127.0.0.1:{}", support::free_port());
+    n.extra_args.extend(["--cgroup-root".into(), root.to_str().unwrap().into(), "--vm-monitor-addr".into(), vm]);
+    let mut c = n.spawn(0);
+    c.wait_running();
+    assert_eq!(n.source_row(), SOURCE_ROW);
+    let wrapper = n.wrapper.bin.to_str().unwrap().to_string();
+    let via = |tail: &[&str]| {
+        let mut v = vec!["-g".to_string(), "memory:neon-postgres".into(), wrapper.clone()];
+        v.extend(tail.iter().map(|a| a.to_string()));
+        v
+    };
+    let sync = via(&["--sync-safekeepers"]);
+    let postmaster = via(&["-D", n.s.pgdata.to_str().unwrap()]);
+    assert_eq!(cg.calls(), vec![sync.clone(), postmaster.clone()]);
+    assert_eq!(n.wrapper.sync_calls().len(), 1);
+    let pid = support::postmaster_pid(&n.s.pgdata).unwrap();
+    let members = cgexec::members(&cgroup);
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert_eq!(members[1], pid, "{members:?}");
+
+    let r = http::request(n.s.http_port, "POST", "/terminate", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(c.wait_exit(Duration::from_secs(30)).success(), "{}", c.log_text());
+    assert_eq!(cg.calls(), vec![sync.clone(), postmaster, sync]);
+    assert_eq!(n.wrapper.sync_calls().len(), 2);
+    assert_eq!(cgexec::members(&cgroup).len(), 3);
 }
 
 #[test]
