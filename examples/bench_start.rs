@@ -27,6 +27,11 @@
 //! Postgres start (spawn -> `postmaster.pid` ready, as it saw it), ready -> `running`
 //! published, and the rest (exec up to `main`, and the poll that sees `running`).
 //!
+//! On a machine shared with other jobs, `chrt -r 1 target/release/examples/bench_start ...`
+//! runs the bench and everything it starts in the real-time class, so that the other jobs only
+//! get the CPUs ours leave idle: the figures then come close to an idle machine's (README,
+//! footnote 2 of the benchmark table).
+//!
 //! The binary under test is `$COMPUTE_CTL_BIN`, else target/release/compute_ctl, built first
 //! with `$CARGO build --release` when cargo runs us. Results are printed as `RESULT` lines (see
 //! examples/bench.rs).

@@ -170,7 +170,6 @@ impl Boot {
             StorageMode::Local => {
                 pgdata::initdb(&self.proof, node)?;
                 pgdata::ensure_owned(pgdata, node.run_as)?;
-                hba::restrict_local(&self.proof, node)?;
             }
             StorageMode::Pageserver { .. } => {
                 let t = storage::prepare_from_pageserver(&self.proof, node, &self.spec)?;
@@ -182,6 +181,8 @@ impl Boot {
                 });
             }
         }
+        // One read of pg_hba.conf, and a write only when it changes (the first start).
+        hba::prepare(&self.proof, node, matches!(self.spec.storage(), StorageMode::Local))?;
         // The key and certificate first: the conf that names them must not be seen without them.
         let ssl = node.ssl(&self.spec);
         if let Some(t) = node.tls.as_ref().filter(|_| ssl) {
@@ -199,7 +200,6 @@ impl Boot {
         // Only what changed is written (a restart of the same spec writes nothing), unsynced:
         // see `conf::write_if_changed`.
         conf::write_if_changed(&pgdata.join("postgresql.conf"), text.as_bytes())?;
-        conf::line_in_file(&pgdata.join("pg_hba.conf"), conf::PG_HBA_ALL_MD5)?;
         conf::write_if_changed(&pgdata.join(conf::TEMP_OVERRIDE), b"")?;
         let standby = pgdata.join("standby.signal");
         if matches!(self.spec.mode(), ComputeMode::Static(_) | ComputeMode::Replica) && !standby.exists() {

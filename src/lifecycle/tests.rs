@@ -10,10 +10,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
+// The traps come before `ready`, as Postgres sets its signal handlers before it writes it: a
+// stop sent at once must find them (compute_ctl sees `ready` as soon as it is written).
 const POSTGRES: &str = r#"#!/bin/sh
-printf '%s\n%s\n0\n0\n\n\n\nready\n' "$$" "$2" > "$2/postmaster.pid"
 trap 'exit 0' INT
 trap 'exit 7' TERM
+printf '%s\n%s\n0\n0\n\n\n\nready\n' "$$" "$2" > "$2/postmaster.pid"
 while :; do sleep 0.02; done
 "#;
 const INITDB_OK: &str = "#!/bin/sh\necho 15 > \"$2/PG_VERSION\"\n";

@@ -202,27 +202,6 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     write().map_err(|e| Error::io("cannot write", path, e))
 }
 
-/// Appends `line` to the file unless some line already equals it; returns whether it was
-/// added. A trailing newline is kept (Neon's helper leaves the file without one).
-pub fn line_in_file(path: &Path, line: &str) -> Result<bool> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(Error::io("cannot read", path, e)),
-    };
-    if text.lines().any(|l| l == line) {
-        return Ok(false);
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io("cannot open", path, e))?;
-    let sep = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
-    writeln!(f, "{sep}{line}").map_err(|e| Error::io("cannot append to", path, e))?;
-    Ok(true)
-}
-
 /// Whether a `shared_preload_libraries` value (from a spec, a conf line or `SHOW`) names
 /// `library`: a comma-separated list, each name possibly quoted.
 pub fn preloads(value: &str, library: &str) -> bool {
@@ -245,19 +224,6 @@ pub fn find_in_conf_text<'a>(text: &'a str, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn line_in_file_adds_once() {
-        let dir = std::env::temp_dir().join(format!("cc-lif-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("f");
-        std::fs::write(&p, "line1\nline2.1\t line2.2\nline3").unwrap();
-        assert!(!line_in_file(&p, "line3").unwrap());
-        assert!(line_in_file(&p, "line4").unwrap());
-        assert!(!line_in_file(&p, "line4").unwrap());
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "line1\nline2.1\t line2.2\nline3\nline4\n");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     const IDS: &str =
         r#""tenant_id":"b0554b632bd4d547a63b86c3630317e8","timeline_id":"2414a61ffc94e428f14b5758fe308e13""#;

@@ -51,28 +51,63 @@ pub fn trust_only(text: &str, superuser: &str) -> Result<(String, usize)> {
     Ok((out, changed))
 }
 
-/// Applies [`trust_only`] to `PGDATA/pg_hba.conf` (written whole, atomically) and makes sure
-/// roles with passwords can use the socket. Returns how many trust lines were rewritten.
-/// Postgres must not run (`Stopped`): it would not see the change before a reload anyway.
-pub fn restrict_local(_proof: &Stopped, node: &Node) -> Result<usize> {
-    let superuser = &super::sql::connstr_user(&node.connstr)?;
+/// Appends `line` to `text` unless some line already equals it (a line break first when the
+/// text does not end with one). Returns whether it was added.
+fn ensure_line(text: &mut String, line: &str) -> bool {
+    if text.lines().any(|l| l == line) {
+        return false;
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(line);
+    text.push('\n');
+    true
+}
+
+/// What a start makes of `pg_hba.conf`'s `text`: in local mode (`superuser` given) initdb's
+/// trust lines name the superuser ([`trust_only`]) and roles with passwords may use the
+/// socket ([`LOCAL_ALL_MD5`]); in both modes they may connect over TCP
+/// ([`conf::PG_HBA_ALL_MD5`](super::conf::PG_HBA_ALL_MD5)). Returns the new text and how many
+/// trust lines were rewritten.
+pub fn render(text: &str, superuser: Option<&str>) -> Result<(String, usize)> {
+    let (mut out, changed) = match superuser {
+        Some(su) => trust_only(text, su)?,
+        None => (text.to_string(), 0),
+    };
+    if superuser.is_some() {
+        ensure_line(&mut out, LOCAL_ALL_MD5);
+    }
+    ensure_line(&mut out, super::conf::PG_HBA_ALL_MD5);
+    Ok((out, changed))
+}
+
+/// Brings `PGDATA/pg_hba.conf` to what [`render`] makes of it: one read, and one write (whole,
+/// durable, atomic) only when something changed, which after the first start is never. The
+/// file is durable because lines a user added are in it and cannot be re-derived. `local`:
+/// local mode, where only the `--connstr` superuser is trusted. Returns how many trust lines
+/// were rewritten. Postgres must not run (`Stopped`): it would not see the change before a
+/// reload anyway.
+pub fn prepare(_proof: &Stopped, node: &Node, local: bool) -> Result<usize> {
+    let superuser = if local { Some(super::sql::connstr_user(&node.connstr)?) } else { None };
     let path = node.pgdata.join("pg_hba.conf");
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        // initdb always writes one; without it there is nothing to restrict, and the line
-        // below makes the file.
+        // initdb always writes one (a basebackup carries one); without it there is nothing to
+        // restrict, and the lines below make the file.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(Error::io("cannot read", &path, e)),
     };
-    let (fixed, changed) = trust_only(&text, superuser)?;
-    if changed > 0 {
+    let (fixed, changed) = render(&text, superuser.as_deref())?;
+    if fixed != text {
         super::conf::write_atomically(&path, fixed.as_bytes())?;
+    }
+    if let (true, Some(su)) = (changed > 0, &superuser) {
         log::info!(
-            "{}: {changed} trust line(s) for every role now trust only {superuser:?}; other roles log in with their password",
+            "{}: {changed} trust line(s) for every role now trust only {su:?}; other roles log in with their password",
             path.display()
         );
     }
-    super::conf::line_in_file(&path, LOCAL_ALL_MD5)?;
     Ok(changed)
 }
 
@@ -110,5 +145,21 @@ mod tests {
     fn a_name_that_cannot_be_quoted_is_refused() {
         assert!(trust_only(INITDB, "a\"b").is_err());
         assert!(trust_only(INITDB, "").is_err());
+    }
+
+    /// The same bytes the three separate steps (trust lines rewritten, then the local and the
+    /// host md5 lines each appended unless present) made, from one read.
+    #[test]
+    fn render_is_the_former_three_steps_in_one() {
+        let (local, n) = render(INITDB, Some("cloud_admin")).unwrap();
+        assert_eq!(n, 6);
+        let (trusted, _) = trust_only(INITDB, "cloud_admin").unwrap();
+        // INITDB ends without a line break and already has the host md5 line.
+        assert_eq!(local, format!("{trusted}\n{LOCAL_ALL_MD5}\n"));
+        assert_eq!(render(&local, Some("cloud_admin")).unwrap(), (local.clone(), 0), "a second start changes nothing");
+
+        let pageserver = render("local all all trust\n", None).unwrap();
+        assert_eq!(pageserver, (format!("local all all trust\n{}\n", crate::postgres::conf::PG_HBA_ALL_MD5), 0));
+        assert_eq!(render("", None).unwrap().0, format!("{}\n", crate::postgres::conf::PG_HBA_ALL_MD5));
     }
 }
