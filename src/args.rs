@@ -52,6 +52,8 @@ pub struct Args {
     /// (zero: none).
     pub pre_stop_checkpoint: Duration,
     pub autoscaling: Autoscaling,
+    /// `--rsyslog-dir`: where the rsyslog files of audit logging and logs export go.
+    pub rsyslog_dir: PathBuf,
 }
 
 /// What `AUTOSCALING` turns on: Postgres in the memory cgroup, and the vm-monitor.
@@ -164,6 +166,9 @@ Options:
                                 file cache (default: the -C connection)
       --cgroup-root DIR         for tests: the cgroup v2 mount (default /sys/fs/cgroup), or a
                                 directory imitating it (cgroup.procs, memory.stat files)
+      --rsyslog-dir DIR         where the rsyslog files of audit_log_level and logs_export_host
+                                go (default /etc/rsyslog.d; for tests, and for images that keep
+                                rsyslog's configuration elsewhere)
       --terminate [PORT]        ask the compute on PORT (default 3080) for a fast termination
                                 and wait until Postgres has stopped (a preStop hook)
       --probe [PORT]            health check: exit 0 when the compute on PORT (default 3080)
@@ -177,6 +182,8 @@ POST /configure ({\"spec\": ...}); --privileged-role-name as for a run. Exit 0 w
 would change, 2 when something would, 1 on error.
 
 Environment: AUTOSCALING (any value) runs Postgres in the memory cgroup and starts the vm-monitor.
+AUDIT_LOGGING_TLS_ENDPOINT or AUDIT_LOGGING_ENDPOINT (host:port, TLS wins): where compliance
+audit records go (audit_log_level Hipaa, Extended, Full need one).
 
 Neon flags that are accepted and ignored with a warning, because the feature is internal to
 Neon's VMs or to Databricks' lakebase mode: --set-disk-quota-for-fs (with a value),
@@ -212,6 +219,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let mut exit_delay = None;
     let mut cgroup = None;
     let mut cgroup_root = None;
+    let mut rsyslog_dir = None;
     let mut filecache_connstr = None;
     let mut vm_monitor_addr = None;
     let mut config = None;
@@ -317,6 +325,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             "--exit-delay" => exit_delay = Some(seconds(flag, &value(flag)?)?),
             "--cgroup" => cgroup = Some(value(flag)?),
             "--cgroup-root" => cgroup_root = Some(PathBuf::from(value(flag)?)),
+            "--rsyslog-dir" => rsyslog_dir = Some(PathBuf::from(value(flag)?)),
             "--filecache-connstr" => filecache_connstr = Some(value(flag)?),
             "--vm-monitor-addr" => {
                 let v = value(flag)?;
@@ -400,6 +409,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         installed_extensions_interval: ext_interval.unwrap_or(Duration::from_secs(3600)),
         dev,
         pre_stop_checkpoint: pre_stop_checkpoint.unwrap_or(Duration::from_secs(10)),
+        rsyslog_dir: rsyslog_dir.unwrap_or_else(|| crate::rsyslog::DEFAULT_DIR.into()),
     })))
 }
 

@@ -60,6 +60,7 @@ pub fn run(args: Args) -> Result<i32> {
     let owner = Owner { rx, heartbeat: app.heartbeat.clone(), notifier };
     owner.turn();
     let result = supervise(args, app.clone(), owner);
+    crate::rsyslog::gc::stop();
     // Give handlers that were answered by the owner a moment to write their responses; the
     // bound keeps a stuck client from delaying the exit.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -181,6 +182,7 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         }),
         notifier: owner.notifier.clone(),
         pre_stop_checkpoint: args.pre_stop_checkpoint,
+        rsyslog: crate::rsyslog::Settings::new(args.rsyslog_dir.clone(), |k| std::env::var(k).ok()),
     });
     if initial.is_none() && !matches!(args.spec, SpecSource::ControlPlane(_)) {
         log::info!("no spec yet: waiting for POST /configure");

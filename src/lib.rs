@@ -37,6 +37,7 @@ pub mod notify;
 pub mod plan;
 pub mod postgres;
 pub mod remote_ext;
+pub mod rsyslog;
 pub mod spec;
 mod sys;
 pub mod time;

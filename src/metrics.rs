@@ -88,6 +88,8 @@ struct Registry {
     http: BTreeMap<(&'static str, &'static str, u16), u64>,
     counters: BTreeMap<Counter, u64>,
     downtime: Downtime,
+    /// `compute_audit_log_dir_size`: bytes of `PGDATA/log` (set by the audit log GC).
+    audit_log_dir_size: u64,
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
@@ -118,6 +120,11 @@ pub fn count_migration_failed(migration_id: &str) {
 /// the label's cardinality stays bounded.
 pub fn count_http_request(server: &'static str, route: &'static str, code: u16) {
     with(|r| *r.http.entry((server, route, code)).or_default() += 1);
+}
+
+/// Sets `compute_audit_log_dir_size` (the audit log GC, after each pass).
+pub fn set_audit_log_dir_size(bytes: u64) {
+    with(|r| r.audit_log_dir_size = bytes);
 }
 
 /// Adds one to a scalar counter.
@@ -222,6 +229,13 @@ pub fn render(snap: &Snapshot) -> String {
             "counter",
             "Total time Postgres did not answer the monitor",
             std::iter::once((Vec::new(), r.downtime.total_ms)),
+        );
+        family(
+            &mut out,
+            "compute_audit_log_dir_size",
+            "gauge",
+            "Size of audit log directory in bytes",
+            std::iter::once((Vec::new(), r.audit_log_dir_size as f64)),
         );
     });
     family(

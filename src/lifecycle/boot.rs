@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::postgres::process::Postmaster;
 use crate::postgres::subscriptions::{self, Guard};
 use crate::postgres::{Stopped, apply, conf, hba, pgdata, sql, storage};
-use crate::spec::{ComputeMode, ParsedSpec, StorageMode};
+use crate::spec::{AuditLogLevel, ComputeMode, ParsedSpec, StorageMode};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,11 @@ pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
     let superuser = sql::connstr_user(&boot.ctx.node.connstr);
     let privileged = boot.ctx.node.privileged_role.clone();
     let checked = superuser.and_then(|me| apply::privileged::check(boot.spec.spec(), &me, &privileged));
-    if let Err(error) = checked.and_then(|()| boot.prepare_pgdata()).and_then(|()| boot.check_interrupted()) {
+    let prepared = checked
+        .and_then(|()| boot.prepare_pgdata())
+        .and_then(|()| boot.configure_rsyslog())
+        .and_then(|()| boot.check_interrupted());
+    if let Err(error) = prepared {
         return Err(abort(Aborted { ctx: boot.ctx, spec: boot.spec, postmaster: None, error }));
     }
     let mut ready = boot.start_postgres().map_err(|a| abort(*a))?;
@@ -165,6 +169,24 @@ impl Boot {
         Ok(())
     }
 
+    /// Between PGDATA and the spawn, as Neon: compliance audit logging (rsyslog file, restart,
+    /// GC of the audit files) and the Postgres logs export file. Then, with an audit level,
+    /// the libraries it preloads must exist, or Postgres would refuse to start with only a
+    /// line in its log.
+    fn configure_rsyslog(&mut self) -> Result<()> {
+        let s = self.spec.spec();
+        let settings = &self.ctx.rsyslog;
+        if matches!(s.audit_log_level, AuditLogLevel::Hipaa | AuditLogLevel::Extended | AuditLogLevel::Full) {
+            let ids = (s.endpoint_id.as_deref().unwrap_or(""), s.project_id.as_deref().unwrap_or(""));
+            crate::rsyslog::configure_audit(settings, &self.ctx.node.pgdata, ids.0, ids.1)?;
+        }
+        crate::rsyslog::configure_logs_export(settings, s.logs_export_host.as_deref())?;
+        if let Some(preload) = conf::audit_preload(&self.spec) {
+            check_audit_libraries(&self.ctx.node, s.audit_log_level, &preload)?;
+        }
+        Ok(())
+    }
+
     /// Starts `postgres -D PGDATA` as the Postgres user, giving it the [`Stopped`] proof, and
     /// waits until it is ready.
     fn start_postgres(self) -> Result<Ready, Box<Aborted>> {
@@ -255,6 +277,8 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
     }
     let node = &ctx.node;
     apply::privileged::check(spec.spec(), &sql::connstr_user(&node.connstr)?, &node.privileged_role)?;
+    // Before postgresql.conf, as Neon: the file Postgres's syslog output is forwarded by.
+    crate::rsyslog::configure_logs_export(&ctx.rsyslog, spec.spec().logs_export_host.as_deref())?;
     // A running compute never re-arms the subscriber guard: nothing here drops subscriptions.
     let text = conf::render(spec, node.internal_http_port, false, &node.privileged_role);
     let path = node.pgdata.join("postgresql.conf");
@@ -334,6 +358,37 @@ pub(super) fn restart(ctx: &Context, spec: &ParsedSpec, old: Postmaster) -> Resu
     pm.wait_ready(READY_TIMEOUT, &ctx.node.interrupted)?;
     log::info!("restart: postgres is ready again after {} ms", elapsed_ms(started));
     Ok(pm)
+}
+
+/// Fails, naming them, when `pg_config --pkglibdir` lacks a library the audit level preloads.
+/// When `pg_config` cannot say (missing, or a relocated build whose directory does not
+/// exist), Postgres's own start-up is left to report it.
+fn check_audit_libraries(node: &crate::postgres::Node, level: AuditLogLevel, preload: &str) -> Result<()> {
+    let pg_config = node.bindir.join("pg_config");
+    let out = std::process::Command::new(&pg_config).arg("--pkglibdir").stdin(std::process::Stdio::null()).output();
+    let dir = match out {
+        Ok(o) if o.status.success() => std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        _ => {
+            log::warn!("cannot run {} to check the audit libraries; postgres will", pg_config.display());
+            return Ok(());
+        }
+    };
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let missing = conf::missing_libraries(preload, &dir);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "audit_log_level",
+        format!(
+            "{level:?} preloads shared_preload_libraries='{preload}', but {} has no {}: install them \
+             (pgaudit, pgauditlogtofile) or set audit_log_level to Disabled; postgres was not started",
+            dir.display(),
+            missing.iter().map(|m| format!("{m}.so")).collect::<Vec<_>>().join(", ")
+        ),
+    ))
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

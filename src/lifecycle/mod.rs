@@ -193,6 +193,8 @@ pub struct Parts {
     /// Fetches the spec again for `/refresh_configuration` (from the control plane or the spec
     /// file); None when the spec came inline or from `/configure`.
     pub refresh: Option<Refresh>,
+    /// rsyslog's directory and the audit receiver (`--rsyslog-dir`, `AUDIT_LOGGING_*`).
+    pub rsyslog: crate::rsyslog::Settings,
 }
 
 /// How a spec is fetched again: `Ok(None)` when its source has none for this compute.

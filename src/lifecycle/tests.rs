@@ -55,6 +55,7 @@ impl Fake {
             notifier: Arc::new(crate::notify::Notifier::disabled()),
             pre_stop_checkpoint: std::time::Duration::ZERO,
             refresh: None,
+            rsyslog: crate::rsyslog::Settings::new(dir.join("rsyslog.d"), |_| None),
         };
         Fake { dir, shared, parts: Some(parts) }
     }
