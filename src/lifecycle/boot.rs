@@ -380,15 +380,15 @@ fn check_audit_libraries(node: &crate::postgres::Node, level: AuditLogLevel, pre
     if missing.is_empty() {
         return Ok(());
     }
-    Err(Error::invalid(
-        "audit_log_level",
-        format!(
-            "{level:?} preloads shared_preload_libraries='{preload}', but {} has no {}: install them \
-             (pgaudit, pgauditlogtofile) or set audit_log_level to Disabled; postgres was not started",
-            dir.display(),
-            missing.iter().map(|m| format!("{m}.so")).collect::<Vec<_>>().join(", ")
+    let libs = missing.iter().map(|m| format!("{m}.so")).collect::<Vec<_>>().join(", ");
+    Err(Error::Process {
+        what: format!("audit_log_level {level:?}"),
+        detail: format!(
+            "shared_preload_libraries='{preload}' needs {libs}, which {} lacks: install pgaudit and \
+             pgauditlogtofile, or set audit_log_level to Disabled; postgres was not started",
+            dir.display()
         ),
-    ))
+    })
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

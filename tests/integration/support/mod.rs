@@ -7,6 +7,7 @@ pub mod agent;
 pub mod http;
 pub mod pageserver;
 pub mod publisher;
+pub mod rsyslogd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
