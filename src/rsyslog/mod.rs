@@ -14,7 +14,7 @@
 //! running `rsyslogd` is stopped and the VM's init, not compute_ctl, starts a new one.
 //!
 //! Every line of the files is written here from rsyslog's documented directives; values are
-//! quoted as RainerScript string constants ([`rs_str`]).
+//! quoted as RainerScript string constants ([`rs_str`], [`rs_param`]).
 
 pub mod gc;
 pub mod restart;
@@ -147,39 +147,53 @@ pub fn audit_target(plain: &str, tls: &str) -> Result<AuditTarget> {
     Ok(AuditTarget { at, tls: is_tls })
 }
 
-/// `s` as a single-quoted RainerScript string constant.
+/// `s` as a single-quoted RainerScript string constant, for expressions (`set`, `if`).
 pub fn rs_str(s: &str) -> String {
+    quoted(s, '\'')
+}
+
+/// `s` as a double-quoted string, for the parameters of objects (`input`, `action`, …),
+/// which take no single-quoted strings. rsyslog 8.2302 reads `\"` and `\\` there and a bare
+/// `$`, but refuses `\$` (checked with `rsyslogd -N1`).
+pub fn rs_param(s: &str) -> String {
+    quoted(s, '"')
+}
+
+fn quoted(s: &str, quote: char) -> String {
     let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
+    out.push(quote);
     for c in s.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
-            '\'' => out.push_str("\\'"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
             '\n' => out.push_str("\\n"),
             c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
             c => out.push(c),
         }
     }
-    out.push('\'');
+    out.push(quote);
     out
 }
 
 /// The compliance audit file: read `log_dir/*.log`, wrap each record as JSON with the ids,
 /// and send it over TCP (TLS when the target says so).
 pub fn audit_config(log_dir: &Path, endpoint_id: &str, project_id: &str, target: &AuditTarget) -> String {
-    let host = rs_str(&target.at.host);
+    let host = rs_param(&target.at.host);
     let mut c = String::new();
     c.push_str("# Written by compute_ctl for compliance audit logging; rewritten at every start.\n");
     c.push_str("module(load=\"imfile\")\n\n");
     // A record of pgauditlogtofile may span lines; each starts with its GMT timestamp.
-    let files = rs_str(&format!("{}/*.log", log_dir.display()));
+    let files = rs_param(&format!("{}/*.log", log_dir.display()));
     c.push_str(&format!(
         "input(type=\"imfile\" file={files} tag=\"pgaudit_log\" facility=\"local5\" severity=\"info\"\n      \
          startmsg.regex=\"^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}} [0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}\\\\.[0-9]{{3}} GMT,\")\n\n"
     ));
-    c.push_str(&format!("global(workDirectory={}", rs_str(WORK_DIR)));
+    c.push_str(&format!("global(workDirectory={}", rs_param(WORK_DIR)));
     if target.tls {
-        c.push_str(&format!(" defaultNetstreamDriverCAFile={}", rs_str(CA_FILE)));
+        c.push_str(&format!(" defaultNetstreamDriverCAFile={}", rs_param(CA_FILE)));
     }
     c.push_str(")\n\n");
     // The RFC 5424 header, then the JSON object built below as the message.
@@ -217,7 +231,7 @@ pub fn logs_export_config(to: &HostPort) -> String {
         "  action(type=\"omfwd\" target={} port=\"{}\" protocol=\"tcp\"\n         \
          template=\"RSYSLOG_SyslogProtocol23Format\" action.resumeRetryCount=\"3\"\n         \
          queue.type=\"LinkedList\" queue.size=\"1000\")\n",
-        rs_str(&to.host),
+        rs_param(&to.host),
         to.port
     ));
     c.push_str("  stop\n}\n");

@@ -61,6 +61,8 @@ fn strings_are_quoted_as_rainerscript_constants() {
     assert_eq!(rs_str("plain"), "'plain'");
     assert_eq!(rs_str(r"it's a \ and $x"), r"'it\'s a \\ and $x'");
     assert_eq!(rs_str("a\nb\u{1}"), r"'a\nb\x01'");
+    // Object parameters: double quotes; `$` stays bare (rsyslog 8.2302 refuses `\$` there).
+    assert_eq!(rs_param(r#"/pg/"d$\x"#), r#""/pg/\"d$\\x""#);
 }
 
 #[test]
@@ -69,13 +71,13 @@ fn audit_config_has_the_input_the_record_and_the_target() {
     let text = audit_config(Path::new("/pg/data/log"), "ep-1", "proj'1", &plain);
     for want in [
         "module(load=\"imfile\")",
-        "input(type=\"imfile\" file='/pg/data/log/*.log' tag=\"pgaudit_log\" facility=\"local5\"",
+        "input(type=\"imfile\" file=\"/pg/data/log/*.log\" tag=\"pgaudit_log\" facility=\"local5\"",
         "if $syslogtag == 'pgaudit_log' then {",
         "set $.audit!endpoint_id = 'ep-1';",
         "set $.audit!project_id = 'proj\\'1';",
         "set $.audit!msg = $msg;",
         "<%PRI%>1 %TIMESTAMP:::date-rfc3339% %HOSTNAME%",
-        "action(type=\"omfwd\" target='audit.example' port=\"514\" protocol=\"tcp\" template=\"ComputeAuditRecord\"",
+        "action(type=\"omfwd\" target=\"audit.example\" port=\"514\" protocol=\"tcp\" template=\"ComputeAuditRecord\"",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
@@ -88,9 +90,9 @@ fn audit_config_has_the_input_the_record_and_the_target() {
         "streamDriver=\"gtls\"",
         "streamDriverMode=\"1\"",
         "streamDriverAuthMode=\"x509/name\"",
-        "streamDriverPermittedPeers='audit.example'",
+        "streamDriverPermittedPeers=\"audit.example\"",
         "streamDriver.PermitExpiredCerts=\"off\"",
-        "defaultNetstreamDriverCAFile='/etc/ssl/certs/ca-certificates.crt'",
+        "defaultNetstreamDriverCAFile=\"/etc/ssl/certs/ca-certificates.crt\"",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
@@ -101,7 +103,7 @@ fn logs_export_config_forwards_postgres() {
     let text = logs_export_config(&HostPort::parse("otel.local:10514").unwrap());
     for want in [
         "if $programname == 'postgres' then {",
-        "action(type=\"omfwd\" target='otel.local' port=\"10514\" protocol=\"tcp\"",
+        "action(type=\"omfwd\" target=\"otel.local\" port=\"10514\" protocol=\"tcp\"",
         "template=\"RSYSLOG_SyslogProtocol23Format\"",
         "action.resumeRetryCount=\"3\"",
         "queue.type=\"LinkedList\" queue.size=\"1000\"",

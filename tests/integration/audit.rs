@@ -104,7 +104,7 @@ fn logs_export_file_follows_the_spec_and_rsyslogd_restarts_only_on_change() {
     let text = a.file(EXPORT_FILE).expect("the export file is written at start");
     for want in [
         "if $programname == 'postgres' then {",
-        "type=\"omfwd\" target='127.0.0.1' port=\"10514\" protocol=\"tcp\"",
+        "type=\"omfwd\" target=\"127.0.0.1\" port=\"10514\" protocol=\"tcp\"",
         "template=\"RSYSLOG_SyslogProtocol23Format\"",
         "action.resumeRetryCount=\"3\"",
         "queue.type=\"LinkedList\" queue.size=\"1000\"",
@@ -129,7 +129,7 @@ fn logs_export_file_follows_the_spec_and_rsyslogd_restarts_only_on_change() {
     spec["logs_export_host"] = json!("logs.example:10515");
     a.configure(&c, &spec);
     let text = a.file(EXPORT_FILE).unwrap();
-    assert!(text.contains("target='logs.example' port=\"10515\""), "{text}");
+    assert!(text.contains("target=\"logs.example\" port=\"10515\""), "{text}");
     let third = a.rsyslogd.wait_started(3);
     assert_ne!(third, second);
 
@@ -203,19 +203,19 @@ fn compliance_audit_writes_the_rsyslog_file_and_needs_pgaudit() {
         let (host, port) = if tls { ("tls.example", 6514) } else { ("plain.example", 514) };
         for want in [
             "module(load=\"imfile\")".to_string(),
-            format!("input(type=\"imfile\" file='{}' tag=\"pgaudit_log\" facility=\"local5\"", logs.display()),
+            format!("input(type=\"imfile\" file=\"{}\" tag=\"pgaudit_log\" facility=\"local5\"", logs.display()),
             "set $.audit!endpoint_id = 'ep-audit-1';".into(),
             "set $.audit!project_id = 'proj-audit-1';".into(),
             "set $.audit!msg = $msg;".into(),
-            format!("type=\"omfwd\" target='{host}' port=\"{port}\" protocol=\"tcp\""),
+            format!("type=\"omfwd\" target=\"{host}\" port=\"{port}\" protocol=\"tcp\""),
         ] {
             assert!(text.contains(&want), "{level}: {want:?} missing:\n{text}");
         }
         let tls_lines = [
             "streamDriver=\"gtls\"".to_string(),
             "streamDriverAuthMode=\"x509/name\"".into(),
-            format!("streamDriverPermittedPeers='{host}'"),
-            "defaultNetstreamDriverCAFile='/etc/ssl/certs/ca-certificates.crt'".into(),
+            format!("streamDriverPermittedPeers=\"{host}\""),
+            "defaultNetstreamDriverCAFile=\"/etc/ssl/certs/ca-certificates.crt\"".into(),
         ];
         for want in &tls_lines {
             assert_eq!(text.contains(want.as_str()), tls, "{level}: {want:?} with tls={tls}:\n{text}");
