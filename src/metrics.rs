@@ -8,7 +8,8 @@
 //! LFC and `pg_cctl_*` counters. Added: `compute_ctl_startup_duration_seconds{step}` and
 //! `compute_ctl_startup_bytes{what}` (the `/metrics.json` fields), and
 //! `compute_ctl_http_requests_total{server,route,code}`, and
-//! `compute_ctl_pending_restart_settings` with `compute_ctl_pending_restart{setting}`.
+//! `compute_ctl_pending_restart_settings` with `compute_ctl_pending_restart{setting}`. Neon's
+//! `compute_audit_log_dir_size` is set by the audit log GC ([`crate::rsyslog::gc`]).
 //!
 //! The counters are process-wide by nature (the control-plane fetch happens before any HTTP
 //! server exists), so they live in one global registry rather than being threaded through.
