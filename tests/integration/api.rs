@@ -5,22 +5,6 @@ use crate::support::http::{self, StandIn};
 use crate::support::{self, Compute, Setup};
 use std::time::{Duration, Instant};
 
-fn error_of(r: &http::Response) -> String {
-    r.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {}", r.text())).to_string()
-}
-
-/// Polls `f` until it returns Some, at most `timeout`.
-fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 const NEON_METRICS_FIELDS: [&str; 13] = [
     "wait_for_spec_ms",
     "sync_sk_check_ms",
@@ -49,7 +33,7 @@ fn metrics_json_and_prometheus_text() {
     assert!(m["start_postgres_ms"].as_u64().unwrap() > 0, "{m}");
     assert!(m["total_startup_ms"].as_u64().unwrap() >= m["start_postgres_ms"].as_u64().unwrap(), "{m}");
     // The installed-extension gauge is filled shortly after start, off the start-up path.
-    let text = poll(Duration::from_secs(10), "compute_installed_extensions", || {
+    let text = support::poll(Duration::from_secs(10), "compute_installed_extensions", || {
         let r = http::get(s.http_port, "/metrics");
         let t = r.text();
         t.contains("compute_installed_extensions{").then_some((r, t))
@@ -116,7 +100,7 @@ fn postgres_routes_on_a_running_compute() {
     let r = http::get(p, "/database_schema?database=postgres");
     assert!(!r.text().contains("only_in_tricky"));
     let r = http::get(p, "/database_schema?database=no_such_db");
-    assert_eq!((r.status, error_of(&r).as_str()), (404, "database does not exist"));
+    assert_eq!((r.status, r.error().as_str()), (404, "database does not exist"));
     let r = http::get(p, "/database_schema");
     assert_eq!(r.status, 400);
 
@@ -152,7 +136,7 @@ fn extensions_install_then_update(ip: u16, db: &str, t: &mut postgres::Client) {
     let body = serde_json::json!({"extension": "no_such_ext", "database": "postgres", "version": "1"});
     let r = http::post_json(ip, "/extensions", &body);
     assert_eq!(r.status, 500);
-    assert!(error_of(&r).starts_with("failed to install extension"), "{}", r.text());
+    assert!(r.error().starts_with("failed to install extension"), "{}", r.text());
 }
 
 fn quote_ident(s: &str) -> String {
@@ -202,7 +186,7 @@ fn routes_that_need_running_answer_412_in_empty() {
     ] {
         let r = http::request(port, method, path, &[("Content-Type", "application/json")], b"{}").unwrap();
         assert_eq!(r.status, 412, "{method} {path}: {}", r.text());
-        assert_eq!(error_of(&r), "invalid compute status: empty");
+        assert_eq!(r.error(), "invalid compute status: empty");
     }
     // /terminate works from empty (Neon hangs here) and the process exits 0.
     let r = http::request(p, "POST", "/terminate", &[], b"").unwrap();
@@ -219,7 +203,7 @@ fn configure_is_refused_with_412_when_the_spec_was_inline() {
     c.wait_running();
     let r = http::post_json(s.http_port, "/configure", &serde_json::json!({"spec": s.spec, "compute_ctl_config": {}}));
     assert_eq!(r.status, 412);
-    assert_eq!(error_of(&r), "live configuration is not allowed for this compute node");
+    assert_eq!(r.error(), "live configuration is not allowed for this compute node");
 }
 
 #[test]
@@ -252,9 +236,9 @@ fn terminate_from_running_answers_the_checkpoint_lsn_then_lingers() {
     let r = http::request(s.http_port, "POST", "/terminate", &[], b"").unwrap();
     assert_eq!((r.status, r.json()), (201, serde_json::json!({ "lsn": lsn })));
     let r = http::post_json(s.http_port, "/configure", &serde_json::json!({"spec": s.spec, "compute_ctl_config": {}}));
-    assert_eq!((r.status, error_of(&r).as_str()), (412, "invalid compute status: terminated"));
+    assert_eq!((r.status, r.error().as_str()), (412, "invalid compute status: terminated"));
     let r = http::get(s.http_port, "/insights");
-    assert_eq!((r.status, error_of(&r).as_str()), (412, "invalid compute status: terminated"));
+    assert_eq!((r.status, r.error().as_str()), (412, "invalid compute status: terminated"));
     let code = c.wait_exit(Duration::from_secs(20));
     assert_eq!(code.code(), Some(0));
     assert!(answered.elapsed() >= Duration::from_millis(2500), "exited {:?} after the answer", answered.elapsed());
@@ -295,7 +279,7 @@ fn bearer_token_guards_every_route_but_metrics() {
     let mut c = Compute::spawn(&args, s.http_port);
     // /status needs the token: poll with it.
     let auth = format!("Bearer {token}");
-    poll(Duration::from_secs(30), "running", || {
+    support::poll(Duration::from_secs(30), "running", || {
         let r = http::request(s.http_port, "GET", "/status", &[("Authorization", &auth)], b"").ok()?;
         (r.status == 200 && r.json()["status"] == "running").then_some(())
     });
@@ -303,7 +287,7 @@ fn bearer_token_guards_every_route_but_metrics() {
         let r = http::get(port, path);
         assert_eq!(r.status, 401, "{path}");
         assert_eq!(r.header("www-authenticate"), Some("Bearer"));
-        error_of(&r);
+        r.error();
         let r = http::request(port, "GET", path, &[("Authorization", "Bearer tok-3f1c9a2b7e")], b"").unwrap();
         assert_eq!(r.status, 401, "{path} with a wrong token");
     }
@@ -384,7 +368,7 @@ fn control_plane_empty_waits_for_configure() {
     let cp = StandIn::start(vec![(200, r#"{"status":"empty","spec":null,"compute_ctl_config":{}}"#.into())]);
     let mut c = Compute::spawn(&cplane_args(&s, &cp.uri()), s.http_port);
     // `/status` says empty from the start, so first wait for the fetch itself.
-    poll(Duration::from_secs(20), "the spec request", || (cp.count() == 1).then_some(()));
+    support::poll(Duration::from_secs(20), "the spec request", || (cp.count() == 1).then_some(()));
     c.wait_status("empty", Duration::from_secs(20));
     // Stays empty until /configure; the pool time is measured.
     std::thread::sleep(Duration::from_millis(300));
@@ -424,10 +408,11 @@ fn last_active_follows_clients_not_compute_ctl() {
 
     let mut alice = support::pg_connect_with_password(s.pg_port, "alice", "alice-pw").unwrap();
     alice.batch_execute("SELECT 1").unwrap();
-    let first = poll(Duration::from_secs(5), "last_active", || last_active(&c));
+    let first = support::poll(Duration::from_secs(5), "last_active", || last_active(&c));
     // A later query moves it forward.
     alice.batch_execute("SELECT pg_sleep(0.6)").unwrap();
-    let second = poll(Duration::from_secs(5), "last_active to move", || last_active(&c).filter(|t| *t > first));
+    let second =
+        support::poll(Duration::from_secs(5), "last_active to move", || last_active(&c).filter(|t| *t > first));
     // It never goes back, also once alice leaves.
     drop(alice);
     std::thread::sleep(Duration::from_millis(1100));
@@ -462,7 +447,7 @@ fn as_pid_1_orphans_are_reaped() {
     assert!(c.log_text().contains("running as PID 1"), "{}", c.log_text());
     // compute_ctl's pid as seen from here: the child of unshare.
     let unshare_pid = c.pid();
-    let cc = children_of(unshare_pid)[0];
+    let cc = support::children_of(unshare_pid)[0];
     // Orphans: a shell in the namespace starts two sleepers and exits; they are re-parented to
     // compute_ctl (PID 1 there), and when they exit nobody but it can reap them.
     let st = std::process::Command::new("nsenter")
@@ -470,12 +455,13 @@ fn as_pid_1_orphans_are_reaped() {
         .status()
         .unwrap();
     assert!(st.success());
-    let orphans = poll(Duration::from_secs(5), "sleepers re-parented to compute_ctl", || {
-        let kids: Vec<u32> = children_of(cc).into_iter().filter(|p| comm(*p).as_deref() == Some("sleep")).collect();
+    let orphans = support::poll(Duration::from_secs(5), "sleepers re-parented to compute_ctl", || {
+        let kids: Vec<u32> =
+            support::children_of(cc).into_iter().filter(|p| comm(*p).as_deref() == Some("sleep")).collect();
         (kids.len() == 2).then_some(kids)
     });
     for pid in orphans {
-        poll(Duration::from_secs(10), "the orphan to be reaped", || {
+        support::poll(Duration::from_secs(10), "the orphan to be reaped", || {
             (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
         });
     }
@@ -485,20 +471,6 @@ fn as_pid_1_orphans_are_reaped() {
     assert_eq!(c.wait_exit(Duration::from_secs(20)).code(), Some(1));
     // (postmaster.pid holds a pid of the namespace, so the clean shutdown is the proof.)
     assert_eq!(support::cluster_state(&s.pgdata), "shut down");
-}
-
-/// Pids whose parent is `pid` (from /proc).
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-        let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn comm(pid: u32) -> Option<String> {

@@ -10,10 +10,6 @@ fn configure(s: &Setup, spec: &Value) -> http::Response {
     http::post_json(s.http_port, "/configure", &json!({"spec": spec, "compute_ctl_config": {}}))
 }
 
-fn error_of(r: &http::Response) -> String {
-    r.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {}", r.text())).to_string()
-}
-
 /// Regression: `pg_file_settings` has a NULL `name` for a file-level error, and reading it
 /// with `Row::get` panicked the main thread: compute_ctl exited 101 and Postgres stopped.
 #[test]
@@ -31,7 +27,7 @@ fn a_file_level_error_in_a_live_configure_is_refused_and_postgres_keeps_serving(
     for (spec, needle) in [(syntax, "syntax error"), (include, "/nonexistent/compute_ctl.conf")] {
         let r = configure(&s, &spec);
         assert_eq!(r.status, 500, "{}\nlog:\n{}", r.text(), c.log_text());
-        let err = error_of(&r);
+        let err = r.error();
         assert!(err.contains(needle), "{err}");
         assert!(c.try_wait().is_none(), "compute_ctl exited; log:\n{}", c.log_text());
         assert_eq!(std::fs::read(&conf).unwrap(), before, "postgresql.conf was not put back");
@@ -58,7 +54,7 @@ fn an_invalid_value_of_a_restart_only_setting_is_refused_live() {
     s.setting("shared_buffers", "abc", "string");
     let r = configure(&s, &s.spec);
     assert_eq!(r.status, 500, "{}", r.text());
-    let err = error_of(&r);
+    let err = r.error();
     assert!(err.contains("shared_buffers"), "{err}");
     assert_eq!(std::fs::read(&conf).unwrap(), before, "postgresql.conf was not put back");
     // A valid restart-only change is still accepted (it waits for the next start).
@@ -117,7 +113,7 @@ fn spec_roles_never_weaken_the_superuser_or_neon_superuser() {
         bad["cluster"]["roles"][0]["options"] = json!([{"name": "NOLOGIN", "vartype": "bool"}]);
         let r = configure(&s, &bad);
         assert_eq!(r.status, 500, "{}", r.text());
-        assert!(error_of(&r).contains("NOLOGIN"), "{}", r.text());
+        assert!(r.error().contains("NOLOGIN"), "{}", r.text());
         assert!(role_flags(&s, "cloud_admin").1);
         c.signal("TERM");
         c.wait_exit(Duration::from_secs(30));

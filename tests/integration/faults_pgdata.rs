@@ -6,20 +6,6 @@ use crate::support::{self, Setup, TestDir};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Pids whose parent is `pid` (from /proc).
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-        let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// True when a file named `name` exists at most two levels below `dir`.
 fn has_file(dir: &Path, name: &str) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else { return false };
@@ -35,7 +21,7 @@ fn kill_during_initdb(s: &Setup, watch: &dyn Fn() -> bool) {
     let mut c = s.spawn();
     let deadline = Instant::now() + Duration::from_secs(30);
     let initdb = loop {
-        let kids = children_of(c.pid());
+        let kids = support::children_of(c.pid());
         if watch() && !kids.is_empty() {
             break kids;
         }
@@ -47,7 +33,7 @@ fn kill_during_initdb(s: &Setup, watch: &dyn Fn() -> bool) {
     c.wait_exit(Duration::from_secs(10));
     let mut all = initdb.clone();
     for p in &initdb {
-        all.extend(children_of(*p));
+        all.extend(support::children_of(*p));
     }
     for p in &all {
         let _ = std::process::Command::new("kill").arg("-KILL").arg(p.to_string()).status();

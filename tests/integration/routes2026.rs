@@ -3,23 +3,7 @@
 
 use crate::support::http;
 use crate::support::{self, Compute, Setup};
-use std::time::{Duration, Instant};
-
-fn error_of(r: &http::Response) -> String {
-    r.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {}", r.text())).to_string()
-}
-
-/// Polls `f` until it returns Some, at most `timeout`.
-fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use std::time::Duration;
 
 /// A compute whose fast shutdown takes a moment: the archiver must archive a finished WAL
 /// segment with a command that sleeps first, so the pending status can be seen. `/status`
@@ -43,7 +27,7 @@ fn terminate_watching(s: &Setup, c: &Compute, mode: &str, pending: &str) -> Stri
     let port = s.http_port;
     let path = format!("/terminate?mode={mode}");
     let req = std::thread::spawn(move || http::request(port, "POST", &path, &[], b"").unwrap());
-    poll(Duration::from_secs(20), pending, || (c.status()?["status"] == pending).then_some(()));
+    support::poll(Duration::from_secs(20), pending, || (c.status()?["status"] == pending).then_some(()));
     let r = req.join().unwrap();
     assert_eq!(r.status, 200, "{mode}: {}", r.text());
     assert_eq!(r.header("content-type"), Some("application/json"));
@@ -62,7 +46,7 @@ fn terminate_fast_reports_its_status_and_repeats_its_body() {
     let r = http::request(s.http_port, "POST", "/terminate?mode=immediate", &[], b"").unwrap();
     assert_eq!((r.status, r.json()), (201, serde_json::json!({ "lsn": lsn })));
     let r = http::request(s.http_port, "POST", "/check_writability", &[], b"").unwrap();
-    assert_eq!((r.status, error_of(&r).as_str()), (412, "invalid compute status: terminated"));
+    assert_eq!((r.status, r.error().as_str()), (412, "invalid compute status: terminated"));
     c.signal("TERM");
     c.wait_exit(Duration::from_secs(20));
 }
@@ -169,7 +153,7 @@ fn promote_without_a_spec_is_412() {
     let mut c = Compute::spawn(&s.base_args(), s.http_port);
     c.wait_status("empty", Duration::from_secs(20));
     let r = http::post_json(s.http_port, "/promote", &promote_body(&s.spec, "0/0"));
-    assert_eq!((r.status, error_of(&r).as_str()), (412, "invalid compute status: empty"));
+    assert_eq!((r.status, r.error().as_str()), (412, "invalid compute status: empty"));
     assert_eq!(c.status().unwrap()["status"], "empty");
 }
 
@@ -315,7 +299,7 @@ fn extension_server_installs_an_archive_and_refuses_a_truncated_one() {
 
     let r = http::request(internal, "POST", &format!("/extension_server/{cut}"), &[], b"").unwrap();
     assert_eq!(r.status, 502, "{}", r.text());
-    assert!(error_of(&r).contains("nothing was installed"), "{}", r.text());
+    assert!(r.error().contains("nothing was installed"), "{}", r.text());
     assert!(!share.join(format!("{cut}.control")).exists() && !share.join(format!("{cut}--1.0.sql")).exists());
     let leftovers: Vec<_> = std::fs::read_dir(&share)
         .unwrap()
@@ -325,7 +309,7 @@ fn extension_server_installs_an_archive_and_refuses_a_truncated_one() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     let r = http::request(internal, "POST", "/extension_server/postgis", &[], b"").unwrap();
-    assert_eq!((r.status, error_of(&r).as_str()), (404, "extension postgis is not found"));
+    assert_eq!((r.status, r.error().as_str()), (404, "extension postgis is not found"));
     let r = http::request(internal, "POST", "/extension_server/..%2Fx", &[], b"").unwrap();
     assert_eq!(r.status, 400);
 }
@@ -359,7 +343,7 @@ fn refresh_configuration_fetches_and_applies_the_spec_from_the_control_plane() {
 
     let r = http::request(s.http_port + 1, "POST", "/refresh_configuration", &[], b"").unwrap();
     assert_eq!(r.status, 500);
-    assert!(error_of(&r).contains("cannot fetch the spec"), "{}", r.text());
+    assert!(r.error().contains("cannot fetch the spec"), "{}", r.text());
     assert_eq!(c.status().unwrap()["status"], "running");
     assert_eq!(work_mem(&s), "7777kB");
 }
@@ -376,7 +360,7 @@ fn lfc_and_autoscaling_metrics_say_clearly_what_vanilla_postgres_lacks() {
     args.extend(["--http-auth-token-file".into(), token_file.to_str().unwrap().into()]);
     let mut c = Compute::spawn(&args, s.http_port);
     let auth = [("Authorization", "Bearer tok-lfc-1")];
-    poll(Duration::from_secs(30), "running", || {
+    support::poll(Duration::from_secs(30), "running", || {
         let r = http::request(s.http_port, "GET", "/status", &auth, b"").ok()?;
         (r.json()["status"] == "running").then_some(())
     });
@@ -394,14 +378,14 @@ fn lfc_and_autoscaling_metrics_say_clearly_what_vanilla_postgres_lacks() {
     {
         let r = http::request(p, "POST", path, &auth, b"").unwrap();
         assert_eq!(r.status, 412, "{path}: {}", r.text());
-        let e = error_of(&r);
+        let e = r.error();
         assert!(e.contains("local file cache is not available") && e.contains(function), "{e}");
         let r = http::request(p, "GET", path, &auth, b"").unwrap();
         assert_eq!((r.json()["status"].as_str(), r.json()["error"].as_str()), (Some("failed"), Some(e.as_str())));
     }
     let r = http::request(p, "GET", "/autoscaling_metrics", &[], b"").unwrap();
     assert_eq!(r.status, 500);
-    assert!(error_of(&r).contains("vanilla PostgreSQL has none"), "{}", r.text());
+    assert!(r.error().contains("vanilla PostgreSQL has none"), "{}", r.text());
     c.signal("TERM");
     c.wait_exit(Duration::from_secs(20));
 }
