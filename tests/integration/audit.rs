@@ -11,7 +11,7 @@ use crate::support::rsyslogd::StandIn;
 use crate::support::{self, Compute, Setup, http};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 const AUDIT_FILE: &str = "compute_audit_rsyslog.conf";
 const EXPORT_FILE: &str = "postgres_logs.conf";
@@ -84,15 +84,6 @@ fn has_audit_libraries() -> bool {
 
 fn show(s: &Setup, name: &str) -> String {
     s.client().query_one(&format!("SHOW {name}"), &[]).unwrap().get(0)
-}
-
-/// Polls `f` until it is true, at most `timeout`; `what` says what was waited for.
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -262,15 +253,16 @@ fn audit_gc_deletes_old_audit_files_and_exports_the_directory_size() {
     // The GC every 50 ms (test-only variable); the failed start lingers to answer /metrics.
     let env = [("AUDIT_LOGGING_ENDPOINT", "audit.example:514"), ("COMPUTE_CTL_TEST_AUDIT_GC_INTERVAL_MS", "50")];
     let c = a.spawn_lingering(&env);
-    wait_until(Duration::from_secs(30), "audit-old.log deleted", || !log.join("audit-old.log").exists());
+    support::poll(Duration::from_secs(30), "audit-old.log deleted", || {
+        (!log.join("audit-old.log").exists()).then_some(())
+    });
     assert!(log.join("audit-new.log").exists(), "a recent audit file is kept");
     assert!(log.join("postgresql-old.log").exists(), "only audit*.log files are deleted");
-    let mut text = String::new();
-    wait_until(Duration::from_secs(10), "the size metric", || {
-        text = http::get(c.http_port, "/metrics").text();
-        text.lines().any(|l| l.starts_with("compute_audit_log_dir_size ") && l != "compute_audit_log_dir_size 0")
+    let (text, size) = support::poll(Duration::from_secs(10), "a non-zero compute_audit_log_dir_size", || {
+        let text = http::get(c.http_port, "/metrics").text();
+        let size: f64 = text.lines().find_map(|l| l.strip_prefix("compute_audit_log_dir_size "))?.parse().ok()?;
+        (size > 0.0).then_some((text, size))
     });
-    let size: f64 = text.lines().find_map(|l| l.strip_prefix("compute_audit_log_dir_size ")).unwrap().parse().unwrap();
     // What is left: the new audit file, the old server log, and whatever Postgres wrote
     // there (only where pgaudit lets it start).
     assert!(size >= 600.0, "{size}\n{text}");
