@@ -561,8 +561,11 @@ mod tests {
             "10",
             "-i",
             "compute-1",
+            "--rsyslog-dir",
+            "/tmp/r",
         ]);
         let a = args(&v);
+        assert_eq!(a.rsyslog_dir, PathBuf::from("/tmp/r"));
         assert_eq!(a.privileged_role_name, "my_admin");
         assert_eq!(a.remote_ext_base_url.as_deref(), Some("https://example.com/subpath/"));
         assert_eq!(a.installed_extensions_interval, Duration::from_secs(60));
@@ -572,6 +575,7 @@ mod tests {
         assert_eq!(d.privileged_role_name, "neon_superuser");
         assert_eq!(d.installed_extensions_interval, Duration::from_secs(3600));
         assert!(!d.dev && d.remote_ext_base_url.is_none());
+        assert_eq!(d.rsyslog_dir, PathBuf::from("/etc/rsyslog.d"), "Neon's directory by default");
         assert_eq!(ext_base_url("-r", "https://example.com//").unwrap(), "https://example.com/");
     }
 
