@@ -46,13 +46,16 @@ pub fn run(args: Args) -> Result<i32> {
         internal_http_port: args.internal_http_port,
         privileged_role: args.privileged_role_name.clone(),
         interrupted: Arc::new(AtomicBool::new(false)),
+        // Set once `compute_ctl_config` is read (see `supervise`).
+        tls: None,
     };
+    let extensions = Arc::new(crate::remote_ext::Installer::new(args.remote_ext_base_url.clone(), &node.bindir));
     let app = Arc::new(routes::App {
         shared: Shared::new(),
         events: Mutex::new(tx),
         live_config_allowed: !matches!(args.spec, SpecSource::Inline(_)),
         node,
-        remote_ext_base_url: args.remote_ext_base_url.clone(),
+        extensions,
         compute_ctl_config: std::sync::OnceLock::new(),
         in_flight: AtomicUsize::new(0),
         heartbeat: Arc::new(Heartbeat::new()),
@@ -170,10 +173,16 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
     }
 
     listen::start(&args, &app, external_auth, internal_auth)?;
+    // TLS settings are fixed here, at start (a `/configure` body's `compute_ctl_config` is
+    // ignored, as in Neon).
+    let tls = app.compute_ctl_config.get().and_then(|c| c.tls.clone());
+    if let Some(t) = &tls {
+        crate::cert_watch::spawn(t.cert_path.clone().into(), app.shared.clone(), tx.clone())?;
+    }
     drop(tx);
 
     let mut state = State::new(Parts {
-        node: app.node.clone(),
+        node: crate::postgres::Node { tls, ..app.node.clone() },
         shared: app.shared.clone(),
         postmaster,
         refresh: refresh_source(&args),
@@ -183,6 +192,7 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         notifier: owner.notifier.clone(),
         pre_stop_checkpoint: args.pre_stop_checkpoint,
         rsyslog: crate::rsyslog::Settings::new(args.rsyslog_dir.clone(), |k| std::env::var(k).ok()),
+        extensions: app.extensions.clone(),
     });
     if initial.is_none() && !matches!(args.spec, SpecSource::ControlPlane(_)) {
         log::info!("no spec yet: waiting for POST /configure");

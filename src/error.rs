@@ -43,6 +43,9 @@ pub enum Error {
     NoSuchDatabase(String),
     /// A table stayed locked longer than the step waits (the message says which step).
     LockTimeout(String),
+    /// A library of `shared_preload_libraries` could not be fetched from the remote
+    /// extension storage before Postgres started.
+    Preload { library: String, reason: String },
 }
 
 impl Error {
@@ -100,6 +103,9 @@ impl fmt::Display for Error {
             // Neon's exact words, which clients match; the name is in the request.
             Error::NoSuchDatabase(_) => write!(f, "database does not exist"),
             Error::LockTimeout(msg) => write!(f, "{msg}"),
+            Error::Preload { library, reason } => {
+                write!(f, "cannot preload shared library {library} (named by shared_preload_libraries): {reason}")
+            }
         }
     }
 }

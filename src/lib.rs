@@ -22,6 +22,7 @@
 
 pub mod args;
 pub mod auth;
+pub mod cert_watch;
 pub mod cgroup;
 pub mod compute;
 pub mod control_plane;

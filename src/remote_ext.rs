@@ -12,6 +12,14 @@
 //!   unreadable archive installs nothing. Files are first written to a staging directory beside
 //!   their target directory, then renamed into place one by one.
 //! - [`download`] reads at most [`MAX_DOWNLOAD`] bytes, with a timeout.
+//! - [`Installer`] (module `fetch`) puts the three together, once per archive name at a time;
+//!   [`Preload`] (module `preload`) uses it before Postgres starts.
+
+mod fetch;
+mod preload;
+
+pub use fetch::{Failure, Fetched, Installer, PgDirs, WAIT_LIMIT};
+pub use preload::{Preload, Preloaded, libraries, lookup};
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};

@@ -47,54 +47,15 @@ pub(super) fn promote(app: &App, req: &Request) -> Response {
     }
 }
 
-/// Postgres's install directories and major version, from `pg_config` beside `-b` (asked once).
-struct PgDirs {
-    share: std::path::PathBuf,
-    lib: std::path::PathBuf,
-    major: String,
-}
-
-fn pg_dirs(app: &App) -> Result<&'static PgDirs, String> {
-    static DIRS: std::sync::OnceLock<PgDirs> = std::sync::OnceLock::new();
-    if let Some(d) = DIRS.get() {
-        return Ok(d);
-    }
-    let bin = app.node.bindir.join("pg_config");
-    let out = std::process::Command::new(&bin)
-        .args(["--sharedir", "--pkglibdir", "--version"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().map(str::trim).collect();
-    let (Some(share), Some(lib), Some(version)) = (lines.first(), lines.get(1), lines.get(2)) else {
-        return Err(format!("{} printed {text:?}", bin.display()));
-    };
-    // "PostgreSQL 15.10 (Debian …)" → "15".
-    let major = version.split_whitespace().nth(1).and_then(|v| v.split('.').next()).unwrap_or("").to_string();
-    let dirs = PgDirs { share: std::path::Path::new(share).join("extension"), lib: lib.into(), major };
-    Ok(DIRS.get_or_init(|| dirs))
-}
-
-/// Neon's architecture names in the remote path.
-fn arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
-/// Archives installed by this process; installs run one at a time (each bounded by the
-/// download timeout), so a second request for the same archive waits and then finds it done.
-static INSTALLED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
 /// `POST /extension_server/{filename}[?is_library=true|false]` (internal): downloads
 /// `{base}/{BUILD_TAG}/{arch}/v{major}/extensions/{ext}.tar.zst` and installs its
-/// `share/extension` and `lib` files. 200 with an empty body. 412 without a spec or without
-/// `--remote-ext-base-url`, 409 when the spec has no `remote_extensions`, 404 for a name it
-/// does not list, 502 for an archive this build cannot read (nothing is installed), 500 for a
-/// failed download or write.
+/// `share/extension` and `lib` files, once per archive: a request for an archive installed
+/// already downloads nothing, and one for an archive being downloaded waits for that download
+/// and gets its outcome (see `remote_ext::Installer`). 200 with an empty body. 412 without a
+/// spec or without `--remote-ext-base-url`, 409 when the spec has no `remote_extensions`, 404
+/// for a name it does not list, 502 for an archive this build cannot read (nothing is
+/// installed), 504 when the awaited download does not end in time, 500 for a failed download
+/// or write.
 pub(super) fn extension_server(app: &App, req: &Request) -> Response {
     let filename = req.path.strip_prefix("/extension_server/").unwrap_or_default();
     let valid = |c: char| c.is_ascii_alphanumeric() || "._+-".contains(c);
@@ -110,56 +71,24 @@ pub(super) fn extension_server(app: &App, req: &Request) -> Response {
     if snap.tenant.is_none() {
         return precondition(snap.status);
     }
-    let Some(base) = app.remote_ext_base_url.as_deref() else {
+    if app.extensions.base_url().is_none() {
         return Response::error(412, "remote storage is not configured");
-    };
+    }
     let Some(remote) = snap.remote_extensions else {
         return Response::error(409, "information about remote extensions is unavailable");
     };
-    let mut name = filename.to_string();
-    if is_library {
-        if let Some(i) = name.find(".so") {
-            name.truncate(i);
-        }
-        match remote.library_index.get(&name) {
-            Some(ext) => name = ext.clone(),
-            None => return Response::error(404, format!("library {name} is not found")),
-        }
-    }
-    let listed =
-        [&remote.public_extensions, &remote.custom_extensions].into_iter().flatten().any(|l| l.contains(&name));
-    if !listed {
-        return Response::error(404, format!("extension {name} is not found"));
-    }
-    if !remote.extension_data.contains_key(&name) {
-        return Response::error(404, format!("real_ext_name {name} is not found"));
-    }
-    let dirs = match pg_dirs(app) {
-        Ok(d) => d,
-        Err(e) => return Response::error(500, e),
+    let name = match crate::remote_ext::lookup(&remote, filename, is_library) {
+        Ok(n) => n,
+        Err(e) => return Response::error(404, e),
     };
-    let archive = format!("{name}.tar.zst");
-    let mut installed = crate::locks::lock(&INSTALLED);
-    if installed.contains(&archive) {
-        return Response::empty(200);
-    }
-    let url = format!("{base}{}/{}/v{}/extensions/{archive}", crate::metrics::BUILD_TAG, arch(), dirs.major);
-    log::info!("downloading remote extension {archive} from {url}");
-    let bytes = match crate::remote_ext::download(&url) {
-        Ok(b) => b,
-        Err(e) => return Response::error(500, e),
-    };
-    let files = match crate::remote_ext::read_archive(&bytes) {
-        Ok(f) => f,
-        Err(e) => return Response::error(502, format!("{archive}: {e}; nothing was installed")),
-    };
-    match crate::remote_ext::install(&files, &dirs.share, &dirs.lib) {
-        Ok(n) => {
-            log::info!("installed {n} file(s) of {archive} ({} bytes downloaded)", bytes.len());
-            installed.push(archive);
-            Response::empty(200)
+    use crate::remote_ext::Failure;
+    match app.extensions.fetch(&name) {
+        Ok(_) => Response::empty(200),
+        Err(f @ Failure::Unreadable(_)) => Response::error(502, f.to_string()),
+        Err(f @ Failure::WaitTimedOut(_)) => Response::error(504, f.to_string()),
+        Err(f @ (Failure::Setup(_) | Failure::Download(_) | Failure::Install(_))) => {
+            Response::error(500, f.to_string())
         }
-        Err(e) => Response::error(500, format!("cannot install {archive}: {e}")),
     }
 }
 

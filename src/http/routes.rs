@@ -29,8 +29,9 @@ pub struct App {
     /// before `-c`).
     pub live_config_allowed: bool,
     pub node: Node,
-    /// `--remote-ext-base-url`, ending in `/`.
-    pub remote_ext_base_url: Option<String>,
+    /// Downloads extension archives from `--remote-ext-base-url`, shared with the start-up
+    /// preload so one archive is fetched once.
+    pub extensions: Arc<crate::remote_ext::Installer>,
     /// `compute_ctl_config` of the `-c` file or of the control plane's answer, set once before
     /// the compute starts (a `/configure` body's copy is ignored, as in Neon); unset with
     /// `-s`, `-S` or no spec source.

@@ -4,18 +4,26 @@
 //! A start is two types: [`Boot`] while Postgres is down (it holds the [`Stopped`] proof) and
 //! [`Ready`] once the postmaster accepts connections (it holds the subscription guard).
 //!
+//! While `Boot` prepares PGDATA, the preload of remote `shared_preload_libraries` runs beside
+//! it (as in Neon); the spawn of Postgres takes the [`Preloaded`] proof that only waiting for
+//! that preload makes, so Postgres never starts before its libraries are installed.
+//!
 //! Contracts of [`start`]:
 //! - prerequisites: a validated spec; no Postgres of ours runs on PGDATA;
-//! - on success: Postgres is ready, configured, subscriptions handled, status `running`;
+//! - on success: the preload libraries are installed, Postgres is ready, configured,
+//!   subscriptions handled, status `running`;
 //! - on error: any Postgres it started is stopped (dropping [`Postmaster`] does that), status
-//!   `failed` with the cause; a local PGDATA is never wiped.
+//!   `failed` with the cause; a local PGDATA is never wiped. A preload that fails (a library
+//!   named by `shared_preload_libraries` that can be neither fetched nor found installed)
+//!   fails the start before Postgres is spawned, naming the library.
 
 use super::Context;
 use super::states::{Failed, Running, synced_after_exit};
 use crate::error::{Error, Result};
 use crate::postgres::process::Postmaster;
 use crate::postgres::subscriptions::{self, Guard};
-use crate::postgres::{Stopped, apply, conf, hba, pgdata, sql, storage};
+use crate::postgres::{Stopped, apply, conf, hba, pgdata, sql, storage, tls};
+use crate::remote_ext::{Preload, Preloaded};
 use crate::spec::{AuditLogLevel, ComputeMode, ParsedSpec, StorageMode};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -31,6 +39,9 @@ pub struct Boot {
     spec: ParsedSpec,
     proof: Stopped,
     guard: Option<Guard>,
+    /// The preload of remote libraries, running beside the PGDATA preparation until
+    /// [`Boot::preloaded`] waits for it.
+    preload: Option<Preload>,
 }
 
 /// Postgres has started and accepts connections but the compute is not open yet: drops
@@ -57,19 +68,25 @@ struct Aborted {
 
 pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
     let started = Instant::now();
-    let mut boot = Boot { ctx, spec, proof: Stopped::minted_by_boot(), guard: None };
+    let mut boot = Boot { ctx, spec, proof: Stopped::minted_by_boot(), guard: None, preload: None };
     // A spec that would weaken compute_ctl's own roles is refused before PGDATA is touched.
     let superuser = sql::connstr_user(&boot.ctx.node.connstr);
     let privileged = boot.ctx.node.privileged_role.clone();
     let checked = superuser.and_then(|me| apply::privileged::check(boot.spec.spec(), &me, &privileged));
+    // On an error the preload is not waited for: its downloads end on their own, and what they
+    // install counts for a later start (the installer remembers it).
     let prepared = checked
+        .and_then(|()| boot.start_preload())
+        .and_then(|()| boot.wait_for_cert())
         .and_then(|()| boot.prepare_pgdata())
         .and_then(|()| boot.configure_rsyslog())
-        .and_then(|()| boot.check_interrupted());
-    if let Err(error) = prepared {
-        return Err(abort(Aborted { ctx: boot.ctx, spec: boot.spec, postmaster: None, error }));
-    }
-    let mut ready = boot.start_postgres().map_err(|a| abort(*a))?;
+        .and_then(|()| boot.preloaded())
+        .and_then(|p| boot.check_interrupted().map(|()| p));
+    let preloaded = match prepared {
+        Ok(p) => p,
+        Err(error) => return Err(abort(Aborted { ctx: boot.ctx, spec: boot.spec, postmaster: None, error })),
+    };
+    let mut ready = boot.start_postgres(preloaded).map_err(|a| abort(*a))?;
     match ready.configure(started) {
         Ok(()) => {
             // One line that splits the start into before-spawn, Postgres start and after-ready
@@ -111,6 +128,38 @@ impl Boot {
         if self.ctx.node.interrupted.load(Ordering::SeqCst) { Err(Error::Interrupted) } else { Ok(()) }
     }
 
+    /// With `compute_ctl_config.tls` (whatever the features, as Neon), waits until the
+    /// certificate file is readable, at most [`tls::cert_wait`] (Neon waits for ever); when
+    /// Postgres is to serve TLS, the key must be readable too. Before PGDATA is touched.
+    fn wait_for_cert(&self) -> Result<()> {
+        let node = &self.ctx.node;
+        let Some(t) = &node.tls else { return Ok(()) };
+        tls::wait_readable(std::path::Path::new(&t.cert_path), tls::cert_wait(), &node.interrupted)?;
+        if node.ssl(&self.spec) {
+            std::fs::File::open(&t.key_path)
+                .map_err(|e| Error::io("compute_ctl_config.tls.key_path: cannot read", &t.key_path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts fetching the remote libraries `shared_preload_libraries` names (reference 5.9
+    /// step 7) on their own thread; a library the spec's index maps to an extension it does
+    /// not list fails here, before PGDATA is touched.
+    fn start_preload(&mut self) -> Result<()> {
+        self.preload = Some(Preload::start(&self.ctx.extensions, self.spec.spec())?);
+        Ok(())
+    }
+
+    /// Waits for the preload (each download is bounded by its timeout; a termination request
+    /// ends the wait) and gives the proof the spawn of Postgres takes.
+    fn preloaded(&mut self) -> Result<Preloaded> {
+        let started = Instant::now();
+        let preload = self.preload.take().expect("the preload is started before it is waited for, once per start");
+        let preloaded = preload.finish(&self.ctx.node.interrupted)?;
+        log::debug!("waited {} ms for the preload after preparing PGDATA", elapsed_ms(started));
+        Ok(preloaded)
+    }
+
     /// Makes PGDATA ready to start: local mode keeps it (running `initdb` when it is missing
     /// or empty), pageserver mode fetches it anew. Then writes the configuration files and,
     /// when the subscriptions flag asks for it, keeps apply workers from ever starting.
@@ -134,6 +183,11 @@ impl Boot {
                 });
             }
         }
+        // The key and certificate first: the conf that names them must not be seen without them.
+        let ssl = node.ssl(&self.spec);
+        if let Some(t) = node.tls.as_ref().filter(|_| ssl) {
+            tls::install(node, t)?;
+        }
         // Written here in both modes: pageserver mode wrote it before the sync too, but a
         // basebackup may carry the source's own postgresql.conf, which must not win.
         let text = conf::render(
@@ -141,6 +195,7 @@ impl Boot {
             node.internal_http_port,
             self.spec.spec().drop_subscriptions_before_start,
             &node.privileged_role,
+            ssl,
         );
         // Only what changed is written (a restart of the same spec writes nothing), unsynced:
         // see `conf::write_if_changed`.
@@ -188,10 +243,11 @@ impl Boot {
     }
 
     /// Starts `postgres -D PGDATA` as the Postgres user, giving it the [`Stopped`] proof, and
-    /// waits until it is ready.
-    fn start_postgres(self) -> Result<Ready, Box<Aborted>> {
+    /// waits until it is ready. It takes the [`Preloaded`] proof: the libraries Postgres
+    /// preloads from the remote extension storage are installed.
+    fn start_postgres(self, _preloaded: Preloaded) -> Result<Ready, Box<Aborted>> {
         let started = Instant::now();
-        let Boot { ctx, spec, proof, guard } = self;
+        let Boot { ctx, spec, proof, guard, preload: _ } = self;
         let token = spec.spec().storage_auth_token.clone();
         let env: Vec<(&str, &str)> = token.as_deref().map(|t| ("NEON_AUTH_TOKEN", t)).into_iter().collect();
         let on_exit = ctx.on_postgres_exit.clone();
@@ -279,8 +335,45 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
     apply::privileged::check(spec.spec(), &sql::connstr_user(&node.connstr)?, &node.privileged_role)?;
     // Before postgresql.conf, as Neon: the file Postgres's syslog output is forwarded by.
     crate::rsyslog::configure_logs_export(&ctx.rsyslog, spec.spec().logs_export_host.as_deref())?;
+    // The key and certificate are copied again (a renewed certificate), and put back if the
+    // reload is refused or does not take them.
+    let ssl = node.ssl(spec);
+    let installed = match node.tls.as_ref().filter(|_| ssl) {
+        Some(t) => Some(tls::install(node, t)?),
+        None => None,
+    };
+    let pending = match reload(ctx, spec, pm, ssl) {
+        Ok(pending) => pending,
+        Err(e) => {
+            if let Some(installed) = installed.filter(tls::Installed::changed) {
+                installed.restore(node.run_as)?;
+                // Postgres may have read the new ones (and refused them): it reads the old again.
+                pm.reload();
+                log::info!("reconfigure failed: the previous TLS key and certificate were put back");
+            }
+            return Err(e);
+        }
+    };
+    let s = spec.spec();
+    if !s.skip_pg_catalog_updates && s.mode == ComputeMode::Primary {
+        let concurrency = apply::Concurrency::Reconfigure(s.reconfigure_concurrency);
+        apply::apply_spec(&node.connstr, spec, &node.privileged_role, concurrency, None)?;
+        pm.reload();
+    }
+    log::info!(
+        "finished reconfiguration of compute node for operation {}",
+        s.operation_uuid.as_deref().unwrap_or("unknown")
+    );
+    Ok(pending)
+}
+
+/// The configuration part of [`reconfigure`], once the TLS files are in place: the new
+/// `postgresql.conf`, checked, then reloaded, and (with TLS) the check that Postgres took the
+/// key and certificate. On an error the old `postgresql.conf` is back.
+fn reload(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster, ssl: bool) -> Result<Vec<String>> {
+    let node = &ctx.node;
     // A running compute never re-arms the subscriber guard: nothing here drops subscriptions.
-    let text = conf::render(spec, node.internal_http_port, false, &node.privileged_role);
+    let text = conf::render(spec, node.internal_http_port, false, &node.privileged_role, ssl);
     let path = node.pgdata.join("postgresql.conf");
     let old = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
     conf::write_postgres_conf(&node.pgdata, &text)?;
@@ -307,20 +400,27 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
     }
     let mut client = sql::connect(&node.connstr, None, sql::APP_APPLY)?;
     let loaded_before = apply::settings::conf_load_time(&mut client)?;
-    pm.reload();
-    let pending = apply::settings::pending_restart(&mut client, &loaded_before, Duration::from_secs(5))?;
-    drop(client);
-    let s = spec.spec();
-    if !s.skip_pg_catalog_updates && s.mode == ComputeMode::Primary {
-        let concurrency = apply::Concurrency::Reconfigure(s.reconfigure_concurrency);
-        apply::apply_spec(&node.connstr, spec, &node.privileged_role, concurrency, None)?;
-        pm.reload();
+    if ssl {
+        pm.capture_log();
     }
-    log::info!(
-        "finished reconfiguration of compute node for operation {}",
-        s.operation_uuid.as_deref().unwrap_or("unknown")
-    );
-    Ok(pending)
+    pm.reload();
+    let pending = apply::settings::pending_restart(&mut client, &loaded_before, Duration::from_secs(5));
+    drop(client);
+    if ssl {
+        // Checked only after a reload that was taken; the capture ends either way.
+        let confirmed = match &pending {
+            Ok(_) => tls::confirm_reload(&node.connstr, pm, &loaded_before, Duration::from_secs(5)),
+            Err(_) => Ok(()),
+        };
+        pm.end_capture();
+        if let Err(e) = confirmed {
+            // The old conf goes back too (it may not have had the ssl lines); the caller puts
+            // the old files back and reloads.
+            conf::write_atomically(&path, &old)?;
+            return Err(e);
+        }
+    }
+    pending
 }
 
 /// A restart keeps PGDATA, which only local storage allows: a pageserver compute's PGDATA

@@ -11,6 +11,7 @@
 //!     │   Running | Failed (Postgres up) ──RefreshConfiguration──▶ RefreshConfigurationPending
 //!     │        ──begin──▶ RefreshConfiguration ──apply──▶ Running | Failed
 //!     │   Running ─────────────▶ ConfigurationPending<Live> ──▶ Configuration<Live> ──▶ Running | Failed
+//!     │   Running ──CertificateChanged (same spec, TLS files copied again)──▶ ConfigurationPending<Live>
 //!     │   Failed (Postgres up) ──▶ ConfigurationPending<Live>
 //!     │   Terminate, Signal                       wait
 //!     └─────────────▶ TerminationPending<Fast | Immediate> ─────▶ Terminated
@@ -195,6 +196,9 @@ pub struct Parts {
     pub refresh: Option<Refresh>,
     /// rsyslog's directory and the audit receiver (`--rsyslog-dir`, `AUDIT_LOGGING_*`).
     pub rsyslog: crate::rsyslog::Settings,
+    /// Fetches remote extension archives; the start preloads `shared_preload_libraries`
+    /// through it, sharing its dedup with `/extension_server`.
+    pub extensions: Arc<crate::remote_ext::Installer>,
 }
 
 /// How a spec is fetched again: `Ok(None)` when its source has none for this compute.

@@ -248,6 +248,13 @@ impl Running {
         ConfigurationPending { ctx: self.ctx, spec, phase: Live(self.postmaster, self.spec) }
     }
 
+    /// The same spec again, for the certificate watcher: a live reconfiguration that copies
+    /// the TLS key and certificate anew (reference 2026 §10.1).
+    pub fn reapply(self) -> ConfigurationPending<Live> {
+        let spec = self.spec.clone();
+        self.reconfigure(spec)
+    }
+
     /// False once the current postmaster has exited: an exit event may be for an earlier
     /// one, replaced by a restart.
     pub fn postgres_alive(&self) -> bool {

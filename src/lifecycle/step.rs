@@ -25,6 +25,9 @@ pub enum Event {
     Promote { spec: ParsedSpec, wal_flush_lsn: Lsn },
     /// `POST /refresh_configuration`: fetch the spec again and apply it.
     RefreshConfiguration,
+    /// The certificate watcher (`cert_watch`): the compute first reached `running`, or the
+    /// TLS certificate file changed. A running compute reconfigures with its current spec.
+    CertificateChanged,
     /// A route that works on Postgres asks whether it may (only while running).
     Query,
     /// SIGTERM, SIGINT or SIGQUIT.
@@ -135,7 +138,7 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
             terminated(s.terminate::<Fast>(Reason::Signal))
         }
         (s @ State::Empty(_), E::Query | E::Restart | E::Promote { .. } | E::RefreshConfiguration) => wrong(s),
-        (s @ State::Empty(_), E::PostgresExited) => (s, Reply::Done),
+        (s @ State::Empty(_), E::PostgresExited | E::CertificateChanged) => (s, Reply::Done),
 
         (State::Running(r), E::Configure(spec)) => started(r.reconfigure(spec).begin().apply()),
         (State::Running(r), E::Terminate(Termination::Fast)) => {
@@ -164,6 +167,7 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
             (next, Err(msg)) => (started(next).0, Reply::Failed(msg)),
         },
         (State::Running(r), E::RefreshConfiguration) => refreshed(r.refresh().begin().apply()),
+        (State::Running(r), E::CertificateChanged) => started(r.reapply().begin().apply()),
         (s @ State::Running(_), E::Query) => (s, Reply::Done),
         (s @ State::Running(_), E::Init(_)) => wrong(s),
 
@@ -187,9 +191,11 @@ pub fn step(state: State, event: Event) -> (State, Reply) {
             terminated(f.terminate::<Fast>(StopMode::Fast, Reason::PostgresExited))
         }
         (s @ State::Failed(_), E::Init(_) | E::Terminate(_) | E::Query | E::Restart | E::Promote { .. }) => wrong(s),
+        // The watcher stops on `failed`, as Neon's; a corrected spec recovers the compute.
+        (s @ State::Failed(_), E::CertificateChanged) => (s, Reply::Done),
 
         (State::Terminated(t), E::Signal(_)) => (State::Terminated(t.stop_lingering()), Reply::Done),
-        (s @ State::Terminated(_), E::PostgresExited) => (s, Reply::Done),
+        (s @ State::Terminated(_), E::PostgresExited | E::CertificateChanged) => (s, Reply::Done),
         (State::Terminated(t), E::Terminate(_)) => {
             let lsn = t.lsn().map(str::to_string);
             (State::Terminated(t), Reply::AlreadyTerminated { lsn })

@@ -45,6 +45,7 @@ impl Fake {
             internal_http_port: 3081,
             privileged_role: "neon_superuser".into(),
             interrupted: Arc::new(AtomicBool::new(false)),
+            tls: None,
         };
         let shared = Shared::new();
         let parts = Parts {
@@ -56,6 +57,7 @@ impl Fake {
             pre_stop_checkpoint: std::time::Duration::ZERO,
             refresh: None,
             rsyslog: crate::rsyslog::Settings::new(dir.join("rsyslog.d"), |_| None),
+            extensions: Arc::new(crate::remote_ext::Installer::new(None, std::path::Path::new("/nowhere"))),
         };
         Fake { dir, shared, parts: Some(parts) }
     }
@@ -307,4 +309,32 @@ fn terminated_refuses_everything_and_a_signal_ends_the_lingering() {
         (s.status(), s.exit(), r),
         (Status::Terminated, Some(Exit { code: 0, linger: Linger::No }), Reply::Done)
     );
+}
+
+/// The certificate watcher's event: a live reconfiguration with the current spec when
+/// running (here it fails at its first query, which shows it ran, with Postgres still up);
+/// nothing in the other states.
+#[test]
+fn certificate_changed_reconfigures_only_a_running_compute() {
+    let mut f = Fake::new("cert-empty", INITDB_OK);
+    let empty = f.empty();
+    let (s, r) = f.step(empty, Event::CertificateChanged);
+    assert_eq!((s.status(), r), (Status::Empty, Reply::Done));
+
+    let mut f = Fake::new("cert-running", INITDB_OK);
+    let s = f.running();
+    let pid = postmaster_pid(&s);
+    let (s, r) = f.step(s, Event::CertificateChanged);
+    let Reply::Failed(msg) = r else { panic!("{r:?}") };
+    assert!(msg.contains("connect"), "{msg}");
+    assert_eq!((s.status(), s.exit(), postmaster_pid(&s)), (Status::Failed, None, pid));
+    // The watcher stops on `failed`; a late event changes nothing.
+    let (s, r) = f.step(s, Event::CertificateChanged);
+    assert_eq!((s.status(), r), (Status::Failed, Reply::Done));
+    ends_on_sigterm(&f, s);
+
+    let mut f = Fake::new("cert-terminated", INITDB_OK);
+    let s = f.terminated();
+    let (s, r) = f.step(s, Event::CertificateChanged);
+    assert_eq!((s.status(), r), (Status::Terminated, Reply::Done));
 }

@@ -16,8 +16,15 @@ pub const TEMP_OVERRIDE: &str = "compute_ctl_temp_override.conf";
 
 /// Renders `postgresql.conf` for `spec` in the order of today's Neon (reference 2026 §4).
 /// `disable_subscribers` is the value of `neon.disable_logical_replication_subscribers` (the
-/// guard for Neon's Postgres); `privileged_role` is `--privileged-role-name`.
-pub fn render(spec: &ParsedSpec, internal_http_port: u16, disable_subscribers: bool, privileged_role: &str) -> String {
+/// guard for Neon's Postgres); `privileged_role` is `--privileged-role-name`; `ssl` says
+/// whether Postgres serves TLS with the files [`super::tls::install`] puts in PGDATA.
+pub fn render(
+    spec: &ParsedSpec,
+    internal_http_port: u16,
+    disable_subscribers: bool,
+    privileged_role: &str,
+    ssl: bool,
+) -> String {
     let s = spec.spec();
     let mut out = String::new();
     if let Some(base) = &s.cluster.postgresql_conf {
@@ -69,6 +76,11 @@ pub fn render(spec: &ParsedSpec, internal_http_port: u16, disable_subscribers: b
         if let Some(v) = value {
             let _ = writeln!(out, "{name}={}", conf_value(v));
         }
+    }
+    if ssl {
+        let _ = writeln!(out, "ssl = on");
+        let _ = writeln!(out, "ssl_cert_file = '{}'", super::tls::CERT_FILE);
+        let _ = writeln!(out, "ssl_key_file = '{}'", super::tls::KEY_FILE);
     }
     for lc in ["lc_messages", "lc_monetary", "lc_time", "lc_numeric"] {
         let _ = writeln!(out, "{lc}='C.UTF-8'");
@@ -273,7 +285,7 @@ mod tests {
 
     fn rendered(extra: &str) -> String {
         let json = format!(r#"{{"format_version":1.0,"cluster":{{"roles":[],"databases":[]}},{IDS},{extra}}}"#);
-        render(&ParsedSpec::parse(&json).unwrap(), 3081, false, "neon_superuser")
+        render(&ParsedSpec::parse(&json).unwrap(), 3081, false, "neon_superuser", false)
     }
 
     /// The `neon.*` lines in the order and with the conditions of today's Neon.
@@ -313,6 +325,23 @@ mod tests {
             neon.safekeepers='g#7:sk1:5454'\n";
         assert!(text.starts_with(want), "{text}");
         assert!(text.contains("\nneon.compute_mode=primary\n"), "{text}");
+    }
+
+    /// The ssl lines come after the ids and before the locale lines, only when asked for.
+    #[test]
+    fn ssl_lines_at_neons_place() {
+        let json =
+            format!(r#"{{"format_version":1.0,"cluster":{{"roles":[],"databases":[]}},{IDS},"endpoint_id":"e"}}"#);
+        let spec = ParsedSpec::parse(&json).unwrap();
+        let text = render(&spec, 3081, false, "neon_superuser", true);
+        assert!(
+            text.contains(
+                "neon.endpoint_id='e'\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+                 lc_messages='C.UTF-8'\n"
+            ),
+            "{text}"
+        );
+        assert!(!render(&spec, 3081, false, "neon_superuser", false).contains("ssl"));
     }
 
     #[test]
@@ -360,7 +389,7 @@ mod tests {
             r#"{{"format_version":1.0,{IDS},"audit_log_level":"Full","cluster":{{"roles":[],"databases":[],"settings":[
                {{"name":"shared_preload_libraries","value":"pg_stat_statements,pgaudit","vartype":"string"}}]}}}}"#
         );
-        let text = render(&ParsedSpec::parse(&json).unwrap(), 3081, false, "neon_superuser");
+        let text = render(&ParsedSpec::parse(&json).unwrap(), 3081, false, "neon_superuser", false);
         assert!(text.contains("\nshared_preload_libraries='pg_stat_statements,pgaudit,pgauditlogtofile'\n"), "{text}");
     }
 
@@ -398,7 +427,7 @@ mod tests {
             {"name":"work_mem","value":"4MB; x","vartype":"integer"}]},
             "tenant_id":"b0554b632bd4d547a63b86c3630317e8","timeline_id":"2414a61ffc94e428f14b5758fe308e13"}"#;
         let spec = ParsedSpec::parse(json).unwrap();
-        let text = render(&spec, 3081, false, "neon_superuser");
+        let text = render(&spec, 3081, false, "neon_superuser", false);
         assert!(text.contains("\nfsync = off\n"));
         assert!(text.contains("\ntest.escaping = 'here''s a \\\\ and\\nnew line'\n"));
         assert!(text.contains("\nwork_mem = '4MB; x'\n"));

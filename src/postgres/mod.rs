@@ -24,6 +24,7 @@ pub mod sql;
 pub mod stop;
 pub mod storage;
 pub mod subscriptions;
+pub mod tls;
 pub mod version;
 
 use process::RunAs;
@@ -50,12 +51,20 @@ pub struct Node {
     /// Set when termination is asked for; long steps (basebackup, safekeeper sync, waiting for
     /// readiness) poll it and give up with `Error::Interrupted`.
     pub interrupted: Arc<AtomicBool>,
+    /// `compute_ctl_config.tls`, fixed at process start: the key and certificate Postgres
+    /// serves when the spec has the feature `tls_experimental` (see [`tls`]).
+    pub tls: Option<crate::spec::TlsConfig>,
 }
 
 impl Node {
     /// The `postgres` binary.
     pub fn postgres_bin(&self) -> PathBuf {
         self.bindir.join("postgres")
+    }
+
+    /// Whether Postgres serves TLS with `spec` (see [`tls::active`]).
+    pub fn ssl(&self, spec: &crate::spec::ParsedSpec) -> bool {
+        tls::active(self.tls.as_ref(), spec)
     }
 }
 

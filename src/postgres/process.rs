@@ -29,11 +29,20 @@ pub struct RunAs {
     pub gid: u32,
 }
 
-/// Last lines of the Postgres log, kept for error messages.
+/// Last lines of the Postgres log, kept for error messages, and every line while a capture
+/// is on (see [`Postmaster::capture_log`]).
 #[derive(Clone, Default)]
-pub struct LogTail(Arc<Mutex<VecDeque<String>>>);
+pub struct LogTail(Arc<Mutex<Tail>>);
+
+#[derive(Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    capture: Option<Vec<String>>,
+}
 
 const LOG_TAIL_LINES: usize = 20;
+/// A capture keeps at most this many lines (the first ones).
+const CAPTURE_LINES: usize = 10_000;
 
 /// While waiting for `ready`, how often an exit of Postgres or a termination request is
 /// checked when PGDATA shows no change.
@@ -41,16 +50,19 @@ const EXIT_CHECK: Duration = Duration::from_millis(50);
 
 impl LogTail {
     fn push(&self, line: String) {
-        let mut lines = crate::locks::lock(&self.0);
-        if lines.len() == LOG_TAIL_LINES {
-            lines.pop_front();
+        let mut tail = crate::locks::lock(&self.0);
+        if let Some(c) = tail.capture.as_mut().filter(|c| c.len() < CAPTURE_LINES) {
+            c.push(line.clone());
         }
-        lines.push_back(line);
+        if tail.lines.len() == LOG_TAIL_LINES {
+            tail.lines.pop_front();
+        }
+        tail.lines.push_back(line);
     }
 
     pub fn text(&self) -> String {
-        let lines = crate::locks::lock(&self.0);
-        lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+        let tail = crate::locks::lock(&self.0);
+        tail.lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -178,6 +190,21 @@ impl Postmaster {
 
     pub fn log_tail(&self) -> String {
         self.log.text()
+    }
+
+    /// Starts keeping every log line from now on (a capture already on starts again).
+    pub fn capture_log(&self) {
+        crate::locks::lock(&self.log.0).capture = Some(Vec::new());
+    }
+
+    /// The lines captured so far; the capture goes on.
+    pub fn captured_log(&self) -> Vec<String> {
+        crate::locks::lock(&self.log.0).capture.clone().unwrap_or_default()
+    }
+
+    /// Ends the capture.
+    pub fn end_capture(&self) {
+        crate::locks::lock(&self.log.0).capture = None;
     }
 
     /// The exit status, once Postgres has exited.

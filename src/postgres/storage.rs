@@ -49,8 +49,13 @@ pub fn prepare_from_pageserver(_proof: &Stopped, node: &Node, spec: &ParsedSpec)
     let pgdata = &node.pgdata;
     let staging = staging_dir(pgdata);
     remove_old(pgdata, &staging)?;
-    let conf_text =
-        conf::render(spec, node.internal_http_port, spec.spec().drop_subscriptions_before_start, &node.privileged_role);
+    let conf_text = conf::render(
+        spec,
+        node.internal_http_port,
+        spec.spec().drop_subscriptions_before_start,
+        &node.privileged_role,
+        node.ssl(spec),
+    );
     let timings = match fill(node, spec, &connstrings[0], &staging, &conf_text) {
         Ok(t) => t,
         Err(e) => {

@@ -463,7 +463,7 @@ pub fn release_guard(node: &Node, spec: &ParsedSpec, guard: Guard, pm: &Postmast
     match guard.0 {
         Kind::None | Kind::SingleUser(_) | Kind::Cached | Kind::NothingToGuard => Ok(()),
         Kind::NeonSetting => {
-            let text = conf::render(spec, node.internal_http_port, false, &node.privileged_role);
+            let text = conf::render(spec, node.internal_http_port, false, &node.privileged_role, node.ssl(spec));
             conf::write_postgres_conf(&node.pgdata, &text)?;
             pm.reload();
             log::info!("neon.disable_logical_replication_subscribers released");
@@ -501,11 +501,11 @@ mod tests {
         assert!(!preloads_neon(&vanilla));
         // The guard line is written while the flag is set, and released to false.
         assert!(
-            conf::render(&with_setting, 3081, true, "neon_superuser")
+            conf::render(&with_setting, 3081, true, "neon_superuser", false)
                 .contains("\nneon.disable_logical_replication_subscribers=true\n")
         );
         assert!(
-            conf::render(&with_setting, 3081, false, "neon_superuser")
+            conf::render(&with_setting, 3081, false, "neon_superuser", false)
                 .contains("\nneon.disable_logical_replication_subscribers=false\n")
         );
     }

@@ -400,7 +400,7 @@ mod tests {
         assert!(s.remote_extensions.is_some() && s.pgbouncer_settings.is_some());
         assert!(s.features.is_empty());
         assert_eq!(s.reconfigure_concurrency, 1);
-        let conf = crate::postgres::conf::render(&p, 3081, false, "neon_superuser");
+        let conf = crate::postgres::conf::render(&p, 3081, false, "neon_superuser", false);
         assert!(
             conf.contains("\ntest.escaping = 'here''s a backslash \\\\ and a quote '' and a double-quote \" hooray'\n")
         );

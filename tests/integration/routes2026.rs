@@ -1,6 +1,7 @@
 //! Today's Neon (2026): termination statuses and bodies, `/promote`, `/refresh_configuration`,
 //! `/extension_server`, the LFC routes and `/autoscaling_metrics`, against a real Postgres.
 
+use crate::ext_server::{FileServer, Installed, extension_archive};
 use crate::support::http;
 use crate::support::{self, Compute, Setup};
 use std::time::Duration;
@@ -155,89 +156,6 @@ fn promote_without_a_spec_is_412() {
     let r = http::post_json(s.http_port, "/promote", &promote_body(&s.spec, "0/0"));
     assert_eq!((r.status, r.error().as_str()), (412, "invalid compute status: empty"));
     assert_eq!(c.status().unwrap()["status"], "empty");
-}
-
-/// A file server standing in for the extension storage: answers a GET for a known path with
-/// its bytes, anything else with 404, and records the paths asked for.
-struct FileServer {
-    port: u16,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl FileServer {
-    fn start(files: Vec<(String, Vec<u8>)>) -> FileServer {
-        use std::io::{BufRead, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
-                let mut line = String::new();
-                let _ = reader.read_line(&mut line);
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
-                        break;
-                    }
-                }
-                log.lock().unwrap().push(path.clone());
-                let (status, body) = match files.iter().find(|(p, _)| *p == path) {
-                    Some((_, b)) => ("200 OK", b.clone()),
-                    None => ("404 Not Found", Vec::new()),
-                };
-                let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-                let _ = s.write_all(head.as_bytes());
-                let _ = s.write_all(&body);
-            }
-        });
-        FileServer { port, seen }
-    }
-}
-
-/// Removes what a test installed into the system's Postgres directories.
-struct Installed(Vec<std::path::PathBuf>);
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// A `.tar.zst` of a SQL-only extension `name` (control file and script), made with the
-/// `zstd` command-line tool.
-fn extension_archive(dir: &std::path::Path, name: &str) -> Vec<u8> {
-    let ext = dir.join("src/share/extension");
-    std::fs::create_dir_all(&ext).unwrap();
-    std::fs::write(
-        ext.join(format!("{name}.control")),
-        "comment = 'test'\ndefault_version = '1.0'\nrelocatable = true\ntrusted = true\n",
-    )
-    .unwrap();
-    std::fs::write(
-        ext.join(format!("{name}--1.0.sql")),
-        format!("CREATE FUNCTION {name}_answer() RETURNS int LANGUAGE sql AS 'SELECT 42';\n"),
-    )
-    .unwrap();
-    let tar = dir.join(format!("{name}.tar"));
-    let st = std::process::Command::new("tar")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(dir.join("src"))
-        .arg("share")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let out = std::process::Command::new("zstd").args(["-q", "-c"]).arg(&tar).output().expect("the zstd tool");
-    assert!(out.status.success());
-    out.stdout
 }
 
 /// `/extension_server/{filename}`: the archive is fetched from `--remote-ext-base-url` at
