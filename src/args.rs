@@ -104,7 +104,8 @@ pub enum Command {
     /// (the Docker HEALTHCHECK, since the image has no curl).
     Probe(u16),
     /// `--terminate [PORT]`: ask a running compute_ctl for a fast termination (`POST
-    /// /terminate`) and wait for it (a Kubernetes `preStop` hook).
+    /// /terminate`) and wait for it (a Kubernetes `preStop` hook). The default port is the
+    /// internal API's (3081): on loopback, it takes no JWT, which a hook could not mint.
     Terminate {
         port: u16,
         token_file: Option<PathBuf>,
@@ -169,8 +170,9 @@ Options:
       --rsyslog-dir DIR         where the rsyslog files of audit_log_level and logs_export_host
                                 go (default /etc/rsyslog.d; for tests, and for images that keep
                                 rsyslog's configuration elsewhere)
-      --terminate [PORT]        ask the compute on PORT (default 3080) for a fast termination
-                                and wait until Postgres has stopped (a preStop hook)
+      --terminate [PORT]        ask the compute on PORT (default 3081, the internal API on
+                                loopback, which needs no JWT) for a fast termination and
+                                wait until Postgres has stopped (a preStop hook)
       --probe [PORT]            health check: exit 0 when the compute on PORT (default 3080)
                                 reports running
   -h, --help                    print this help
@@ -268,7 +270,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
                             i += 1;
                             port_value("--terminate", p)?
                         }
-                        None => 3080,
+                        None => 3081,
                     },
                 };
                 terminate = Some(port);
@@ -625,7 +627,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((port, token_file), (3080, Some(PathBuf::from("/t"))));
+        assert_eq!((port, token_file), (3081, Some(PathBuf::from("/t"))), "the internal port by default");
         assert!(matches!(run(&["--terminate", "4000"]).unwrap(), Command::Terminate { port: 4000, token_file: None }));
         let mut v = BASE.to_vec();
         v.extend(["--pre-stop-checkpoint", "0"]);

@@ -1,7 +1,8 @@
 //! Postgres in the memory cgroup, as Neon's compute_ctl does when `AUTOSCALING` is set: the
-//! postmaster and `postgres --sync-safekeepers` start inside the cgroup the vm-monitor
-//! watches (`--cgroup`, default `neon-postgres`), so that the memory the monitor reports and
-//! the autoscaler acts on is Postgres's.
+//! postmaster and `postgres --sync-safekeepers` (Neon's list), and the single-user pass of
+//! `drop_subscriptions_before_start` (which Neon does not have), start inside the cgroup the
+//! vm-monitor watches (`--cgroup`, default `neon-postgres`), so that the memory the monitor
+//! reports and the autoscaler acts on is Postgres's.
 //!
 //! How a child gets there: through `cgexec -g memory:<name>` when `cgexec` is on `PATH`
 //! (Neon's way), else by writing the child's pid into `<root>/<name>/cgroup.procs` between
@@ -10,9 +11,12 @@
 //! error naming it, never a silent start outside it. Without `AUTOSCALING` nothing changes.
 //!
 //! `--cgroup-root DIR` (for tests, and hosts that mount cgroup v2 elsewhere) replaces
-//! `/sys/fs/cgroup`; the cgroup is then joined through `cgroup.procs` only, since `cgexec`
-//! knows only the system's hierarchy. A test may point it at a directory of plain files that
-//! imitates a cgroup (`cgroup.procs`, `memory.stat`).
+//! `/sys/fs/cgroup` where compute_ctl itself looks: the check that the cgroup exists, the
+//! `cgroup.procs` it writes without `cgexec`, the `memory.stat` the monitor samples. It does
+//! not decide between the two ways: `cgexec` finds the hierarchy from the mount table, so it
+//! is used whenever it is on `PATH`. A test may point the root at a directory of plain files
+//! that imitates a cgroup (`cgroup.procs`, `memory.stat`); it then gives compute_ctl a `PATH`
+//! without `cgexec`, or with a stand-in that writes into that directory.
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -35,7 +39,7 @@ pub enum Placement {
 
 impl Placement {
     /// Decides the placement. With `autoscaling`, the cgroup `<root>/<name>` must exist;
-    /// `path` is the `PATH` to look for `cgexec` in (not used with a `root` override).
+    /// `path` is the `PATH` to look for `cgexec` in.
     pub fn new(autoscaling: bool, name: &str, root: Option<&Path>, path: Option<&str>) -> Result<Placement> {
         if !autoscaling {
             return Ok(Placement::Inherit);
@@ -52,8 +56,7 @@ impl Placement {
                 procs.display()
             )));
         }
-        let cgexec = if root.is_some() { None } else { path.and_then(find_cgexec) };
-        Ok(match cgexec {
+        Ok(match path.and_then(find_cgexec) {
             Some(cgexec) => Placement::Cgexec { cgexec, name: name.to_string(), dir },
             None => Placement::Procs { name: name.to_string(), dir },
         })
@@ -154,7 +157,7 @@ mod tests {
     }
 
     #[test]
-    fn cgexec_only_on_the_system_hierarchy() {
+    fn cgexec_from_path_whatever_the_root() {
         let root = dir("cgexec");
         std::fs::write(root.join("pg/cgroup.procs"), "").unwrap();
         let bin = root.join("bin");
@@ -162,9 +165,12 @@ mod tests {
         std::fs::write(bin.join("cgexec"), "#!/bin/sh\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(bin.join("cgexec"), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let p = Placement::new(true, "pg", Some(&root), bin.to_str()).unwrap();
+        let path = format!("/nonexistent:{}", bin.display());
+        let p = Placement::new(true, "pg", Some(&root), Some(&path)).unwrap();
+        assert_eq!(p, Placement::Cgexec { cgexec: bin.join("cgexec"), name: "pg".into(), dir: root.join("pg") });
+        // Not on PATH: the pid is written into cgroup.procs.
+        let p = Placement::new(true, "pg", Some(&root), Some("/nonexistent")).unwrap();
         assert!(matches!(p, Placement::Procs { .. }), "{p:?}");
-        assert_eq!(find_cgexec(bin.to_str().unwrap()), Some(bin.join("cgexec")));
         let c = Placement::Cgexec { cgexec: bin.join("cgexec"), name: "pg".into(), dir: root.join("pg") }
             .command(Path::new("/usr/bin/postgres"))
             .unwrap();

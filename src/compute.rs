@@ -64,6 +64,11 @@ pub fn run(args: Args) -> Result<i32> {
     owner.turn();
     let result = supervise(args, app.clone(), owner);
     crate::rsyslog::gc::stop();
+    // No lease query outlives the compute by more than one query's bound.
+    crate::lease::stop();
+    if !crate::lease::wait_stopped(crate::lease::QUERY_TIMEOUT) {
+        log::warn!("lsn lease: a lease query is still in flight; exiting without it");
+    }
     // Give handlers that were answered by the owner a moment to write their responses; the
     // bound keeps a stuck client from delaying the exit.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -198,7 +203,11 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         log::info!("no spec yet: waiting for POST /configure");
     }
     if let Some(spec) = initial {
+        // As in Neon, a Static compute's lease is asked for as soon as the spec is known, so
+        // the basebackup at its old LSN is protected too.
+        crate::lease::ensure(&spec);
         state = lifecycle::step(state, Event::Init(spec)).0;
+        lease_follows(&state);
     }
 
     // When the current end state began lingering.
@@ -231,11 +240,20 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         // signal.
         let Message { event, reply } = message.unwrap_or(Message { event: Event::Signal(0), reply: None });
         let configure = matches!(event, Event::Configure(_));
-        if stops_postgres(&state, &event) {
+        let restart = restarts_postgres(&state, &event);
+        if stops_postgres(&state, &event) || restart {
             crate::vm_monitor::stop();
+            crate::lease::stop();
+        }
+        if let (State::Empty(_), Event::Configure(spec)) = (&state, &event) {
+            crate::lease::ensure(spec);
         }
         let (next, answer) = lifecycle::step(state, event);
         state = next;
+        if restart && matches!(state, State::Running(_)) {
+            crate::vm_monitor::resume();
+        }
+        lease_follows(&state);
         if let Some(reply) = reply {
             // A /configure that ran gets the status it left, read before the next event runs.
             let answer = match answer {
@@ -275,13 +293,36 @@ fn refresh_source(args: &Args) -> Option<lifecycle::Refresh> {
     }
 }
 
+/// The LSN lease thread lives while the compute runs (or starts); a start that failed
+/// without a Postgres, or a termination, ends it.
+fn lease_follows(state: &State) {
+    match state {
+        State::Running(running) => crate::lease::ensure(running.spec()),
+        State::Failed(f) if f.postgres_running() => {}
+        State::Empty(_) | State::Failed(_) | State::Terminated(_) => crate::lease::stop(),
+    }
+}
+
 /// Whether `step` will stop Postgres (or find it gone) for this event: the vm-monitor is
 /// stopped first, so the agent never talks to a Postgres on its way down.
 fn stops_postgres(state: &State, event: &Event) -> bool {
     match (state, event) {
-        (State::Running(_), Event::Terminate(_) | Event::Signal(_) | Event::PostgresExited) => true,
+        (State::Running(_), Event::Terminate(_) | Event::Signal(_)) => true,
+        // The exit of the postmaster a `/restart` replaced arrives after the new one runs:
+        // not a stop.
+        (State::Running(r), Event::PostgresExited) => !r.postgres_alive(),
         (State::Failed(f), Event::Signal(_)) => f.postgres_running(),
         (State::Failed(f), Event::PostgresExited) => !f.postgres_running(),
+        _ => false,
+    }
+}
+
+/// Whether `step` will restart Postgres (`POST /restart` in local mode; in pageserver mode it
+/// is refused and Postgres is left alone): the vm-monitor is paused around it, as around a
+/// stop, and agents are let in again once Postgres runs.
+fn restarts_postgres(state: &State, event: &Event) -> bool {
+    match (state, event) {
+        (State::Running(r), Event::Restart) => matches!(r.spec().storage(), crate::spec::StorageMode::Local),
         _ => false,
     }
 }

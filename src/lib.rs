@@ -30,6 +30,7 @@ pub mod error;
 pub mod escape;
 pub mod heartbeat;
 pub mod http;
+pub mod lease;
 pub mod lifecycle;
 mod locks;
 pub mod logger;

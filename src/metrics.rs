@@ -301,6 +301,7 @@ pub fn render(snap: &Snapshot) -> String {
         std::iter::once((Vec::new(), m.num_ext_downloaded as f64)),
     );
     crate::vm_monitor::render_metrics(&mut out);
+    crate::lease::render_metrics(&mut out);
     out
 }
 

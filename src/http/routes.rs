@@ -135,6 +135,9 @@ const INTERNAL: &[(&str, &[&str])] = &[
     ("/extensions", &["POST"]),
     ("/grants", &["POST"]),
     ("/refresh_configuration", &["POST"]),
+    // Not in Neon's internal set: a `preStop` hook in the pod reaches it on loopback without
+    // a JWT, which it could not mint (`compute_ctl --terminate`, README "Kubernetes").
+    ("/terminate", &["POST"]),
     // `/extension_server/{filename}`: matched by prefix.
     ("/extension_server/", &["POST"]),
 ];
@@ -217,7 +220,7 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
         (Server::External, "/dbs_and_roles") => dbs_and_roles(app),
         (Server::External, "/check_writability") => check_writability(app),
         (Server::External, "/configure") => configure(app, req),
-        (Server::External, "/terminate") => terminate(app, req),
+        (Server::External | Server::Internal, "/terminate") => terminate(app, req),
         (Server::External, "/restart") => restart(app),
         (Server::External, "/healthz") => super::probes::healthz(app.heartbeat.age()),
         (Server::External, "/readyz") => super::probes::readyz(&app.shared.get(), &app.node.connstr),
@@ -236,16 +239,26 @@ fn dispatch(app: &App, server: Server, req: &Request, known: Option<&(&str, &[&s
 
 fn status(app: &App) -> Response {
     let body = app.shared.get().body();
-    match crate::vm_monitor::status_json() {
-        // With AUTOSCALING: the monitor's state (a bind failure, say) beside Neon's fields.
-        Some(vm) => match serde_json::to_value(&body) {
-            Ok(mut v) => {
-                v["vm_monitor"] = vm;
-                Response::json(200, &v)
+    // With AUTOSCALING: the monitor's state (a bind failure, say) beside Neon's fields; for a
+    // Static compute, its LSN lease.
+    let extra: Vec<(&str, serde_json::Value)> = [
+        crate::vm_monitor::status_json().map(|v| ("vm_monitor", v)),
+        crate::lease::status_json().map(|v| ("lsn_lease", v)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if extra.is_empty() {
+        return Response::json(200, &body);
+    }
+    match serde_json::to_value(&body) {
+        Ok(mut v) => {
+            for (k, x) in extra {
+                v[k] = x;
             }
-            Err(_) => Response::json(200, &body),
-        },
-        None => Response::json(200, &body),
+            Response::json(200, &v)
+        }
+        Err(_) => Response::json(200, &body),
     }
 }
 

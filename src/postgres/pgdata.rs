@@ -226,12 +226,28 @@ fn finish_or_undo_interrupted(pgdata: &Path) -> Result<()> {
         for entry in std::fs::read_dir(pgdata).map_err(|e| Error::io("cannot read", pgdata, e))?.flatten() {
             if entry.file_name() != MARKER {
                 let p = entry.path();
-                let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                let r = if p.is_dir() { remove_dir_all_settling(&p) } else { std::fs::remove_file(&p) };
                 r.map_err(|e| Error::io("cannot remove", &p, e))?;
             }
         }
     }
     std::fs::remove_file(&marker).map_err(|e| Error::io("cannot remove", &marker, e))
+}
+
+/// `remove_dir_all`, retried for a few seconds while the directory keeps filling up: when
+/// compute_ctl was killed during initdb, initdb's own child (`postgres --single`, reading
+/// initdb's pipe) may still be writing into it until it sees the end of its input.
+fn remove_dir_all_settling(dir: &Path) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && std::time::Instant::now() < deadline => {
+                log::info!("{} is still being written (an orphaned initdb child?): retrying", dir.display());
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Moves initdb's result from `staging` up into `pgdata`, `PG_VERSION` last, then removes

@@ -75,7 +75,10 @@ pub fn forward_log(stderr: impl std::io::Read + Send + 'static, tail: LogTail) -
             for line in BufReader::new(stderr).split(b'\n') {
                 let Ok(line) = line else { break };
                 let line = String::from_utf8_lossy(&line).into_owned();
-                let _ = writeln!(std::io::stderr().lock(), "PG: {line}");
+                // One write(2) per line: stderr is unbuffered, and `writeln!` with the prefix
+                // would make three, which a stop (whose last lines pass here before compute_ctl
+                // can report Postgres's exit) pays for in every line.
+                let _ = std::io::stderr().lock().write_all(format!("PG: {line}\n").as_bytes());
                 tail.push(line);
             }
         })

@@ -33,7 +33,7 @@ use crate::escape::quote_literal;
 use crate::spec::{Id, ParsedSpec};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 
 /// What keeps apply workers from starting until the drop is done. Only [`guard_before_start`]
@@ -204,7 +204,9 @@ fn single_user_disable(node: &Node, timeline: Id) -> Result<Inherited> {
         "DO {}\nSELECT current_setting('compute_ctl.pass') AS {PASS_RESULT}\n",
         crate::escape::dollar_quote(&body)
     );
-    let mut cmd = Command::new(node.postgres_bin());
+    // In the memory cgroup when AUTOSCALING is set, like every Postgres compute_ctl starts:
+    // the pass reads the catalogs into its own memory, which the monitor must see.
+    let mut cmd = crate::cgroup::command(&node.postgres_bin())?;
     cmd.args(["--single", "-D"])
         .arg(&node.pgdata)
         // No background workers run in single-user mode; these keep the pass quick by sizing

@@ -217,6 +217,13 @@ fn pageservers(spec: &ComputeSpec) -> Result<Option<Vec<String>>> {
     if connstrings.iter().any(|c| c.is_empty()) {
         return Err(Error::invalid("pageserver_connstring", "empty entry in the comma-separated list"));
     }
+    // One entry per shard, and a shard count is a u8 on the wire (shard ids, lease queries).
+    if connstrings.len() > usize::from(u8::MAX) {
+        return Err(Error::invalid(
+            "pageserver_connstring",
+            format!("{} entries; at most {} shards", connstrings.len(), u8::MAX),
+        ));
+    }
     if connstrings.len() > 1 {
         let stripe = spec.shard_stripe_size.is_some()
             || spec.setting("neon.stripe_size").is_some_and(|v| v.trim().parse::<u32>().is_ok());
@@ -540,6 +547,25 @@ mod tests {
         assert!(text.contains("nonzero") || text.contains("zero"), "{text}");
         let err = ParsedSpec::parse(&MIN.replacen('{', r#"{"logs_export_host":"nohost","#, 1)).unwrap_err();
         assert!(err.to_string().contains("logs_export_host"), "{err}");
+    }
+
+    #[test]
+    fn more_legacy_shards_than_a_shard_count_holds_are_refused() {
+        let list = vec!["host=a"; 256].join(",");
+        let json = MIN.replacen(
+            '{',
+            &format!(r#"{{"pageserver_connstring":"{list}","shard_stripe_size":8,"mode":"Replica","#),
+            1,
+        );
+        let err = ParsedSpec::parse(&json).unwrap_err().to_string();
+        assert!(err.contains("256 entries; at most 255 shards"), "{err}");
+        let list = vec!["host=a"; 255].join(",");
+        let json = MIN.replacen(
+            '{',
+            &format!(r#"{{"pageserver_connstring":"{list}","shard_stripe_size":8,"mode":"Replica","#),
+            1,
+        );
+        ParsedSpec::parse(&json).unwrap();
     }
 
     #[test]

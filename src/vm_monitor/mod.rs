@@ -9,7 +9,8 @@
 //!   memory sample) must finish within [`SETUP_DEADLINE`]; the socket is closed with a reason
 //!   otherwise.
 //! - It starts once Postgres is running and is stopped (the agent's socket closed with 1001,
-//!   new connections refused with 503) before Postgres is asked to stop. Nothing it does can
+//!   new connections refused with 503) before Postgres is asked to stop; around a
+//!   `POST /restart` it is stopped the same way and resumed once Postgres runs again. Nothing it does can
 //!   take Postgres or compute_ctl down: it runs on its own threads and only answers messages.
 //! - A bind failure is logged and shown in `/status` (`vm_monitor.error`) and `/metrics`.
 //!
@@ -191,6 +192,14 @@ pub fn stop() {
         std::thread::sleep(Duration::from_millis(2));
     }
     log::info!("vm-monitor stopped");
+}
+
+/// Lets agents connect again after [`stop`], once Postgres runs again (after `POST /restart`).
+/// A no-op when the monitor never started or was not stopped.
+pub fn resume() {
+    if info().enabled && MONITOR.stopped.swap(false, Ordering::SeqCst) {
+        log::info!("vm-monitor resumed: postgres is running again");
+    }
 }
 
 /// The `vm_monitor` object of `/status`, when the monitor is enabled.

@@ -279,8 +279,8 @@ impl Session {
         let p = &mut self.parts;
         match decide::downscale(&p.samples, Instant::now(), mem) {
             Downscale::Deny(status) => {
-                let line = format!("vm-monitor: downscale to {} and {cpu} vCPU {status}", mib(mem));
-                log_decision(info().decided("downscale", "denied", &status), &line);
+                let changed = info().decided("downscale", "denied", &status);
+                log_decision(changed, || format!("vm-monitor: downscale to {} and {cpu} vCPU {status}", mib(mem)));
                 Outbound::DownscaleResult { ok: false, status }
             }
             Downscale::Stale(why) => failed("downscale", format!("failed to downscale: {why}")),
@@ -295,12 +295,11 @@ impl Session {
                     mib(threshold)
                 );
                 p.threshold = threshold;
-                let line = format!("vm-monitor: downscale to {} and {cpu} vCPU {status}", mib(mem));
                 let mut i = info();
                 i.threshold = Some(threshold);
                 let changed = i.decided("downscale", "approved", &status);
                 drop(i);
-                log_decision(changed, &line);
+                log_decision(changed, || format!("vm-monitor: downscale to {} and {cpu} vCPU {status}", mib(mem)));
                 Outbound::DownscaleResult { ok: true, status }
             }
         }
@@ -329,10 +328,11 @@ fn failed(kind: &'static str, error: String) -> Outbound {
 /// A decision is logged at info when it differs from the previous one, at debug when an agent
 /// repeats a request and gets the same answer (it retries every few seconds; the log line
 /// would otherwise be most of the log, and writing it most of the round trip).
-fn log_decision(changed: bool, line: &str) {
+fn log_decision(changed: bool, line: impl FnOnce() -> String) {
+    // Built only when written: repeated decisions are most messages, and debug is usually off.
     if changed {
-        log::info!("{line}");
-    } else {
-        log::debug!("{line}");
+        log::info!("{}", line());
+    } else if log::log_enabled!(log::Level::Debug) {
+        log::debug!("{}", line());
     }
 }

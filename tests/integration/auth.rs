@@ -268,6 +268,31 @@ fn without_keys_or_token_the_api_listens_on_loopback_and_says_so() {
     c.wait_exit(Duration::from_secs(20));
 }
 
+/// A preStop hook cannot sign a JWT: `compute_ctl --terminate` asks the internal API on
+/// loopback, which takes no JWT, while the external API still refuses the unsigned request.
+#[test]
+fn the_pre_stop_hook_terminates_through_the_internal_api_when_jwt_keys_are_configured() {
+    let s = Setup::new("auth-prestop");
+    let (mut c, _cp) = start_with_keys(&s, &[]);
+    let valid = eddsa(json!({"compute_id": COMPUTE_ID, "exp": now() + 600}));
+    let configure = serde_json::to_vec(&json!({"spec": s.spec, "compute_ctl_config": {}})).unwrap();
+    let r = with_auth(s.http_port, "POST", "/configure", Some(&format!("Bearer {valid}")), &configure);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let hook = |port: u16| {
+        let out = std::process::Command::new(support::BIN).args(["--terminate", &port.to_string()]).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (ok, text) = hook(s.http_port);
+    assert!(!ok && text.contains("400"), "the external API wants a JWT: {text}");
+    assert_eq!(status_with(s.http_port, &valid)["status"], "running", "the refused hook stopped nothing");
+    let (ok, text) = hook(s.http_port + 1);
+    assert!(ok && text.contains("\"lsn\""), "{text}\n{}", c.log_text());
+    c.wait_exit(Duration::from_secs(30));
+    let log = c.log_text();
+    assert!(log.contains("pre-stop checkpoint done") && log.contains("POST /terminate -> 200"), "{log}");
+}
+
 #[test]
 fn a_token_file_others_can_read_gives_a_warning() {
     let s = Setup::empty("auth-mode");

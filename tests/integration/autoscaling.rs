@@ -1,8 +1,11 @@
 //! AUTOSCALING: the vm-monitor against a test agent, and Postgres in the memory cgroup, with
 //! the real binary and a real Postgres. The cgroup is a directory imitating one
-//! (`--cgroup-root`), except in the test that uses a real cgroup v2 directory.
+//! (`--cgroup-root`), except in the test that uses a real cgroup v2 directory. compute_ctl
+//! gets a `PATH` without `cgexec` (it writes `cgroup.procs` itself), or with the stand-in of
+//! `support::cgexec` in the tests of the `cgexec` way.
 
 use crate::support::agent::{Agent, Frame};
+use crate::support::cgexec::{self, Cgexec};
 use crate::support::{self, Compute, Setup, http};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,8 @@ struct Auto {
     cgroup: PathBuf,
     vm_port: u16,
     c: Compute,
+    /// The stand-in `cgexec` on compute_ctl's `PATH`, if any (else `PATH` has none).
+    cgexec: Option<Cgexec>,
 }
 
 fn write_stat(cgroup: &Path, anon: u64) {
@@ -34,12 +39,21 @@ impl Auto {
     }
 
     fn start_with(name: &str, tweak: impl FnOnce(&mut Vec<String>)) -> Auto {
+        Auto::launch(name, tweak, false)
+    }
+
+    /// With the stand-in `cgexec` on compute_ctl's `PATH`.
+    fn start_cgexec(name: &str) -> Auto {
+        Auto::launch(name, |_| {}, true)
+    }
+
+    fn launch(name: &str, tweak: impl FnOnce(&mut Vec<String>), with_cgexec: bool) -> Auto {
         let s = Setup::new(name);
         let root = s.dir.join("cgroup-root");
-        let cgroup = root.join("neon-postgres");
-        std::fs::create_dir_all(&cgroup).unwrap();
-        std::fs::write(cgroup.join("cgroup.procs"), "").unwrap();
+        let cgroup = cgexec::imitation_cgroup(&root, "neon-postgres");
         write_stat(&cgroup, 10 * MIB);
+        let cgexec = with_cgexec.then(|| Cgexec::new(&s.dir.path, &root));
+        let path = cgexec.as_ref().map_or_else(cgexec::path_without_cgexec, Cgexec::path);
         let vm_port = support::free_port();
         let mut args = s.args();
         args.extend([
@@ -49,9 +63,9 @@ impl Auto {
             format!("127.0.0.1:{vm_port}"),
         ]);
         tweak(&mut args);
-        let mut c = Compute::spawn_env(&args, s.http_port, &[("AUTOSCALING", "1")]);
+        let mut c = Compute::spawn_env(&args, s.http_port, &[("AUTOSCALING", "1"), ("PATH", &path)]);
         c.wait_running();
-        Auto { s, cgroup, vm_port, c }
+        Auto { s, cgroup, vm_port, c, cgexec }
     }
 
     /// `/status`'s `vm_monitor` once the monitor has started.
@@ -280,6 +294,27 @@ fn terminate_closes_the_agent_connection_first() {
 }
 
 #[test]
+fn restart_closes_the_agent_first_and_lets_a_new_one_in_once_postgres_runs() {
+    let mut x = Auto::start("vm-restart");
+    let mut a = x.agent();
+    let old = support::postmaster_pid(&x.s.pgdata).unwrap();
+    let r = http::request(x.s.http_port, "POST", "/restart", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (code, reason) = a.recv_close(T);
+    assert_eq!((code, reason.as_str()), (Some(1001), "postgres is stopping"));
+    let new = support::postmaster_pid(&x.s.pgdata).unwrap();
+    assert_ne!(new, old, "postgres was restarted");
+    // The agent was closed before the old Postgres was asked to stop, and let in again after.
+    let log = x.c.log_text();
+    let at = |what: &str| log.find(what).unwrap_or_else(|| panic!("no {what:?} in the log:\n{log}"));
+    assert!(at("vm-monitor stopped") < at(&format!("postgres (pid {old}) exited")), "{log}");
+    assert!(at(&format!("postgres (pid {old}) exited")) < at("vm-monitor resumed"), "{log}");
+    let mut b = x.agent();
+    assert_eq!(b.call("HealthCheck", json!({}), 2), json!({"type": "HealthCheck", "id": 2}));
+    assert_eq!(x.metric("compute_ctl_vm_monitor_agent_connected ").as_deref(), Some("1"));
+}
+
+#[test]
 fn bind_failure_is_shown_in_status_and_metrics_and_postgres_runs() {
     let port = support::free_port();
     let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
@@ -301,6 +336,34 @@ fn postmaster_joins_the_imitation_cgroup() {
     let pid = support::postmaster_pid(&x.s.pgdata).unwrap();
     let procs = std::fs::read_to_string(x.cgroup.join("cgroup.procs")).unwrap();
     assert!(procs.lines().any(|l| l == pid.to_string()), "postmaster {pid} not in cgroup.procs: {procs:?}");
+}
+
+/// With `cgexec` on `PATH`, the postmaster starts as Neon's wrapper starts it,
+/// `cgexec -g memory:neon-postgres <pgbin> -D <pgdata>`; cgexec execs Postgres, so the pid
+/// compute_ctl supervises and signals is the postmaster's, and it is the one in the cgroup.
+#[test]
+fn postmaster_starts_through_cgexec_when_it_is_on_path() {
+    let mut x = Auto::start_cgexec("cg-cgexec");
+    let cg = x.cgexec.as_ref().unwrap();
+    let pgdata = x.s.pgdata.to_str().unwrap().to_string();
+    let wrapped = ["-g".to_string(), "memory:neon-postgres".into(), support::pgbin(), "-D".into(), pgdata];
+    assert_eq!(cg.calls(), vec![wrapped.to_vec()]);
+    let pid = support::postmaster_pid(&x.s.pgdata).unwrap();
+    assert_eq!(cgexec::members(&x.cgroup), vec![pid]);
+    let log = x.c.log_text();
+    assert!(log.contains(&format!("through {} -g memory:neon-postgres", cg.bin().display())), "{log}");
+    assert!(log.contains(&format!("started postgres, pid {pid}")), "{log}");
+    let one: i32 = x.s.client().query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+    // The monitor samples the same cgroup.
+    let mut a = x.agent();
+    let r = downscale(&mut a, 1 << 30, &mut 0, |r| r["Ok"] == true);
+    assert!(r["Status"].as_str().unwrap().contains("covers current usage 10 MiB"), "{r}");
+    // Stopped by that pid.
+    let r = http::request(x.s.http_port, "POST", "/terminate", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(x.c.wait_exit(Duration::from_secs(20)).success(), "{}", x.c.log_text());
+    assert!(!support::pid_alive(pid));
 }
 
 #[test]
@@ -355,7 +418,10 @@ fn postgres_pid_is_in_a_real_cgroup_v2() {
     let mut args = s.args();
     args.extend(["--cgroup-root".into(), root.to_str().unwrap().into(), "--cgroup".into(), name.clone()]);
     args.extend(["--vm-monitor-addr".into(), format!("127.0.0.1:{}", support::free_port())]);
-    let mut c = Compute::spawn_env(&args, s.http_port, &[("AUTOSCALING", "1")]);
+    // compute_ctl writes cgroup.procs itself (a real cgexec would move the Postgres user's
+    // process, which needs the cgroup delegated to that user).
+    let path = cgexec::path_without_cgexec();
+    let mut c = Compute::spawn_env(&args, s.http_port, &[("AUTOSCALING", "1"), ("PATH", &path)]);
     c.wait_running();
     let pid = support::postmaster_pid(&s.pgdata).unwrap();
     let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();

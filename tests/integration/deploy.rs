@@ -266,7 +266,8 @@ fn kubernetes_manifest_uses_real_fields() {
     assert_eq!(after("-S"), mount("spec"), "the spec is read from the ConfigMap");
     assert!(after("--http-auth-token-file").starts_with(mount("secrets")), "the token is read from the Secret");
     let pre_stop = strings(&c["lifecycle"]["preStop"]["exec"]["command"]);
-    assert_eq!(&pre_stop[1..3], ["--terminate", "3080"]);
+    // The internal API, on loopback: it takes the token file but needs no JWT.
+    assert_eq!(&pre_stop[1..3], ["--terminate", "3081"]);
     // The grace period covers the bounded checkpoint and leaves at least 30 s for the rest.
     let checkpoint: u64 = after("--pre-stop-checkpoint").parse().unwrap();
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();

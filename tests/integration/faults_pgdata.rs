@@ -31,9 +31,14 @@ fn kill_during_initdb(s: &Setup, watch: &dyn Fn() -> bool) {
     };
     c.signal("KILL");
     c.wait_exit(Duration::from_secs(10));
+    // Every descendant (initdb runs `postgres --single` through a shell), so that nothing
+    // of the killed start still writes when the next compute_ctl starts.
     let mut all = initdb.clone();
-    for p in &initdb {
-        all.extend(support::children_of(*p));
+    let mut i = 0;
+    while i < all.len() {
+        let kids = support::children_of(all[i]);
+        all.extend(kids);
+        i += 1;
     }
     for p in &all {
         let _ = std::process::Command::new("kill").arg("-KILL").arg(p.to_string()).status();

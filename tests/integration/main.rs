@@ -16,6 +16,7 @@ mod faults_schema;
 mod faults_signals;
 mod harness;
 mod http;
+mod leases;
 mod lifecycle;
 mod neon2026;
 mod operate;

@@ -6,6 +6,7 @@
 //! serve what Debian's 15 `pg_basebackup` makes): on another version of the matrix each test
 //! prints that it is skipped, by name.
 
+use crate::support::cgexec::{self, Cgexec};
 use crate::support::pageserver::{Faults, StandIn, Wrapper};
 use crate::support::{self, Compute, PG15_BIN_DIR as PGBIN_DIR, Setup, TENANT, TIMELINE, TestDir, http};
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "storage-token-42";
+pub(crate) const TOKEN: &str = "storage-token-42";
 pub(crate) const SYNC_LSN: &str = "0/169AD58";
 pub(crate) const SOURCE_ROW: &str = "hello from the source";
 
@@ -78,16 +79,18 @@ pub(crate) fn fixture_tar() -> &'static Path {
 }
 
 /// A compute in pageserver mode: its stand-in pageserver and `postgres` wrapper.
-struct Neon {
-    s: Setup,
-    ps: StandIn,
-    wrapper: Wrapper,
+pub(crate) struct Neon {
+    pub(crate) s: Setup,
+    pub(crate) ps: StandIn,
+    pub(crate) wrapper: Wrapper,
     env: Vec<(String, String)>,
+    /// Appended to compute_ctl's arguments.
+    extra_args: Vec<String>,
 }
 
 impl Neon {
     /// PGDATA starts as a copy of the template (so the test can see it wiped).
-    fn new(name: &str, mode: serde_json::Value) -> Neon {
+    pub(crate) fn new(name: &str, mode: serde_json::Value) -> Neon {
         let mut s = Setup::new(name);
         let ps = StandIn::start(true);
         ps.add_tar(TENANT, TIMELINE, fixture_tar());
@@ -96,21 +99,22 @@ impl Neon {
         s.spec["pageserver_connstring"] = ps.connstr().into();
         s.spec["safekeeper_connstrings"] = serde_json::json!(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
         s.spec["storage_auth_token"] = TOKEN.into();
-        Neon { s, ps, wrapper, env: Vec::new() }
+        Neon { s, ps, wrapper, env: Vec::new(), extra_args: Vec::new() }
     }
 
-    fn retries(&mut self, n: u32) {
+    pub(crate) fn retries(&mut self, n: u32) {
         self.env.push(("NEON_COMPUTE_TESTING_BASEBACKUP_RETRIES".into(), n.to_string()));
     }
 
     /// compute_ctl with `-b` pointing at the wrapper; `exit_delay` keeps a failed start's
     /// `/status` readable.
-    fn spawn(&self, exit_delay: u32) -> Compute {
+    pub(crate) fn spawn(&self, exit_delay: u32) -> Compute {
         let mut args = self.s.args();
         let b = args.iter().position(|a| a == "-b").unwrap();
         args[b + 1] = self.wrapper.bin.to_str().unwrap().into();
         let d = args.iter().position(|a| a == "--exit-delay").unwrap();
         args[d + 1] = exit_delay.to_string();
+        args.extend(self.extra_args.iter().cloned());
         let log = self.s.dir.join(&format!("compute-{}.log", self.ps.seen().connections));
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new(support::BIN)
@@ -128,7 +132,7 @@ impl Neon {
         format!("basebackup {TENANT} {TIMELINE}{tail}")
     }
 
-    fn source_row(&self) -> String {
+    pub(crate) fn source_row(&self) -> String {
         self.s.client().query_one("SELECT x FROM from_source", &[]).unwrap().get(0)
     }
 
@@ -381,6 +385,28 @@ fn sigterm_interrupts_a_stalled_basebackup() {
 }
 
 #[test]
+fn restart_in_pageserver_mode_is_refused_and_postgres_is_left_alone() {
+    if support::skip_unless_major(15, "storage::restart_in_pageserver_mode_is_refused_and_postgres_is_left_alone") {
+        return;
+    }
+    let n = Neon::new("ps-restart", "Primary".into());
+    let mut c = n.spawn(0);
+    c.wait_running();
+    let pm = support::postmaster_pid(&n.s.pgdata).unwrap();
+    let syncs = n.wrapper.sync_calls().len();
+    let r = http::request(n.s.http_port, "POST", "/restart", &[], b"").unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("the control plane must restart the compute"), "{}", r.text());
+    assert_eq!(support::postmaster_pid(&n.s.pgdata), Some(pm), "postgres was not stopped");
+    assert_eq!(c.status().unwrap()["status"], "running");
+    assert_eq!(n.source_row(), SOURCE_ROW, "postgres still serves");
+    assert_eq!(n.wrapper.sync_calls().len(), syncs, "no safekeeper sync ran");
+    assert!(!c.log_text().contains("pre-stop checkpoint done"), "nothing of a stop ran:\n{}", c.log_text());
+    c.signal("TERM");
+    c.wait_exit(Duration::from_secs(30));
+}
+
+#[test]
 fn sigterm_of_a_running_primary_syncs_safekeepers_after_postgres_exits() {
     if support::skip_unless_major(15, "storage::sigterm_of_a_running_primary_syncs_safekeepers_after_postgres_exits") {
         return;
@@ -397,6 +423,47 @@ fn sigterm_of_a_running_primary_syncs_safekeepers_after_postgres_exits() {
     let log = c.log_text();
     let (exited, synced) = (log.find("exited:").unwrap(), log.find("syncing safekeepers on shutdown").unwrap());
     assert!(exited < synced, "the shutdown sync ran before postgres exited:\n{log}");
+}
+
+/// With AUTOSCALING and `cgexec` on `PATH`, a Primary's `--sync-safekeepers` (at start and
+/// after Postgres stops) and its postmaster all run through `cgexec -g memory:neon-postgres`,
+/// as Neon's wrapper runs them.
+#[test]
+fn with_autoscaling_sync_safekeepers_and_postgres_run_through_cgexec() {
+    if support::skip_unless_major(15, "storage::with_autoscaling_sync_safekeepers_and_postgres_run_through_cgexec") {
+        return;
+    }
+    let mut n = Neon::new("ps-cgexec", "Primary".into());
+    let root = n.s.dir.join("cgroup-root");
+    let cgroup = cgexec::imitation_cgroup(&root, "neon-postgres");
+    let cg = Cgexec::new(&n.s.dir.path, &root);
+    n.env.extend([("AUTOSCALING".into(), "1".into()), ("PATH".into(), cg.path())]);
+    let vm = format!("127.0.0.1:{}", support::free_port());
+    n.extra_args.extend(["--cgroup-root".into(), root.to_str().unwrap().into(), "--vm-monitor-addr".into(), vm]);
+    let mut c = n.spawn(0);
+    c.wait_running();
+    assert_eq!(n.source_row(), SOURCE_ROW);
+    let wrapper = n.wrapper.bin.to_str().unwrap().to_string();
+    let via = |tail: &[&str]| {
+        let mut v = vec!["-g".to_string(), "memory:neon-postgres".into(), wrapper.clone()];
+        v.extend(tail.iter().map(|a| a.to_string()));
+        v
+    };
+    let sync = via(&["--sync-safekeepers"]);
+    let postmaster = via(&["-D", n.s.pgdata.to_str().unwrap()]);
+    assert_eq!(cg.calls(), vec![sync.clone(), postmaster.clone()]);
+    assert_eq!(n.wrapper.sync_calls().len(), 1);
+    let pid = support::postmaster_pid(&n.s.pgdata).unwrap();
+    let members = cgexec::members(&cgroup);
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert_eq!(members[1], pid, "{members:?}");
+
+    let r = http::request(n.s.http_port, "POST", "/terminate", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(c.wait_exit(Duration::from_secs(30)).success(), "{}", c.log_text());
+    assert_eq!(cg.calls(), vec![sync.clone(), postmaster, sync]);
+    assert_eq!(n.wrapper.sync_calls().len(), 2);
+    assert_eq!(cgexec::members(&cgroup).len(), 3);
 }
 
 #[test]

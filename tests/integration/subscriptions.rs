@@ -1,6 +1,7 @@
 //! `drop_subscriptions_before_start` against a real publisher: a vanilla Postgres with
 //! `wal_level = logical` on a loopback port.
 
+use crate::support::cgexec::{self, Cgexec};
 use crate::support::publisher::PlainPostgres;
 use crate::support::{self, Compute, Setup, TestDir, http};
 use std::time::{Duration, Instant};
@@ -421,6 +422,40 @@ fn a_clean_cluster_without_subscriptions_skips_the_single_user_pass() {
     assert!(log.contains("pg_subscription is empty in a cleanly shut down cluster"), "{log}");
     assert!(!log.contains("single-user pass"), "{log}");
     assert_eq!(marker(&mut s.client()), vec![(1, support::TIMELINE.to_string())]);
+}
+
+/// With AUTOSCALING, the single-user pass runs in the memory cgroup like the postmaster:
+/// through `cgexec` when it is on `PATH`, before the postmaster's own call.
+#[test]
+fn with_autoscaling_the_single_user_pass_runs_through_cgexec() {
+    let mut s = Setup::new("sub-cgexec");
+    let mut c = s.spawn();
+    c.wait_running();
+    // A subscription that never connected: in the catalog without a publisher.
+    let create = "CREATE SUBSCRIPTION inherited CONNECTION 'host=127.0.0.1 port=1 dbname=postgres' \
+                  PUBLICATION p WITH (connect = false)";
+    run(&mut s.client(), &[create]);
+    terminate(&s, &mut c);
+    s.spec["timeline_id"] = serde_json::json!(new_timeline());
+    s.spec["drop_subscriptions_before_start"] = serde_json::json!(true);
+    let root = s.dir.join("cgroup-root");
+    let cgroup = cgexec::imitation_cgroup(&root, "neon-postgres");
+    let cg = Cgexec::new(&s.dir.path, &root);
+    let mut args = s.args();
+    let vm = format!("127.0.0.1:{}", support::free_port());
+    args.extend(["--cgroup-root".into(), root.to_str().unwrap().into(), "--vm-monitor-addr".into(), vm]);
+    let mut c = Compute::spawn_env(&args, s.http_port, &[("AUTOSCALING", "1"), ("PATH", &cg.path())]);
+    c.wait_running();
+    assert!(subscriptions(&mut s.client()).is_empty());
+    assert!(c.log_text().contains("single-user pass disabled inherited subscriptions"), "{}", c.log_text());
+    let (pgbin, pgdata) = (support::pgbin(), s.pgdata.to_str().unwrap().to_string());
+    let calls = cg.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0][..6], ["-g", "memory:neon-postgres", &pgbin, "--single", "-D", &pgdata], "{calls:?}");
+    assert_eq!(calls[1], ["-g", "memory:neon-postgres", &pgbin, "-D", &pgdata]);
+    let members = cgexec::members(&cgroup);
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert_eq!(Some(members[1]), support::postmaster_pid(&s.pgdata));
 }
 
 /// `pg_basebackup -Ft -X fetch` of a running server on `port` into `dir`; returns `base.tar`.

@@ -19,6 +19,11 @@ use std::time::{Duration, Instant};
 /// The largest message accepted; the vm-monitor's messages are under 200 bytes.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 
+/// How late [`WebSocket::read`] may return its timeout: the socket's read timeout is set again
+/// only when the one set would overshoot by more than this, or is less than half of what is
+/// left, instead of before every read (a system call per message otherwise).
+const TIMEOUT_SLACK: Duration = Duration::from_millis(1);
+
 /// The GUID RFC 6455 appends to the client's key.
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -94,13 +99,15 @@ pub struct WebSocket {
     buf: Vec<u8>,
     assembler: Assembler,
     closed: bool,
+    /// The read timeout set on the socket, if any.
+    armed: Option<Duration>,
 }
 
 impl WebSocket {
     fn new(stream: TcpStream, leftover: Vec<u8>) -> WebSocket {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-        WebSocket { stream, buf: leftover, assembler: Assembler::new(MAX_MESSAGE), closed: false }
+        WebSocket { stream, buf: leftover, assembler: Assembler::new(MAX_MESSAGE), closed: false, armed: None }
     }
 
     /// A handle on the socket, to shut it down from another thread.
@@ -108,7 +115,7 @@ impl WebSocket {
         self.stream.try_clone()
     }
 
-    /// Waits at most `timeout` for the next message.
+    /// Waits for the next message, at most `timeout` (plus [`TIMEOUT_SLACK`]).
     pub fn read(&mut self, timeout: Duration) -> Received {
         let deadline = Instant::now() + timeout;
         let mut chunk = [0u8; 4096];
@@ -135,7 +142,9 @@ impl WebSocket {
             let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 return Received::Timeout;
             };
-            let _ = self.stream.set_read_timeout(Some(left));
+            if self.armed.is_none_or(|a| a > left + TIMEOUT_SLACK || a < left / 2) {
+                self.armed = self.stream.set_read_timeout(Some(left)).ok().map(|()| left);
+            }
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
                     self.closed = true;
@@ -145,8 +154,9 @@ impl WebSocket {
                     };
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                // A timeout set earlier, shorter than what is left: the loop checks the deadline.
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    return Received::Timeout;
+                    self.armed = None;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -214,6 +224,7 @@ impl WebSocket {
         let _ = self.stream.shutdown(Shutdown::Write);
         let deadline = Instant::now() + Duration::from_millis(500);
         let mut sink = [0u8; 4096];
+        self.armed = None;
         while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
             let _ = self.stream.set_read_timeout(Some(left));
             match self.stream.read(&mut sink) {

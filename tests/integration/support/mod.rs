@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod cgexec;
 pub mod http;
 pub mod pageserver;
 pub mod publisher;

@@ -3,6 +3,8 @@
 //!   SSLRequest refused, cleartext password, simple and extended query, CopyOut) to serve
 //!   `basebackup <tenant> <timeline> …` from tar files, with switches to fail the first N
 //!   connections, cut the stream or send an error at N bytes, and a record of what it saw;
+//!   It also answers `lease lsn <tenant_shard> <timeline> <lsn> ` with a `valid_until` row
+//!   (see [`LeaseAnswer`]) and records each one;
 //! - [`Wrapper`]: a `postgres` script whose `--sync-safekeepers` prints a chosen LSN or fails,
 //!   and which otherwise runs the real binary.
 //!
@@ -15,7 +17,38 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How the stand-in answers `lease lsn ...`.
+#[derive(Debug, Clone)]
+pub struct LeaseAnswer {
+    /// `valid_until` is this long from the moment of the answer; None answers NULL (a refusal:
+    /// the LSN is behind the GC cutoff).
+    pub valid_for: Option<Duration>,
+    /// Answer the first N lease queries with an ErrorResponse.
+    pub fail_first: usize,
+    /// Never answer: hold the connection until the client goes away.
+    pub hang: bool,
+}
+
+impl Default for LeaseAnswer {
+    fn default() -> LeaseAnswer {
+        LeaseAnswer { valid_for: Some(Duration::from_secs(600)), fail_first: 0, hang: false }
+    }
+}
+
+/// One lease query as received.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub at: Instant,
+    /// The whole query text, trailing space included.
+    pub query: String,
+    pub tenant_shard: String,
+    pub timeline: String,
+    pub lsn: String,
+    /// The password of the connection it came on, if one was asked for.
+    pub password: Option<String>,
+}
 
 /// Misbehaviour on demand.
 #[derive(Debug, Clone, Default)]
@@ -36,15 +69,18 @@ pub struct Seen {
     pub connections: usize,
     pub users: Vec<String>,
     pub passwords: Vec<String>,
-    /// Every query text it ran (from Query or Execute), in order.
+    /// Every query text it ran (from Query or Execute), in order, but `lease lsn` (see `leases`).
     pub queries: Vec<String>,
     /// Streams it stopped sending on purpose (`Faults::stall_at`).
     pub stalled: usize,
+    /// Every `lease lsn` query, in order.
+    pub leases: Vec<Lease>,
 }
 
 struct Inner {
     tars: Mutex<HashMap<(String, String), PathBuf>>,
     faults: Mutex<Faults>,
+    lease: Mutex<LeaseAnswer>,
     seen: Mutex<Seen>,
     ask_password: bool,
 }
@@ -65,6 +101,7 @@ impl StandIn {
         let inner = Arc::new(Inner {
             tars: Mutex::new(HashMap::new()),
             faults: Mutex::new(Faults::default()),
+            lease: Mutex::new(LeaseAnswer::default()),
             seen: Mutex::new(Seen::default()),
             ask_password,
         });
@@ -102,6 +139,15 @@ impl StandIn {
 
     pub fn set_faults(&self, f: Faults) {
         *self.inner.faults.lock().unwrap() = f;
+    }
+
+    pub fn set_lease_answer(&self, a: LeaseAnswer) {
+        *self.inner.lease.lock().unwrap() = a;
+    }
+
+    /// The lease queries received so far.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.inner.seen.lock().unwrap().leases.clone()
     }
 
     pub fn stalled(&self) -> usize {
@@ -203,6 +249,7 @@ fn serve(stream: TcpStream, inner: &Inner) -> io::Result<()> {
         send(&mut w, b'E', &error_body("FATAL", "08006", &format!("stand-in: refusing connection {n}")))?;
         return w.flush();
     }
+    let mut password = None;
     if inner.ask_password {
         send(&mut w, b'R', &3i32.to_be_bytes())?;
         w.flush()?;
@@ -210,7 +257,9 @@ fn serve(stream: TcpStream, inner: &Inner) -> io::Result<()> {
         if tag != b'p' {
             return Err(io::Error::other("expected a password message"));
         }
-        inner.seen.lock().unwrap().passwords.push(cstrings(&body).remove(0));
+        let p = cstrings(&body).remove(0);
+        inner.seen.lock().unwrap().passwords.push(p.clone());
+        password = Some(p);
     }
     send(&mut w, b'R', &0i32.to_be_bytes())?;
     for (k, v) in [("server_version", "15.0"), ("client_encoding", "UTF8"), ("DateStyle", "ISO, MDY")] {
@@ -232,7 +281,7 @@ fn serve(stream: TcpStream, inner: &Inner) -> io::Result<()> {
         match tag {
             b'Q' => {
                 let q = cstrings(&body).remove(0);
-                run(&q, inner, &mut w)?;
+                run(&q, inner, &mut w, &password)?;
                 send(&mut w, b'Z', b"I")?;
                 w.flush()?;
             }
@@ -256,7 +305,7 @@ fn serve(stream: TcpStream, inner: &Inner) -> io::Result<()> {
             b'E' => {
                 let portal = cstrings(&body).remove(0);
                 let q = portals.get(&portal).cloned().unwrap_or_default();
-                skipping = !run(&q, inner, &mut w)?;
+                skipping = !run(&q, inner, &mut w, &password)?;
             }
             b'C' => send(&mut w, b'3', b"")?,
             b'H' => w.flush()?,
@@ -272,9 +321,12 @@ fn serve(stream: TcpStream, inner: &Inner) -> io::Result<()> {
 }
 
 /// Runs one query; false when it ended in an ErrorResponse.
-fn run(query: &str, inner: &Inner, w: &mut BufWriter<TcpStream>) -> io::Result<bool> {
-    inner.seen.lock().unwrap().queries.push(query.to_string());
+fn run(query: &str, inner: &Inner, w: &mut BufWriter<TcpStream>, password: &Option<String>) -> io::Result<bool> {
     let words: Vec<&str> = query.split_whitespace().collect();
+    if words.len() == 5 && words[..2] == ["lease", "lsn"] {
+        return lease(query, &words, inner, w, password);
+    }
+    inner.seen.lock().unwrap().queries.push(query.to_string());
     if words.first() != Some(&"basebackup") || words.len() < 3 {
         send(w, b'E', &error_body("ERROR", "42601", &format!("stand-in: unsupported query {query:?}")))?;
         return Ok(false);
@@ -325,6 +377,62 @@ fn run(query: &str, inner: &Inner, w: &mut BufWriter<TcpStream>) -> io::Result<b
     send(w, b'c', b"")?;
     send(w, b'C', b"COPY 0\0")?;
     w.flush()?;
+    Ok(true)
+}
+
+/// `lease lsn <tenant_shard> <timeline> <lsn> `: one row, one text column `valid_until`.
+fn lease(
+    query: &str,
+    words: &[&str],
+    inner: &Inner,
+    w: &mut BufWriter<TcpStream>,
+    password: &Option<String>,
+) -> io::Result<bool> {
+    let n = {
+        let mut seen = inner.seen.lock().unwrap();
+        seen.leases.push(Lease {
+            at: Instant::now(),
+            query: query.to_string(),
+            tenant_shard: words[2].to_string(),
+            timeline: words[3].to_string(),
+            lsn: words[4].to_string(),
+            password: password.clone(),
+        });
+        seen.leases.len()
+    };
+    let answer = inner.lease.lock().unwrap().clone();
+    if answer.hang {
+        let mut s = w.get_ref().try_clone()?;
+        s.set_read_timeout(None)?;
+        while matches!(s.read(&mut [0u8; 64]), Ok(n) if n > 0) {}
+        return Err(io::Error::other("hung on purpose until the client left"));
+    }
+    if n <= answer.fail_first {
+        send(w, b'E', &error_body("ERROR", "XX000", &format!("stand-in: injected lease failure {n}")))?;
+        return Ok(false);
+    }
+    // RowDescription: one column "valid_until", text (oid 25), text format.
+    let mut desc = Vec::new();
+    desc.extend_from_slice(&1i16.to_be_bytes());
+    desc.extend_from_slice(b"valid_until\0");
+    desc.extend_from_slice(&0i32.to_be_bytes());
+    desc.extend_from_slice(&0i16.to_be_bytes());
+    desc.extend_from_slice(&25i32.to_be_bytes());
+    desc.extend_from_slice(&(-1i16).to_be_bytes());
+    desc.extend_from_slice(&(-1i32).to_be_bytes());
+    desc.extend_from_slice(&0i16.to_be_bytes());
+    send(w, b'T', &desc)?;
+    let mut row = 1i16.to_be_bytes().to_vec();
+    match answer.valid_for {
+        Some(d) => {
+            let ms = (SystemTime::now() + d).duration_since(UNIX_EPOCH).unwrap().as_millis().to_string();
+            row.extend_from_slice(&(ms.len() as i32).to_be_bytes());
+            row.extend_from_slice(ms.as_bytes());
+        }
+        None => row.extend_from_slice(&(-1i32).to_be_bytes()),
+    }
+    send(w, b'D', &row)?;
+    send(w, b'C', b"SELECT 1\0")?;
     Ok(true)
 }
 
