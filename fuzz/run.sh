@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-30}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(spec_json http_request escaping ext_archive websocket_frame jwt notify_env lfc_state)
+[ ${#targets[@]} -gt 0 ] || targets=(spec_json http_request escaping ext_archive websocket_frame jwt notify_env lfc_state rsyslog_endpoint)
 
 for t in "${targets[@]}"; do
     work="fuzz/target/work-corpus/$t"

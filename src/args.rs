@@ -52,6 +52,8 @@ pub struct Args {
     /// (zero: none).
     pub pre_stop_checkpoint: Duration,
     pub autoscaling: Autoscaling,
+    /// `--rsyslog-dir`: where the rsyslog files of audit logging and logs export go.
+    pub rsyslog_dir: PathBuf,
 }
 
 /// What `AUTOSCALING` turns on: Postgres in the memory cgroup, and the vm-monitor.
@@ -165,6 +167,9 @@ Options:
                                 file cache (default: the -C connection)
       --cgroup-root DIR         for tests: the cgroup v2 mount (default /sys/fs/cgroup), or a
                                 directory imitating it (cgroup.procs, memory.stat files)
+      --rsyslog-dir DIR         where the rsyslog files of audit_log_level and logs_export_host
+                                go (default /etc/rsyslog.d; for tests, and for images that keep
+                                rsyslog's configuration elsewhere)
       --terminate [PORT]        ask the compute on PORT (default 3081, the internal API on
                                 loopback, which needs no JWT) for a fast termination and
                                 wait until Postgres has stopped (a preStop hook)
@@ -179,6 +184,8 @@ POST /configure ({\"spec\": ...}); --privileged-role-name as for a run. Exit 0 w
 would change, 2 when something would, 1 on error.
 
 Environment: AUTOSCALING (any value) runs Postgres in the memory cgroup and starts the vm-monitor.
+AUDIT_LOGGING_TLS_ENDPOINT or AUDIT_LOGGING_ENDPOINT (host:port, TLS wins): where compliance
+audit records go (audit_log_level Hipaa, Extended, Full need one).
 
 Neon flags that are accepted and ignored with a warning, because the feature is internal to
 Neon's VMs or to Databricks' lakebase mode: --set-disk-quota-for-fs (with a value),
@@ -214,6 +221,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
     let mut exit_delay = None;
     let mut cgroup = None;
     let mut cgroup_root = None;
+    let mut rsyslog_dir = None;
     let mut filecache_connstr = None;
     let mut vm_monitor_addr = None;
     let mut config = None;
@@ -319,6 +327,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
             "--exit-delay" => exit_delay = Some(seconds(flag, &value(flag)?)?),
             "--cgroup" => cgroup = Some(value(flag)?),
             "--cgroup-root" => cgroup_root = Some(PathBuf::from(value(flag)?)),
+            "--rsyslog-dir" => rsyslog_dir = Some(PathBuf::from(value(flag)?)),
             "--filecache-connstr" => filecache_connstr = Some(value(flag)?),
             "--vm-monitor-addr" => {
                 let v = value(flag)?;
@@ -402,6 +411,7 @@ pub fn parse(argv: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Co
         installed_extensions_interval: ext_interval.unwrap_or(Duration::from_secs(3600)),
         dev,
         pre_stop_checkpoint: pre_stop_checkpoint.unwrap_or(Duration::from_secs(10)),
+        rsyslog_dir: rsyslog_dir.unwrap_or_else(|| crate::rsyslog::DEFAULT_DIR.into()),
     })))
 }
 
@@ -553,8 +563,11 @@ mod tests {
             "10",
             "-i",
             "compute-1",
+            "--rsyslog-dir",
+            "/tmp/r",
         ]);
         let a = args(&v);
+        assert_eq!(a.rsyslog_dir, PathBuf::from("/tmp/r"));
         assert_eq!(a.privileged_role_name, "my_admin");
         assert_eq!(a.remote_ext_base_url.as_deref(), Some("https://example.com/subpath/"));
         assert_eq!(a.installed_extensions_interval, Duration::from_secs(60));
@@ -564,6 +577,7 @@ mod tests {
         assert_eq!(d.privileged_role_name, "neon_superuser");
         assert_eq!(d.installed_extensions_interval, Duration::from_secs(3600));
         assert!(!d.dev && d.remote_ext_base_url.is_none());
+        assert_eq!(d.rsyslog_dir, PathBuf::from("/etc/rsyslog.d"), "Neon's directory by default");
         assert_eq!(ext_base_url("-r", "https://example.com//").unwrap(), "https://example.com/");
     }
 

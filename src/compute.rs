@@ -63,6 +63,7 @@ pub fn run(args: Args) -> Result<i32> {
     let owner = Owner { rx, heartbeat: app.heartbeat.clone(), notifier };
     owner.turn();
     let result = supervise(args, app.clone(), owner);
+    crate::rsyslog::gc::stop();
     // No lease query outlives the compute by more than one query's bound.
     crate::lease::stop();
     if !crate::lease::wait_stopped(crate::lease::QUERY_TIMEOUT) {
@@ -195,6 +196,7 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         }),
         notifier: owner.notifier.clone(),
         pre_stop_checkpoint: args.pre_stop_checkpoint,
+        rsyslog: crate::rsyslog::Settings::new(args.rsyslog_dir.clone(), |k| std::env::var(k).ok()),
         extensions: app.extensions.clone(),
     });
     if initial.is_none() && !matches!(args.spec, SpecSource::ControlPlane(_)) {

@@ -6,7 +6,8 @@
 //! cleanly on signals. With `drop_subscriptions_before_start` it drops the logical-replication
 //! subscriptions a branch inherited, once per timeline, before any apply worker can start.
 //! With `AUTOSCALING` set it runs Postgres in its memory cgroup ([`cgroup`]) and serves the
-//! autoscaler-agent ([`vm_monitor`]).
+//! autoscaler-agent ([`vm_monitor`]). With `audit_log_level` or `logs_export_host` it writes
+//! rsyslog's configuration and restarts rsyslogd ([`rsyslog`]).
 //!
 //! The lifecycle is a typestate; see [`lifecycle`] for the state diagram and the
 //! `compile_fail` proofs of the paths that do not exist.
@@ -40,6 +41,7 @@ pub mod notify;
 pub mod plan;
 pub mod postgres;
 pub mod remote_ext;
+pub mod rsyslog;
 pub mod spec;
 mod sys;
 pub mod time;

@@ -8,7 +8,8 @@
 //! LFC and `pg_cctl_*` counters. Added: `compute_ctl_startup_duration_seconds{step}` and
 //! `compute_ctl_startup_bytes{what}` (the `/metrics.json` fields), and
 //! `compute_ctl_http_requests_total{server,route,code}`, and
-//! `compute_ctl_pending_restart_settings` with `compute_ctl_pending_restart{setting}`.
+//! `compute_ctl_pending_restart_settings` with `compute_ctl_pending_restart{setting}`. Neon's
+//! `compute_audit_log_dir_size` is set by the audit log GC ([`crate::rsyslog::gc`]).
 //!
 //! The counters are process-wide by nature (the control-plane fetch happens before any HTTP
 //! server exists), so they live in one global registry rather than being threaded through.
@@ -88,6 +89,8 @@ struct Registry {
     http: BTreeMap<(&'static str, &'static str, u16), u64>,
     counters: BTreeMap<Counter, u64>,
     downtime: Downtime,
+    /// `compute_audit_log_dir_size`: bytes of `PGDATA/log` (set by the audit log GC).
+    audit_log_dir_size: u64,
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
@@ -118,6 +121,11 @@ pub fn count_migration_failed(migration_id: &str) {
 /// the label's cardinality stays bounded.
 pub fn count_http_request(server: &'static str, route: &'static str, code: u16) {
     with(|r| *r.http.entry((server, route, code)).or_default() += 1);
+}
+
+/// Sets `compute_audit_log_dir_size` (the audit log GC, after each pass).
+pub fn set_audit_log_dir_size(bytes: u64) {
+    with(|r| r.audit_log_dir_size = bytes);
 }
 
 /// Adds one to a scalar counter.
@@ -222,6 +230,13 @@ pub fn render(snap: &Snapshot) -> String {
             "counter",
             "Total time Postgres did not answer the monitor",
             std::iter::once((Vec::new(), r.downtime.total_ms)),
+        );
+        family(
+            &mut out,
+            "compute_audit_log_dir_size",
+            "gauge",
+            "Size of audit log directory in bytes",
+            std::iter::once((Vec::new(), r.audit_log_dir_size as f64)),
         );
     });
     family(

@@ -24,7 +24,7 @@ use crate::postgres::process::Postmaster;
 use crate::postgres::subscriptions::{self, Guard};
 use crate::postgres::{Stopped, apply, conf, hba, pgdata, sql, storage, tls};
 use crate::remote_ext::{Preload, Preloaded};
-use crate::spec::{ComputeMode, ParsedSpec, StorageMode};
+use crate::spec::{AuditLogLevel, ComputeMode, ParsedSpec, StorageMode};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,7 @@ pub(super) fn start(ctx: Context, spec: ParsedSpec) -> Result<Running, Failed> {
         .and_then(|()| boot.start_preload())
         .and_then(|()| boot.wait_for_cert())
         .and_then(|()| boot.prepare_pgdata())
+        .and_then(|()| boot.configure_rsyslog())
         .and_then(|()| boot.preloaded())
         .and_then(|p| boot.check_interrupted().map(|()| p));
     let preloaded = match prepared {
@@ -223,6 +224,24 @@ impl Boot {
         Ok(())
     }
 
+    /// Between PGDATA and the spawn, as Neon: compliance audit logging (rsyslog file, restart,
+    /// GC of the audit files) and the Postgres logs export file. Then, with an audit level,
+    /// the libraries it preloads must exist, or Postgres would refuse to start with only a
+    /// line in its log.
+    fn configure_rsyslog(&mut self) -> Result<()> {
+        let s = self.spec.spec();
+        let settings = &self.ctx.rsyslog;
+        if matches!(s.audit_log_level, AuditLogLevel::Hipaa | AuditLogLevel::Extended | AuditLogLevel::Full) {
+            let ids = (s.endpoint_id.as_deref().unwrap_or(""), s.project_id.as_deref().unwrap_or(""));
+            crate::rsyslog::configure_audit(settings, &self.ctx.node.pgdata, ids.0, ids.1)?;
+        }
+        crate::rsyslog::configure_logs_export(settings, s.logs_export_host.as_deref())?;
+        if let Some(preload) = conf::audit_preload(&self.spec) {
+            check_audit_libraries(&self.ctx.node, s.audit_log_level, &preload)?;
+        }
+        Ok(())
+    }
+
     /// Starts `postgres -D PGDATA` as the Postgres user, giving it the [`Stopped`] proof, and
     /// waits until it is ready. It takes the [`Preloaded`] proof: the libraries Postgres
     /// preloads from the remote extension storage are installed.
@@ -314,6 +333,8 @@ pub(super) fn reconfigure(ctx: &Context, spec: &ParsedSpec, pm: &Postmaster) -> 
     }
     let node = &ctx.node;
     apply::privileged::check(spec.spec(), &sql::connstr_user(&node.connstr)?, &node.privileged_role)?;
+    // Before postgresql.conf, as Neon: the file Postgres's syslog output is forwarded by.
+    crate::rsyslog::configure_logs_export(&ctx.rsyslog, spec.spec().logs_export_host.as_deref())?;
     // The key and certificate are copied again (a renewed certificate), and put back if the
     // reload is refused or does not take them.
     let ssl = node.ssl(spec);
@@ -437,6 +458,37 @@ pub(super) fn restart(ctx: &Context, spec: &ParsedSpec, old: Postmaster) -> Resu
     pm.wait_ready(READY_TIMEOUT, &ctx.node.interrupted)?;
     log::info!("restart: postgres is ready again after {} ms", elapsed_ms(started));
     Ok(pm)
+}
+
+/// Fails, naming them, when `pg_config --pkglibdir` lacks a library the audit level preloads.
+/// When `pg_config` cannot say (missing, or a relocated build whose directory does not
+/// exist), Postgres's own start-up is left to report it.
+fn check_audit_libraries(node: &crate::postgres::Node, level: AuditLogLevel, preload: &str) -> Result<()> {
+    let pg_config = node.bindir.join("pg_config");
+    let out = std::process::Command::new(&pg_config).arg("--pkglibdir").stdin(std::process::Stdio::null()).output();
+    let dir = match out {
+        Ok(o) if o.status.success() => std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        _ => {
+            log::warn!("cannot run {} to check the audit libraries; postgres will", pg_config.display());
+            return Ok(());
+        }
+    };
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let missing = conf::missing_libraries(preload, &dir);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let libs = missing.iter().map(|m| format!("{m}.so")).collect::<Vec<_>>().join(", ");
+    Err(Error::Process {
+        what: format!("audit_log_level {level:?}"),
+        detail: format!(
+            "shared_preload_libraries='{preload}' needs {libs}, which {} lacks: install pgaudit and \
+             pgauditlogtofile, or set audit_log_level to Disabled; postgres was not started",
+            dir.display()
+        ),
+    })
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

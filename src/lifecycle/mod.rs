@@ -194,6 +194,8 @@ pub struct Parts {
     /// Fetches the spec again for `/refresh_configuration` (from the control plane or the spec
     /// file); None when the spec came inline or from `/configure`.
     pub refresh: Option<Refresh>,
+    /// rsyslog's directory and the audit receiver (`--rsyslog-dir`, `AUDIT_LOGGING_*`).
+    pub rsyslog: crate::rsyslog::Settings,
     /// Fetches remote extension archives; the start preloads `shared_preload_libraries`
     /// through it, sharing its dedup with `/extension_server`.
     pub extensions: Arc<crate::remote_ext::Installer>,

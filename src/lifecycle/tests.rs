@@ -58,6 +58,7 @@ impl Fake {
             notifier: Arc::new(crate::notify::Notifier::disabled()),
             pre_stop_checkpoint: std::time::Duration::ZERO,
             refresh: None,
+            rsyslog: crate::rsyslog::Settings::new(dir.join("rsyslog.d"), |_| None),
             extensions: Arc::new(crate::remote_ext::Installer::new(None, std::path::Path::new("/nowhere"))),
         };
         Fake { dir, shared, parts: Some(parts) }

@@ -125,27 +125,48 @@ pub fn render(
     out
 }
 
+/// The `shared_preload_libraries` value of `audit_log_level`'s block, unescaped: the setting
+/// (or `neon` without one), then `pgaudit` (and `pgauditlogtofile` for compliance levels)
+/// unless it already names them. None when the level is `Disabled`.
+pub fn audit_preload(spec: &ParsedSpec) -> Option<String> {
+    let s = spec.spec();
+    let extra: &[&str] = match s.audit_log_level {
+        AuditLogLevel::Disabled => return None,
+        AuditLogLevel::Log | AuditLogLevel::Base => &["pgaudit"],
+        AuditLogLevel::Hipaa | AuditLogLevel::Extended | AuditLogLevel::Full => &["pgaudit", "pgauditlogtofile"],
+    };
+    let mut v = s.setting("shared_preload_libraries").unwrap_or("neon").to_string();
+    for lib in extra {
+        if !v.contains(lib) {
+            v.push(',');
+            v.push_str(lib);
+        }
+    }
+    Some(v)
+}
+
+/// The preloaded libraries of `audit_preload` that `pkglibdir` lacks (`name.so`; names with
+/// a `/` or a `$` are paths Postgres resolves itself and are not checked).
+pub fn missing_libraries(preload: &str, pkglibdir: &Path) -> Vec<String> {
+    preload
+        .split(',')
+        .map(|l| l.trim().trim_matches('"'))
+        .filter(|l| !l.is_empty() && !l.contains('/') && !l.contains('$'))
+        .filter(|l| !pkglibdir.join(format!("{l}.so")).exists())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The pgaudit lines of `audit_log_level` (reference 2026 §4, line 16). The libraries are
 /// appended to the `shared_preload_libraries` setting unless it already names them.
 fn audit_block(out: &mut String, spec: &ParsedSpec) {
-    let s = spec.spec();
-    let libs = s.setting("shared_preload_libraries");
-    let preload = |extra: &[&str]| {
-        let mut v = libs.unwrap_or("neon").to_string();
-        for lib in extra {
-            if !v.contains(lib) {
-                v.push(',');
-                v.push_str(lib);
-            }
-        }
-        conf_value(&v)
-    };
-    match s.audit_log_level {
+    let Some(libs) = audit_preload(spec) else { return };
+    match spec.spec().audit_log_level {
         AuditLogLevel::Disabled => {}
         AuditLogLevel::Log | AuditLogLevel::Base => {
             out.push_str("# Managed by compute_ctl base audit settings: start\n");
             out.push_str("pgaudit.log='ddl,role'\npgaudit.log_catalog=off\n");
-            let _ = writeln!(out, "shared_preload_libraries={}", preload(&["pgaudit"]));
+            let _ = writeln!(out, "shared_preload_libraries={}", conf_value(&libs));
             out.push_str("# Managed by compute_ctl base audit settings: end\n");
         }
         level @ (AuditLogLevel::Hipaa | AuditLogLevel::Extended | AuditLogLevel::Full) => {
@@ -156,7 +177,7 @@ fn audit_block(out: &mut String, spec: &ParsedSpec) {
                 out.push_str("pgaudit.log_parameter=off\npgaudit.log='all, -misc'\n");
             }
             out.push_str("pgaudit.log_catalog=off\npgaudit.log_rotation_age=5\n");
-            let _ = writeln!(out, "shared_preload_libraries={}", preload(&["pgaudit", "pgauditlogtofile"]));
+            let _ = writeln!(out, "shared_preload_libraries={}", conf_value(&libs));
             out.push_str("# Managed by compute_ctl compliance audit settings: end\n");
         }
     }
@@ -302,6 +323,50 @@ mod tests {
              include_if_exists = 'compute_ctl_temp_override.conf'\n"
         ));
         assert!(!rendered(r#""mode":"Primary""#).contains("pgaudit"));
+    }
+
+    #[test]
+    fn every_audit_level_writes_its_pgaudit_lines() {
+        let block = |level: &str| {
+            let text = rendered(&format!(r#""audit_log_level":"{level}""#));
+            let lines: Vec<&str> =
+                text.lines().filter(|l| l.contains("pgaudit") || l.contains("audit settings")).collect();
+            lines.join("\n")
+        };
+        let base = "# Managed by compute_ctl base audit settings: start\npgaudit.log='ddl,role'\n\
+                    pgaudit.log_catalog=off\nshared_preload_libraries='neon,pgaudit'\n\
+                    # Managed by compute_ctl base audit settings: end";
+        assert_eq!(block("Log"), base);
+        assert_eq!(block("Base"), base);
+        let compliance = |log_parameter: &str, log: &str| {
+            format!(
+                "# Managed by compute_ctl compliance audit settings: begin\npgaudit.log_parameter={log_parameter}\n\
+                 pgaudit.log='{log}'\npgaudit.log_catalog=off\npgaudit.log_rotation_age=5\n\
+                 shared_preload_libraries='neon,pgaudit,pgauditlogtofile'\n\
+                 # Managed by compute_ctl compliance audit settings: end"
+            )
+        };
+        assert_eq!(block("Hipaa"), compliance("off", "all, -misc"));
+        assert_eq!(block("Extended"), compliance("off", "all, -misc"));
+        assert_eq!(block("Full"), compliance("on", "all"));
+        assert_eq!(block("Disabled"), "");
+        // A setting that names a library already is not given it twice.
+        let json = format!(
+            r#"{{"format_version":1.0,{IDS},"audit_log_level":"Full","cluster":{{"roles":[],"databases":[],"settings":[
+               {{"name":"shared_preload_libraries","value":"pg_stat_statements,pgaudit","vartype":"string"}}]}}}}"#
+        );
+        let text = render(&ParsedSpec::parse(&json).unwrap(), 3081, false, "neon_superuser", false);
+        assert!(text.contains("\nshared_preload_libraries='pg_stat_statements,pgaudit,pgauditlogtofile'\n"), "{text}");
+    }
+
+    #[test]
+    fn missing_audit_libraries_are_named() {
+        let dir = std::env::temp_dir().join(format!("cc-libs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pgaudit.so"), b"").unwrap();
+        let missing = missing_libraries("neon, pgaudit,pgauditlogtofile,$libdir/x,/abs/y", &dir);
+        assert_eq!(missing, ["neon", "pgauditlogtofile"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -132,9 +132,9 @@ impl ParsedSpec {
             }
         };
         if let Some(host) = &spec.logs_export_host
-            && !host.contains(':')
+            && let Err(why) = crate::rsyslog::HostPort::parse(host)
         {
-            return Err(Error::invalid("logs_export_host", format!("{host:?} is not host:port")));
+            return Err(Error::invalid("logs_export_host", format!("{host:?}: {why}")));
         }
 
         // A number past f32's range parses as infinity, which serializes as null: refuse it

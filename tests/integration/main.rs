@@ -3,6 +3,7 @@
 mod support;
 
 mod api;
+mod audit;
 mod auth;
 mod autoscaling;
 mod catalog;

@@ -15,7 +15,8 @@
 //! roles; rename and delete databases (a deleted database's subscriptions are dropped first,
 //! leaving the publisher's slots alone); create databases and fix owners; schema `neon`; per
 //! database: references of deleted roles, schema `public`; `pg_stat_statements` when
-//! preloaded; the `neon` extension when available; `health_check`; drop roles.
+//! preloaded; the `neon` extension when available; `health_check`; drop roles; with an
+//! `audit_log_level`, the pgaudit extensions and `pgaudit.log = none` for database `postgres`.
 //!
 //! Every connection is a *maintenance connection*: `application_name`
 //! `compute_ctl:apply_config`, and start-up options that override per-database or per-role
@@ -142,6 +143,7 @@ pub fn apply_with(
     // Reads who holds which ADMIN OPTION only now, after the renames and per-database work.
     by_version::hand_over_admin_of_deleted_roles(&mut sys, plan.version, privileged, &plan.roles_to_delete)?;
     plan::run_steps(&mut sys, connstr, &plan.drop_roles)?;
+    plan::run_steps(&mut sys, connstr, &plan.audit)?;
 
     let report = Report { statements: counter.by_phase(), total: counter.total(), elapsed: started.elapsed() };
     let phases: Vec<String> = report.statements.iter().map(|(p, n)| format!("{p}={n}")).collect();
@@ -198,6 +200,12 @@ pub(super) struct SystemState {
     neon_available: Option<String>,
     neon_installed: Option<String>,
     health_check: bool,
+    /// Installed: `pgaudit`, `pgauditlogtofile`; whether database `postgres` exists and has
+    /// `pgaudit.log=none` set.
+    pgaudit: bool,
+    pgauditlogtofile: bool,
+    postgres_db: bool,
+    postgres_db_audit_off: bool,
 }
 
 impl SystemState {
@@ -210,7 +218,14 @@ impl SystemState {
                     (SELECT default_version FROM pg_catalog.pg_available_extensions WHERE name = 'neon'),
                     (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'neon'),
                     EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE tablename = 'health_check'),
-                    pg_catalog.current_setting('server_version_num')",
+                    pg_catalog.current_setting('server_version_num'),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgaudit'),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgauditlogtofile'),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'postgres'),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s
+                            JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
+                            WHERE d.datname = 'postgres' AND s.setrole = 0
+                              AND 'pgaudit.log=none' = ANY (s.setconfig))",
             &[],
         )?;
         let preload: String = row.get(2);
@@ -224,6 +239,10 @@ impl SystemState {
             neon_available: row.get(4),
             neon_installed: row.get(5),
             health_check: row.get(6),
+            pgaudit: row.get(8),
+            pgauditlogtofile: row.get(9),
+            postgres_db: row.get(10),
+            postgres_db_audit_off: row.get(11),
         })
     }
 }

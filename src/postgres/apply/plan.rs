@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::escape::quote_ident;
 use crate::postgres::sql;
 use crate::postgres::version::PgVersion;
-use crate::spec::ComputeSpec;
+use crate::spec::{AuditLogLevel, ComputeSpec};
 use postgres::Client;
 use std::collections::HashSet;
 
@@ -39,6 +39,8 @@ pub struct SystemPlan {
     /// The last phase: dropped roles. On 16+ the apply first hands their ADMIN OPTIONs to
     /// the privileged role ([`by_version::hand_over_admin_of_deleted_roles`]), read then.
     pub drop_roles: Vec<Step>,
+    /// After everything, as Neon: the pgaudit extensions of `audit_log_level` ([`audit_steps`]).
+    pub audit: Vec<Step>,
     /// The server's major, which chose the statements that differ between majors.
     pub version: PgVersion,
     /// `neon_superuser` is created by this plan (what was verified before no longer holds).
@@ -133,8 +135,50 @@ impl SystemPlan {
             ));
         }
         let drop_roles = on_system("drop_roles", catalog::drop_roles(&roles_to_delete, &mut snap)).collect();
-        Ok(SystemPlan { head, tasks, roles_to_delete, tail, drop_roles, version: state.version, creates_superuser })
+        let audit = audit_steps(spec.audit_log_level, &state);
+        Ok(SystemPlan {
+            head,
+            tasks,
+            roles_to_delete,
+            tail,
+            drop_roles,
+            audit,
+            version: state.version,
+            creates_superuser,
+        })
     }
+}
+
+/// Neon's last phases for an audit level (reference 2026 §7.2): `pgaudit` (every level but
+/// `Disabled`), `pgauditlogtofile` (the compliance levels), both in schema `public`, and no
+/// auditing of database `postgres` (compute_ctl's own). Only what is missing is planned, so a
+/// second apply sends nothing; Neon sends all three every time. Without a database
+/// `postgres` the last one is left out (Neon fails the apply there).
+pub(super) fn audit_steps(level: AuditLogLevel, state: &SystemState) -> Vec<Step> {
+    let compliance = matches!(level, AuditLogLevel::Hipaa | AuditLogLevel::Extended | AuditLogLevel::Full);
+    if level == AuditLogLevel::Disabled {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if !state.pgaudit {
+        out.extend(on_system(
+            "create_pgaudit_extension",
+            vec![plain("CREATE EXTENSION IF NOT EXISTS pgaudit WITH SCHEMA public")],
+        ));
+    }
+    if compliance && !state.pgauditlogtofile {
+        out.extend(on_system(
+            "create_pgauditlogtofile_extension",
+            vec![plain("CREATE EXTENSION IF NOT EXISTS pgauditlogtofile WITH SCHEMA public")],
+        ));
+    }
+    if state.postgres_db && !state.postgres_db_audit_off {
+        out.extend(on_system(
+            "disable_postgres_db_pgaudit",
+            vec![plain("ALTER DATABASE postgres SET pgaudit.log TO 'none'")],
+        ));
+    }
+    out
 }
 
 /// Before `DROP DATABASE … WITH (FORCE)`: drops that database's subscriptions without
@@ -226,6 +270,7 @@ pub fn dry_run(connstr: &str, spec: &ComputeSpec, privileged: &str) -> Result<Dr
         by_version::admin_to_take_over(&mut client, &system_db, plan.version, privileged, &plan.roles_to_delete)?;
     push(&handover.into_iter().map(|s| sys("drop_roles", s)).collect::<Vec<_>>(), &mut out);
     push(&plan.drop_roles, &mut out);
+    push(&plan.audit, &mut out);
     Ok(out)
 }
 
@@ -250,4 +295,54 @@ pub(super) fn run_steps(sys: &mut per_db::Exec<'_>, connstr: &str, steps: &[Step
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(installed: (bool, bool), postgres_db: (bool, bool)) -> SystemState {
+        SystemState {
+            version: PgVersion::parse("150000"),
+            current_user: "cloud_admin".into(),
+            neon_schema: true,
+            pg_stat_statements_preloaded: false,
+            pg_stat_statements_installed: false,
+            neon_available: None,
+            neon_installed: None,
+            health_check: true,
+            pgaudit: installed.0,
+            pgauditlogtofile: installed.1,
+            postgres_db: postgres_db.0,
+            postgres_db_audit_off: postgres_db.1,
+        }
+    }
+
+    fn sqls(level: AuditLogLevel, s: &SystemState) -> Vec<String> {
+        audit_steps(level, s).into_iter().map(|s| format!("{}: {}", s.phase, s.stmt.sql)).collect()
+    }
+
+    #[test]
+    fn audit_phases_by_level_and_only_what_is_missing() {
+        let fresh = state((false, false), (true, false));
+        assert!(sqls(AuditLogLevel::Disabled, &fresh).is_empty());
+        let base = [
+            "create_pgaudit_extension: CREATE EXTENSION IF NOT EXISTS pgaudit WITH SCHEMA public",
+            "disable_postgres_db_pgaudit: ALTER DATABASE postgres SET pgaudit.log TO 'none'",
+        ];
+        assert_eq!(sqls(AuditLogLevel::Log, &fresh), base);
+        assert_eq!(sqls(AuditLogLevel::Base, &fresh), base);
+        for level in [AuditLogLevel::Hipaa, AuditLogLevel::Extended, AuditLogLevel::Full] {
+            assert_eq!(
+                sqls(level, &fresh),
+                [
+                    base[0],
+                    "create_pgauditlogtofile_extension: CREATE EXTENSION IF NOT EXISTS pgauditlogtofile WITH SCHEMA public",
+                    base[1],
+                ]
+            );
+            assert!(sqls(level, &state((true, true), (true, true))).is_empty(), "a second apply sends nothing");
+        }
+        assert_eq!(sqls(AuditLogLevel::Base, &state((true, false), (false, false))), Vec::<String>::new());
+    }
 }

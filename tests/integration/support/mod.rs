@@ -9,6 +9,7 @@ pub mod endpoint_storage;
 pub mod http;
 pub mod pageserver;
 pub mod publisher;
+pub mod rsyslogd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
