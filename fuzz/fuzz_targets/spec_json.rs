@@ -36,8 +36,15 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(valid.spec(), &spec);
     check_invariants(valid.spec());
-    let conf = compute_ctl::postgres::conf::render(&valid, 3081, false, "neon_superuser");
-    assert!(conf.ends_with("include_if_exists = 'compute_ctl_temp_override.conf'\n"));
+    let render = |ssl| compute_ctl::postgres::conf::render(&valid, 3081, false, "neon_superuser", ssl);
+    let (plain, tls) = (render(false), render(true));
+    for conf in [&plain, &tls] {
+        assert!(conf.ends_with("include_if_exists = 'compute_ctl_temp_override.conf'\n"));
+    }
+    // The spec's own postgresql_conf text may hold anything; the flag adds exactly the ssl lines.
+    let ssl_lines =
+        |c: &str| c.matches("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n").count();
+    assert_eq!(ssl_lines(&tls), ssl_lines(&plain) + 1, "the ssl flag adds the ssl lines once");
 
     let json = serde_json::to_string(&spec).expect("a valid spec serializes");
     let again = ParsedSpec::parse(&json).unwrap_or_else(|e| panic!("re-serialized spec refused: {e}\n{json}"));

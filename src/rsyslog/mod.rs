@@ -27,6 +27,9 @@ use std::time::Duration;
 pub const AUDIT_FILE: &str = "compute_audit_rsyslog.conf";
 /// The file of the Postgres logs export.
 pub const LOGS_EXPORT_FILE: &str = "postgres_logs.conf";
+/// The first line of the logs export file: what tells compute_ctl the file is its own.
+const EXPORT_HEADER: &str =
+    "# Written by compute_ctl for logs_export_host; rewritten at every start and reconfiguration.\n";
 /// Neon's rsyslog directory.
 pub const DEFAULT_DIR: &str = "/etc/rsyslog.d";
 /// The CA bundle a TLS receiver's certificate is checked against.
@@ -224,7 +227,7 @@ pub fn audit_config(log_dir: &Path, endpoint_id: &str, project_id: &str, target:
 /// The Postgres logs export file for `host:port` (already validated by the spec).
 pub fn logs_export_config(to: &HostPort) -> String {
     let mut c = String::new();
-    c.push_str("# Written by compute_ctl for logs_export_host; rewritten at every start and reconfiguration.\n");
+    c.push_str(EXPORT_HEADER);
     // Postgres's syslog_ident is `postgres` unless a setting changes it.
     c.push_str("if $programname == 'postgres' then {\n");
     c.push_str(&format!(
@@ -276,6 +279,7 @@ pub fn configure_logs_export(settings: &Settings, host: Option<&str>) -> Result<
             }
             changed
         }
+        None if !written_by_us(&path) => false,
         None => match std::fs::remove_file(&path) {
             Ok(()) => {
                 log::info!("logs export: logs_export_host cleared, {} removed", path.display());
@@ -289,6 +293,19 @@ pub fn configure_logs_export(settings: &Settings, host: Option<&str>) -> Result<
         restart::restart(&settings.filter, settings.restart_wait)?;
     }
     Ok(())
+}
+
+/// True when `path` holds a logs export file this program wrote (its first line says so). A
+/// file of that name that someone else put there is never removed: only warned about.
+fn written_by_us(path: &Path) -> bool {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.starts_with(EXPORT_HEADER) => true,
+        Ok(_) => {
+            log::warn!("logs export: {} was not written by compute_ctl; left as it is", path.display());
+            false
+        }
+        Err(_) => false,
+    }
 }
 
 /// Writes `text` to `path` by a rename over it, only when it differs; true when it wrote.

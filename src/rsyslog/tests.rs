@@ -145,6 +145,10 @@ fn logs_export_file_is_written_only_when_it_changes() {
     assert!(err.contains("logs_export_host"), "{err}");
     assert!(configure_logs_export(&settings, None).is_err(), "removal restarts");
     assert!(!path.exists());
+    // A file of that name that compute_ctl did not write is left alone (and needs no restart).
+    std::fs::write(&path, "# the operator's own forwarding\n*.* @@elsewhere:514\n").unwrap();
+    configure_logs_export(&settings, None).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "# the operator's own forwarding\n*.* @@elsewhere:514\n");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
