@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -78,16 +77,7 @@ impl EndpointStorage {
 }
 
 fn serve(mut s: std::net::TcpStream, shared: &Mutex<Inner>, token: &str) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
+    let Some(head) = super::http::read_head(&mut s) else { return };
     let mut lines = head.split("\r\n");
     let mut first = lines.next().unwrap_or_default().split(' ');
     let (method, path) = (first.next().unwrap_or_default().to_string(), first.next().unwrap_or_default().to_string());

@@ -61,6 +61,21 @@ pub fn post_json(port: u16, path: &str, body: &serde_json::Value) -> Response {
 }
 
 /// Reads one response (Content-Length, chunked, or until close).
+/// A stand-in server's read of one request head, byte by byte up to the blank line (10 s at
+/// most); None when the client went away first.
+pub fn read_head(s: &mut TcpStream) -> Option<String> {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
 pub fn read_response(s: &mut impl Read) -> std::io::Result<Response> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
@@ -147,16 +162,8 @@ impl StandIn {
         std::thread::spawn(move || {
             for (n, stream) in listener.incoming().enumerate() {
                 let Ok(mut s) = stream else { continue };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match s.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => break,
-                    }
-                }
-                seen.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
+                let head = read_head(&mut s).unwrap_or_default();
+                seen.lock().unwrap().push(head);
                 let (status, body) = script[n.min(script.len() - 1)].clone();
                 let resp = format!(
                     "HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
