@@ -225,24 +225,16 @@ impl Bench {
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         let (pg_port, pg_claim) = support::claim_port_pair();
         let (http_port, http_claim) = support::claim_port_pair();
-        let setting = |n: &str, v: &str| serde_json::json!({"name": n, "value": v, "vartype": "string"});
-        let spec = serde_json::json!({
-            "format_version": 1.0,
-            "tenant_id": "b0554b632bd4d547a63b86c3630317e8",
-            "timeline_id": "2414a61ffc94e428f14b5758fe308e13",
-            "skip_pg_catalog_updates": true,
-            "cluster": { "roles": [], "databases": [], "settings": [
-                setting("port", &pg_port.to_string()),
-                setting("listen_addresses", "127.0.0.1"),
-                setting("unix_socket_directories", root.join("sock").to_str().unwrap()),
-                setting("shared_buffers", "2GB"),
-                setting("checkpoint_timeout", "1h"),
-                setting("max_wal_size", "16GB"),
-                setting("wal_compression", "on"),
-            ]}
-        });
-        let spec_path = root.join("spec.json");
-        std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+        let spec_path = support::write_start_spec_with(
+            &root,
+            pg_port,
+            &[
+                ("shared_buffers", "2GB"),
+                ("checkpoint_timeout", "1h"),
+                ("max_wal_size", "16GB"),
+                ("wal_compression", "on"),
+            ],
+        );
         Bench { root, pgdata, spec: spec_path, bin, pg_port, http_port, _ports: [pg_claim, http_claim] }
     }
 

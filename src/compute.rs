@@ -244,12 +244,11 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
         let configure = matches!(event, Event::Configure(_));
         let restart = restarts_postgres(&state, &event);
         if stops_postgres(&state, &event) || restart {
-            crate::vm_monitor::stop();
-            crate::lease::stop();
             // Not across a restart either: an offload would fail half-way. The LFC tasks start
             // again for the new postmaster (whose file cache is new and empty), autoprewarm
             // included.
-            crate::lfc::stop();
+            stop_companions();
+            crate::lease::stop();
         }
         if let (State::Empty(_), Event::Configure(spec)) = (&state, &event) {
             crate::lease::ensure(spec);
@@ -326,6 +325,13 @@ fn stops_postgres(state: &State, event: &Event) -> bool {
 /// Whether `step` will restart Postgres (`POST /restart` in local mode; in pageserver mode it
 /// is refused and Postgres is left alone): the vm-monitor is paused around it, as around a
 /// stop, and agents are let in again once Postgres runs.
+/// Stops what talks to Postgres on its own (the vm-monitor's agent session, the LFC tasks)
+/// before Postgres goes down.
+fn stop_companions() {
+    crate::vm_monitor::stop();
+    crate::lfc::stop();
+}
+
 fn restarts_postgres(state: &State, event: &Event) -> bool {
     match (state, event) {
         (State::Running(r), Event::Restart) => matches!(r.spec().storage(), crate::spec::StorageMode::Local),
@@ -389,15 +395,13 @@ fn spawn_signal_thread(
                     // Queued before Postgres can exit, so the owner sees the signal before the exit.
                     let _ = to_owner.send(Message { event: Event::Signal(sig), reply: None });
                     // The agent is told first, so it never talks to a Postgres on its way down.
-                    crate::vm_monitor::stop();
-                    crate::lfc::stop();
+                    stop_companions();
                     pm.stop(StopMode::Fast);
                 });
                 if let Err(e) = spawned {
                     log::error!("cannot start the pre-stop thread ({e}): fast shutdown without a checkpoint");
                     let _ = tx.send(Message { event: Event::Signal(sig), reply: None });
-                    crate::vm_monitor::stop();
-                    crate::lfc::stop();
+                    stop_companions();
                     if let Some(pm) = crate::locks::lock(&postmaster).clone() {
                         pm.stop(StopMode::Fast);
                     }

@@ -96,16 +96,23 @@ pub fn claim_port_pair() -> (u16, std::fs::File) {
 /// Writes `root/spec.json`, the start benchmarks' spec: no catalog work
 /// (`skip_pg_catalog_updates`), Postgres on 127.0.0.1:`pg_port` with its socket in `root/sock`.
 pub fn write_start_spec(root: &Path, pg_port: u16) -> PathBuf {
+    write_start_spec_with(root, pg_port, &[])
+}
+
+/// [`write_start_spec`] with more settings (`name`, `value`) after the three it always has.
+pub fn write_start_spec_with(root: &Path, pg_port: u16, more: &[(&str, &str)]) -> PathBuf {
+    let mut settings = vec![
+        serde_json::json!({"name": "port", "value": pg_port.to_string(), "vartype": "integer"}),
+        serde_json::json!({"name": "listen_addresses", "value": "127.0.0.1", "vartype": "string"}),
+        serde_json::json!({"name": "unix_socket_directories", "value": root.join("sock").to_str().unwrap(), "vartype": "string"}),
+    ];
+    settings.extend(more.iter().map(|(n, v)| serde_json::json!({"name": n, "value": v, "vartype": "string"})));
     let spec = serde_json::json!({
         "format_version": 1.0,
         "tenant_id": "b0554b632bd4d547a63b86c3630317e8",
         "timeline_id": "2414a61ffc94e428f14b5758fe308e13",
         "skip_pg_catalog_updates": true,
-        "cluster": { "roles": [], "databases": [], "settings": [
-            {"name": "port", "value": pg_port.to_string(), "vartype": "integer"},
-            {"name": "listen_addresses", "value": "127.0.0.1", "vartype": "string"},
-            {"name": "unix_socket_directories", "value": root.join("sock").to_str().unwrap(), "vartype": "string"}
-        ]}
+        "cluster": { "roles": [], "databases": [], "settings": settings }
     });
     let path = root.join("spec.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
