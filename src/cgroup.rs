@@ -72,20 +72,32 @@ impl Placement {
 
     /// A command that runs `program` in this placement; arguments are added by the caller.
     pub fn command(&self, program: &Path) -> Result<Command> {
+        let w = self.wrap(program)?;
+        let mut cmd = Command::new(&w.program);
+        cmd.args(&w.args);
+        if let Some(procs) = w.procs {
+            crate::sys::join_cgroup_before_exec(&mut cmd, procs);
+        }
+        Ok(cmd)
+    }
+
+    /// How `program` runs in this placement: what to exec with which leading arguments, and
+    /// the `cgroup.procs` the child writes its pid to (opened here, so that a missing or
+    /// forbidden one is an error before anything is spawned).
+    pub fn wrap(&self, program: &Path) -> Result<Wrapped> {
         match self {
-            Placement::Inherit => Ok(Command::new(program)),
-            Placement::Cgexec { cgexec, name, .. } => {
-                let mut cmd = Command::new(cgexec);
-                cmd.arg("-g").arg(format!("memory:{name}")).arg(program);
-                Ok(cmd)
-            }
+            Placement::Inherit => Ok(Wrapped { program: program.to_path_buf(), args: Vec::new(), procs: None }),
+            Placement::Cgexec { cgexec, name, .. } => Ok(Wrapped {
+                program: cgexec.clone(),
+                args: vec!["-g".into(), format!("memory:{name}").into(), program.into()],
+                procs: None,
+            }),
             Placement::Procs { name, dir } => {
-                let mut cmd = Command::new(program);
                 let procs = dir.join("cgroup.procs");
-                crate::sys::join_cgroup_before_exec(&mut cmd, &procs).map_err(|e| {
+                let file = std::fs::OpenOptions::new().append(true).open(&procs).map_err(|e| {
                     Error::io(format!("cannot place {} in cgroup {name:?}: cannot open", program.display()), &procs, e)
                 })?;
-                Ok(cmd)
+                Ok(Wrapped { program: program.to_path_buf(), args: Vec::new(), procs: Some(file) })
             }
         }
     }
@@ -111,6 +123,15 @@ fn find_cgexec(path: &str) -> Option<PathBuf> {
         .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
+/// A program as its placement runs it (see [`Placement::wrap`]).
+pub struct Wrapped {
+    pub program: PathBuf,
+    /// Before the program's own arguments.
+    pub args: Vec<std::ffi::OsString>,
+    /// `cgroup.procs`, open for appending.
+    pub procs: Option<std::fs::File>,
+}
+
 static PLACEMENT: OnceLock<Placement> = OnceLock::new();
 
 /// Sets the process-wide placement once, at start-up (later calls are ignored). Process-wide
@@ -128,6 +149,11 @@ pub fn placement() -> &'static Placement {
 /// A command running `program` (a Postgres binary) in the process-wide placement.
 pub fn command(program: &Path) -> Result<Command> {
     placement().command(program)
+}
+
+/// `program` (the postmaster) as the process-wide placement runs it.
+pub fn wrap(program: &Path) -> Result<Wrapped> {
+    placement().wrap(program)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::heartbeat::{self, Heartbeat};
 use crate::http::{listen, routes};
 use crate::lifecycle::{self, Event, Exit, Linger, Message, Parts, Reply, Shared, State};
 use crate::notify::Notifier;
-use crate::postgres::process::StopMode;
+use crate::postgres::process::{PostmasterHandle, StopMode};
 use crate::postgres::{Node, pgdata};
 use crate::spec::ParsedSpec;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -163,21 +163,27 @@ fn supervise(args: Args, app: Arc<routes::App>, owner: Owner) -> Result<i32> {
     let (external_auth, internal_auth) = listen::authorizers(&args, app.compute_ctl_config.get())?;
 
     let exit_tx = Mutex::new(tx.clone());
-    let postmaster = Arc::new(Mutex::new(None));
-    spawn_signal_thread(
-        &app.node.interrupted,
-        &postmaster,
-        tx.clone(),
-        (app.node.connstr.clone(), args.pre_stop_checkpoint),
-    )?;
+    let postmaster: Arc<Mutex<Option<PostmasterHandle>>> = Arc::new(Mutex::new(None));
+    // From here on a termination signal is caught; it waits in signal-hook's pipe until the
+    // signal thread runs.
+    let signals = signal_hook::iterator::Signals::new(HANDLED_SIGNALS)
+        .map_err(|e| Error::system("cannot install signal handlers", e))?;
     if std::process::id() == 1 {
         let postmaster = postmaster.clone();
         let is_ours = move |pid: u32| crate::locks::lock(&postmaster).as_ref().is_some_and(|pm| pm.pid() == pid);
         crate::sys::spawn_orphan_reaper(is_ours).map_err(|e| Error::system("cannot start the orphan reaper", e))?;
         log::info!("running as PID 1: reaping orphaned processes");
     }
-
-    listen::start(&args, &app, external_auth, internal_auth)?;
+    let servers = listen::bind(&args, &app, external_auth, internal_auth)?;
+    let signal_thread = SignalThread {
+        signals,
+        interrupted: app.node.interrupted.clone(),
+        postmaster: postmaster.clone(),
+        tx: tx.clone(),
+        connstr: app.node.connstr.clone(),
+        pre_stop: args.pre_stop_checkpoint,
+    };
+    start_threads(signal_thread, servers);
     // TLS settings are fixed here, at start (a `/configure` body's `compute_ctl_config` is
     // ignored, as in Neon).
     let tls = app.compute_ctl_config.get().and_then(|c| c.tls.clone());
@@ -339,22 +345,56 @@ fn restarts_postgres(state: &State, event: &Event) -> bool {
     }
 }
 
+/// The signals [`spawn_signal_thread`] handles.
+const HANDLED_SIGNALS: [i32; 4] = [
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGQUIT,
+    signal_hook::consts::SIGHUP,
+];
+
+/// What the signal thread needs (see [`spawn_signal_thread`]).
+struct SignalThread {
+    signals: signal_hook::iterator::Signals,
+    interrupted: Arc<AtomicBool>,
+    postmaster: Arc<Mutex<Option<PostmasterHandle>>>,
+    tx: Sender<Message>,
+    connstr: String,
+    pre_stop: Duration,
+}
+
+/// Starts the signal thread and the HTTP servers' accept threads on a thread of their own,
+/// beside the preparation of PGDATA and the spawn of Postgres: three thread starts cost 0.2 to
+/// 0.4 ms here, on the path of every start (issue 18). What can fail for a reason a user must
+/// see happened before (the sockets are bound, the handlers installed); meanwhile a
+/// connection waits in its socket's backlog and a signal in signal-hook's pipe. A thread that
+/// cannot start (the system is out of resources) ends compute_ctl as a SIGTERM would.
+fn start_threads(signal_thread: SignalThread, servers: listen::Servers) {
+    let (tx, interrupted) = (signal_thread.tx.clone(), signal_thread.interrupted.clone());
+    let give_up = move |e: Error| {
+        log::error!("{}: shutting down", e.report());
+        interrupted.store(true, Ordering::SeqCst);
+        let _ = tx.send(Message { event: Event::Signal(signal_hook::consts::SIGTERM), reply: None });
+    };
+    let give_up_too = give_up.clone();
+    let spawned = std::thread::Builder::new().name("start-threads".into()).spawn(move || {
+        if let Err(e) = spawn_signal_thread(signal_thread).and_then(|()| servers.serve()) {
+            give_up(e);
+        }
+    });
+    if let Err(e) = spawned {
+        give_up_too(Error::system("cannot start a thread", e));
+    }
+}
+
 /// SIGTERM, SIGINT, SIGQUIT: the first one interrupts a start, asks the owner for a fast
 /// shutdown and starts it right here (so a catalog apply in progress stops at its running
 /// statement); any further one escalates to an immediate shutdown, so a stuck fast shutdown
 /// can always be cut short. SIGHUP (whose default action would kill compute_ctl and, through
 /// the parent-death signal, Postgres) is forwarded to Postgres as a reload.
-fn spawn_signal_thread(
-    interrupted: &Arc<AtomicBool>,
-    postmaster: &Arc<Mutex<Option<crate::postgres::process::PostmasterHandle>>>,
-    tx: Sender<Message>,
-    (connstr, pre_stop): (String, Duration),
-) -> Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP])
-        .map_err(|e| Error::system("cannot install signal handlers", e))?;
-    let interrupted = interrupted.clone();
-    let postmaster = postmaster.clone();
+fn spawn_signal_thread(t: SignalThread) -> Result<()> {
+    use signal_hook::consts::SIGHUP;
+    let SignalThread { mut signals, interrupted, postmaster, tx, connstr, pre_stop } = t;
     let count = AtomicUsize::new(0);
     std::thread::Builder::new()
         .name("signals".into())

@@ -52,9 +52,11 @@ pub fn external_bind(args: &Args, guarded: bool) -> IpAddr {
     }
 }
 
-/// Binds and starts both servers, the internal one first: once the external one answers, both
-/// are up.
-pub fn start(args: &Args, app: &Arc<App>, external: Authorizer, internal: Authorizer) -> Result<()> {
+/// Both servers, bound (so their addresses are taken and errors known) but not serving yet.
+pub struct Servers(Vec<(server::Bound, server::Gate, server::Handler)>);
+
+/// Binds both servers; [`Servers::serve`] starts them.
+pub fn bind(args: &Args, app: &Arc<App>, external: Authorizer, internal: Authorizer) -> Result<Servers> {
     let ext_ip = external_bind(args, external.is_guarded());
     if !external.is_guarded() {
         let why = if args.http_bind.is_some() { "as --http-bind asks" } else { "loopback only; --http-bind moves it" };
@@ -63,6 +65,7 @@ pub fn start(args: &Args, app: &Arc<App>, external: Authorizer, internal: Author
              it listens on {ext_ip} ({why})"
         );
     }
+    let mut servers = Vec::new();
     for (ip, port, which, auth) in [
         (args.internal_http_bind, args.internal_http_port, Server::Internal, internal),
         (ext_ip, args.external_http_port, Server::External, external),
@@ -72,8 +75,18 @@ pub fn start(args: &Args, app: &Arc<App>, external: Authorizer, internal: Author
             Server::Internal => "internal",
             Server::External => "external",
         };
-        server::spawn(addr, name, gate::gate(Arc::new(auth), which), routes::handler(app.clone(), which))
-            .map_err(|source| Error::Bind { server: name, addr, source })?;
+        let bound = server::bind(addr, name).map_err(|source| Error::Bind { server: name, addr, source })?;
+        servers.push((bound, gate::gate(Arc::new(auth), which), routes::handler(app.clone(), which)));
     }
-    Ok(())
+    Ok(Servers(servers))
+}
+
+impl Servers {
+    /// Starts serving, the internal server first: once the external one answers, both are up.
+    pub fn serve(self) -> Result<()> {
+        for (bound, gate, handler) in self.0 {
+            bound.serve(gate, handler).map_err(|e| Error::system("cannot start an HTTP server thread", e))?;
+        }
+        Ok(())
+    }
 }

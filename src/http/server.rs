@@ -147,49 +147,73 @@ enum Unread {
 
 /// Binds `addr` and serves it on a background thread; returns the bound address.
 pub fn spawn(addr: SocketAddr, name: &str, gate: Gate, handler: Handler) -> io::Result<SocketAddr> {
+    let bound = bind(addr, name)?;
+    let local = bound.local;
+    bound.serve(gate, handler)?;
+    Ok(local)
+}
+
+/// A listening socket nobody accepts on yet: connections wait in its backlog until
+/// [`Bound::serve`].
+pub struct Bound {
+    listener: TcpListener,
+    local: SocketAddr,
+    name: String,
+}
+
+/// Binds `addr` (and listens): the half of [`spawn`] that can fail for a reason a user must
+/// see (the address is taken, say).
+pub fn bind(addr: SocketAddr, name: &str) -> io::Result<Bound> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
-    let active = Arc::new(AtomicUsize::new(0));
-    let heads = Arc::new(Heads::default());
-    let name = name.to_string();
-    std::thread::Builder::new().name(format!("http-{name}")).spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else {
-                // Out of file descriptors, say: do not spin.
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            if let Ok(peer) = stream.peer_addr()
-                && heads.count(peer.ip()) >= HEADS_PER_ADDRESS
-            {
-                heads.shed_oldest(Some(peer.ip()));
-            }
-            // A shed connection's thread ends on its own; until then it still counts, so the
-            // bound is soft by the connections being closed right now.
-            let n = active.fetch_add(1, Ordering::SeqCst);
-            if n >= MAX_CONNECTIONS && (n >= MAX_CONNECTIONS + HEADS_PER_ADDRESS || !heads.shed_oldest(None)) {
-                active.fetch_sub(1, Ordering::SeqCst);
-                let mut s = stream;
-                let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-                let _ = Response::error(503, "too many connections").write_to(&mut s, false, false);
-                continue;
-            }
-            let handler = handler.clone();
-            let gate = gate.clone();
-            let active2 = active.clone();
-            let heads2 = heads.clone();
-            let spawned =
-                std::thread::Builder::new().name("http-conn".into()).stack_size(256 * 1024).spawn(move || {
-                    serve_connection(stream, &gate, &handler, &active2, &heads2);
-                    active2.fetch_sub(1, Ordering::SeqCst);
-                });
-            if spawned.is_err() {
-                active.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-    })?;
     log::info!("{name} HTTP server listening on {local}");
-    Ok(local)
+    Ok(Bound { listener, local, name: name.to_string() })
+}
+
+impl Bound {
+    /// Accepts connections on a thread of its own, each served on its own thread.
+    pub fn serve(self, gate: Gate, handler: Handler) -> io::Result<()> {
+        let Bound { listener, name, .. } = self;
+        let active = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Heads::default());
+        std::thread::Builder::new().name(format!("http-{name}")).spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else {
+                    // Out of file descriptors, say: do not spin.
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                if let Ok(peer) = stream.peer_addr()
+                    && heads.count(peer.ip()) >= HEADS_PER_ADDRESS
+                {
+                    heads.shed_oldest(Some(peer.ip()));
+                }
+                // A shed connection's thread ends on its own; until then it still counts, so the
+                // bound is soft by the connections being closed right now.
+                let n = active.fetch_add(1, Ordering::SeqCst);
+                if n >= MAX_CONNECTIONS && (n >= MAX_CONNECTIONS + HEADS_PER_ADDRESS || !heads.shed_oldest(None)) {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    let mut s = stream;
+                    let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+                    let _ = Response::error(503, "too many connections").write_to(&mut s, false, false);
+                    continue;
+                }
+                let handler = handler.clone();
+                let gate = gate.clone();
+                let active2 = active.clone();
+                let heads2 = heads.clone();
+                let spawned =
+                    std::thread::Builder::new().name("http-conn".into()).stack_size(256 * 1024).spawn(move || {
+                        serve_connection(stream, &gate, &handler, &active2, &heads2);
+                        active2.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        })?;
+        Ok(())
+    }
 }
 
 fn serve_connection(mut stream: TcpStream, gate: &Gate, handler: &Handler, active: &AtomicUsize, heads: &Heads) {

@@ -6,9 +6,10 @@ use crate::error::{Error, Result};
 use crate::sys;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -162,27 +163,36 @@ impl Postmaster {
     ) -> Result<Postmaster> {
         let (pgbin, pgdata, run_as) = (node.postgres_bin(), &node.pgdata, node.run_as);
         // In the memory cgroup when AUTOSCALING is set (see `cgroup`).
-        let mut cmd = crate::cgroup::command(&pgbin)?;
-        cmd.arg("-D").arg(pgdata).stdin(Stdio::null()).stderr(Stdio::piped());
+        let wrapped = crate::cgroup::wrap(&pgbin)?;
+        let mut args = wrapped.args;
+        args.extend(["-D".into(), pgdata.as_os_str().to_os_string()]);
         // Debian's Postgres speaks sd_notify itself: it must not tell systemd it is ready
         // before compute_ctl has configured it (and systemd would refuse a non-main pid).
-        for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
-            cmd.env_remove(k);
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        if let Some(user) = run_as {
-            cmd.uid(user.uid).gid(user.gid);
-        }
-        sys::die_with_parent(&mut cmd, sys::SIGQUIT);
-        let mut child = cmd.spawn().map_err(|e| Error::system(format!("cannot run {}", pgbin.display()), e))?;
+        let mut vars: Vec<(&str, Option<&str>)> =
+            ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"].into_iter().map(|k| (k, None)).collect();
+        vars.extend(env.iter().map(|(k, v)| (*k, Some(*v))));
+        let cannot = |e| Error::system(format!("cannot run {}", wrapped.program.display()), e);
+        let devnull = std::fs::File::open("/dev/null").map_err(cannot)?;
+        let (stderr, stderr_w) = std::io::pipe().map_err(cannot)?;
+        // Not `Command`: it forks (a copy of compute_ctl) as soon as a uid or a hook is set;
+        // see `sys::spawn`.
+        let pid = sys::spawn(&sys::Launch {
+            program: &wrapped.program,
+            args: &args,
+            env: &vars,
+            run_as: run_as.map(|u| (u.uid, u.gid)),
+            death_signal: sys::SIGQUIT,
+            cgroup_procs: wrapped.procs.as_ref().map(|f| f.as_fd()),
+            stdin: devnull.as_fd(),
+            stdout: None,
+            stderr: stderr_w.as_fd(),
+        })
+        .map_err(cannot)?;
+        drop(stderr_w);
         let log = LogTail::default();
-        let stderr = child.stderr.take().expect("stderr was piped above");
         let log_thread = forward_log(stderr, log.clone());
         let exit = Arc::new(ExitState { status: Mutex::new(None), changed: Condvar::new() });
-        let pid = child.id();
-        spawn_reaper(child, exit.clone(), log_thread, on_exit);
+        spawn_reaper(pid, exit.clone(), log_thread, on_exit);
         log::info!("started postgres, pid {pid}");
         Ok(Postmaster { pid, pgdata: pgdata.to_path_buf(), exit, log })
     }
@@ -327,7 +337,7 @@ impl Drop for Postmaster {
 }
 
 fn spawn_reaper(
-    mut child: Child,
+    pid: u32,
     exit: Arc<ExitState>,
     log_thread: std::thread::JoinHandle<()>,
     on_exit: Box<dyn FnOnce(ExitStatus) + Send>,
@@ -335,13 +345,12 @@ fn spawn_reaper(
     std::thread::Builder::new()
         .name("postgres-reaper".into())
         .spawn(move || {
-            let pid = child.id();
             if let Err(e) = sys::wait_exited_nowait(pid) {
                 log::error!("waiting for postgres (pid {pid}) failed: {e}");
             }
             let status = {
                 let mut guard = crate::locks::lock(&exit.status);
-                let status = child.wait().unwrap_or_else(|_| ExitStatus::from_raw(1 << 8));
+                let status = sys::wait_status(pid).unwrap_or_else(|_| ExitStatus::from_raw(1 << 8));
                 *guard = Some(status);
                 status
             };

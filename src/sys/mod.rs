@@ -1,9 +1,13 @@
 //! The few system calls std does not offer. This is the only module with `unsafe`: each block
 //! is one libc call with plain integer arguments (or a pointer to a local), so its safety
-//! argument is local. `libc` is already in the tree through `signal-hook`.
+//! argument is local; `spawn` (the postmaster's clone) argues its own. `libc` is already in the tree through `signal-hook`.
 #![allow(unsafe_code)]
 
+mod spawn;
+
 use std::io;
+
+pub use spawn::{Launch, spawn, wait_status};
 
 pub use libc::{SIGHUP, SIGINT, SIGKILL, SIGQUIT};
 
@@ -121,34 +125,23 @@ pub fn spawn_orphan_reaper(is_ours: impl Fn(u32) -> bool + Send + 'static) -> io
     Ok(())
 }
 
-/// Makes `cmd`'s child join the cgroup whose `cgroup.procs` is `procs` before it execs: the
-/// file is opened here, in the parent (so the open is checked with our credentials, before
-/// the child drops to the Postgres user), and the child writes its own pid into it.
+/// Makes `cmd`'s child join the cgroup whose `cgroup.procs` is open as `file` before it
+/// execs: the file is opened by the parent (so the open is checked with our credentials,
+/// before the child drops to the Postgres user), and the child writes its own pid into it.
 ///
 /// The closure registered below does only async-signal-safe things with memory prepared
 /// before the fork (getpid, write to an already open descriptor), so the function is safe for
 /// every caller: nothing a caller passes can make the child allocate or lock. The descriptor
 /// is close-on-exec and closed in the parent when `cmd` is dropped.
-pub fn join_cgroup_before_exec(cmd: &mut std::process::Command, procs: &std::path::Path) -> io::Result<()> {
+pub fn join_cgroup_before_exec(cmd: &mut std::process::Command, file: std::fs::File) {
     use std::os::unix::io::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let file = std::fs::OpenOptions::new().append(true).open(procs)?;
     let hook = move || {
         let fd = file.as_raw_fd();
-        // SAFETY: getpid(2) takes nothing; `digits` is a stack buffer.
-        let mut pid = unsafe { libc::getpid() } as u32;
+        // SAFETY: getpid(2) takes nothing.
+        let pid = unsafe { libc::getpid() } as u32;
         let mut digits = [0u8; 12];
-        let mut at = digits.len() - 1;
-        digits[at] = b'\n';
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (pid % 10) as u8;
-            pid /= 10;
-            if pid == 0 {
-                break;
-            }
-        }
-        let line = &digits[at..];
+        let line = spawn::pid_line(pid, &mut digits);
         // SAFETY: write(2) of a stack buffer to a descriptor we own; both outlive the call.
         let n = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
         if n == line.len() as isize { Ok(()) } else { Err(io::Error::last_os_error()) }
@@ -159,7 +152,6 @@ pub fn join_cgroup_before_exec(cmd: &mut std::process::Command, procs: &std::pat
     unsafe {
         cmd.pre_exec(hook);
     }
-    Ok(())
 }
 
 /// A watch on one directory (not its subdirectories) for files created, written, closed
