@@ -2,7 +2,7 @@
 //! plus the idle cost of a running compute_ctl (issue 7).
 //!
 //!     cargo run --release --example bench_start [-- --runs N] [--mode local|pageserver|both]
-//!         [--compare OTHER_COMPUTE_CTL]
+//!         [--compare OTHER_COMPUTE_CTL] [--dev]
 //!
 //! Every process under test is launched the same way: as the `postgres` OS user (a setuid
 //! between fork and exec, `Command::uid`) when we are root, with stdin and stdout on
@@ -32,9 +32,12 @@
 //! get the CPUs ours leave idle: the figures then come close to an idle machine's (README,
 //! footnote 2 of the benchmark table).
 //!
-//! The binary under test is `$COMPUTE_CTL_BIN`, else target/release/compute_ctl, built first
-//! with `$CARGO build --release` when cargo runs us. Results are printed as `RESULT` lines (see
-//! examples/bench.rs).
+//! The binary under test is `$COMPUTE_CTL_BIN`, else the one this project ships: the static
+//! musl build (the Docker image's, `.ci/build-static`), target/ARCH-unknown-linux-musl/release/
+//! compute_ctl, built first with `$CARGO build --release --target ARCH-unknown-linux-musl` when
+//! cargo runs us. `--dev` measures target/release/compute_ctl (glibc, dynamically linked)
+//! instead: its exec alone costs about 1 ms more here (ld.so, glibc's start-up). Results are
+//! printed as `RESULT` lines (see examples/bench.rs).
 
 #[path = "bench_start/common.rs"]
 mod common;
@@ -58,7 +61,8 @@ fn main() {
     let runs: usize = opt("--runs").map_or(15, |n| n.parse().expect("--runs takes a number"));
     let mode = opt("--mode").unwrap_or_else(|| "both".into());
     assert!(["local", "pageserver", "both"].contains(&mode.as_str()), "--mode is local, pageserver or both");
-    let bin = compute_ctl_binary();
+    let bin = if args.iter().any(|a| a == "--dev") { compute_ctl_binary() } else { shipped_binary() };
+    println!("compute_ctl under test: {}", bin.display());
     let b = Bench::prepare(bin);
     println!("start-up: {runs} alternating runs per side; load average {}", load_average());
 
@@ -107,6 +111,31 @@ fn main() {
     if mode == "both" {
         idle::idle(b.compute_ctl_command(&b.bin, &b.pgdata, &b.spec_path, PGBIN_DIR), b.http_port, &b.pgdata);
     }
+}
+
+/// `$COMPUTE_CTL_BIN`, else the static musl build of this machine's architecture (what the
+/// image ships), built first when cargo runs us.
+fn shipped_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("COMPUTE_CTL_BIN") {
+        return PathBuf::from(p);
+    }
+    let triple = format!("{}-unknown-linux-musl", std::env::consts::ARCH);
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let st = Command::new(cargo)
+            .args(["build", "--release", "--quiet", "--target", &triple, "--bin", "compute_ctl"])
+            .status();
+        assert!(
+            st.is_ok_and(|s| s.success()),
+            "cargo build --release --target {triple} failed (`rustup target add {triple}`, or pass --dev to \
+             measure target/release/compute_ctl)"
+        );
+    }
+    // target/release/examples/bench_start -> target/<triple>/release/compute_ctl
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).expect("the bench runs from target/release/examples");
+    let bin = target.join(&triple).join("release/compute_ctl");
+    assert!(bin.exists(), "{} not found: build it with .ci/build-static, or pass --dev", bin.display());
+    bin
 }
 
 /// One PGDATA, its ports and spec, under a directory removed on drop.

@@ -47,15 +47,14 @@ struct Waiting {
     since: Instant,
     ip: IpAddr,
     /// A second handle on the socket; shutting it down wakes the reader at once.
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
 }
 
 impl Heads {
-    fn enter(&self, stream: &TcpStream) -> Option<u64> {
-        let ip = stream.peer_addr().ok()?.ip();
-        let clone = stream.try_clone().ok()?;
+    fn enter(&self, peer: &Peer) -> Option<u64> {
+        let (ip, stream) = (peer.ip?, peer.handle.clone()?);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, Waiting { since: Instant::now(), ip, stream: clone });
+        self.lock().insert(id, Waiting { since: Instant::now(), ip, stream });
         Some(id)
     }
 
@@ -110,7 +109,7 @@ pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
 thread_local! {
     /// The client of the request this connection thread is handling, for [`client_gone`].
-    static CLIENT: std::cell::RefCell<Option<TcpStream>> = const { std::cell::RefCell::new(None) };
+    static CLIENT: std::cell::RefCell<Option<Arc<TcpStream>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// From inside a handler: true when the client of the request being handled has closed its
@@ -183,10 +182,11 @@ impl Bound {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
-                if let Ok(peer) = stream.peer_addr()
-                    && heads.count(peer.ip()) >= HEADS_PER_ADDRESS
+                let ip = stream.peer_addr().ok().map(|a| a.ip());
+                if let Some(ip) = ip
+                    && heads.count(ip) >= HEADS_PER_ADDRESS
                 {
-                    heads.shed_oldest(Some(peer.ip()));
+                    heads.shed_oldest(Some(ip));
                 }
                 // A shed connection's thread ends on its own; until then it still counts, so the
                 // bound is soft by the connections being closed right now.
@@ -204,7 +204,7 @@ impl Bound {
                 let heads2 = heads.clone();
                 let spawned =
                     std::thread::Builder::new().name("http-conn".into()).stack_size(256 * 1024).spawn(move || {
-                        serve_connection(stream, &gate, &handler, &active2, &heads2);
+                        serve_connection(stream, ip, &gate, &handler, &active2, &heads2);
                         active2.fetch_sub(1, Ordering::SeqCst);
                     });
                 if spawned.is_err() {
@@ -216,16 +216,40 @@ impl Bound {
     }
 }
 
-fn serve_connection(mut stream: TcpStream, gate: &Gate, handler: &Handler, active: &AtomicUsize, heads: &Heads) {
+/// The client's address and a second handle on its socket, made once per connection (not per
+/// request: a control plane may poll `/status` every millisecond on one connection).
+struct Peer {
+    ip: Option<IpAddr>,
+    handle: Option<Arc<TcpStream>>,
+}
+
+/// What reading a request needs beside the socket and its buffer.
+struct Conn<'a> {
+    peer: Peer,
+    limits: Limits,
+    active: &'a AtomicUsize,
+    heads: &'a Heads,
+    gate: &'a Gate,
+}
+
+fn serve_connection(
+    mut stream: TcpStream,
+    ip: Option<IpAddr>,
+    gate: &Gate,
+    handler: &Handler,
+    active: &AtomicUsize,
+    heads: &Heads,
+) {
+    let peer = Peer { ip, handle: stream.try_clone().ok().map(Arc::new) };
+    let conn = Conn { peer, limits: Limits::default(), active, heads, gate };
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(REQUEST_DEADLINE));
-    let limits = Limits::default();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     // The read timeout last set: a keep-alive client polling every millisecond should not
     // cost a setsockopt per request.
     let mut timeout_set: Option<Duration> = None;
     loop {
-        let req = match read_request(&mut stream, &mut buf, &limits, active, heads, gate, &mut timeout_set) {
+        let req = match read_request(&mut stream, &conn, &mut buf, &mut timeout_set) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(Unread::Bad(resp)) => {
@@ -243,7 +267,7 @@ fn serve_connection(mut stream: TcpStream, gate: &Gate, handler: &Handler, activ
         };
         let keep_alive = req.keep_alive();
         let head_only = req.method == "HEAD";
-        CLIENT.set(stream.try_clone().ok());
+        CLIENT.set(conn.peer.handle.clone());
         let mut resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&req)))
             .unwrap_or_else(|_| Response::error(500, "internal error while handling the request"));
         CLIENT.set(None);
@@ -267,17 +291,15 @@ fn serve_connection(mut stream: TcpStream, gate: &Gate, handler: &Handler, activ
 /// head).
 fn read_request(
     stream: &mut TcpStream,
+    conn: &Conn<'_>,
     buf: &mut Vec<u8>,
-    limits: &Limits,
-    active: &AtomicUsize,
-    heads: &Heads,
-    gate: &Gate,
     set: &mut Option<Duration>,
 ) -> Result<Option<Request>, Unread> {
     let mut started: Option<Instant> = if buf.is_empty() { None } else { Some(Instant::now()) };
     let idle_since = Instant::now();
     let mut chunk = [0u8; 16 * 1024];
-    let mut waiting = HeadWait { heads, id: heads.enter(stream) };
+    let Conn { peer, limits, active, heads, gate } = conn;
+    let mut waiting = HeadWait { heads, id: heads.enter(peer) };
     let mut continued = false;
     let mut parsed: Option<Head> = None;
     loop {
