@@ -76,6 +76,7 @@ pub fn bind(args: &Args, app: &Arc<App>, external: Authorizer, internal: Authori
             Server::External => "external",
         };
         let bound = server::bind(addr, name).map_err(|source| Error::Bind { server: name, addr, source })?;
+        let bound = bound.yield_to_postgres();
         servers.push((bound, gate::gate(Arc::new(auth), which), routes::handler(app.clone(), which)));
     }
     Ok(Servers(servers))

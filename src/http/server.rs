@@ -158,6 +158,8 @@ pub struct Bound {
     listener: TcpListener,
     local: SocketAddr,
     name: String,
+    /// Connection threads in `SCHED_BATCH` (see [`Bound::yield_to_postgres`]).
+    batch: bool,
 }
 
 /// Binds `addr` (and listens): the half of [`spawn`] that can fail for a reason a user must
@@ -166,13 +168,24 @@ pub fn bind(addr: SocketAddr, name: &str) -> io::Result<Bound> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     log::info!("{name} HTTP server listening on {local}");
-    Ok(Bound { listener, local, name: name.to_string() })
+    Ok(Bound { listener, local, name: name.to_string(), batch: false })
 }
 
 impl Bound {
+    /// Serves each connection on a thread in the `SCHED_BATCH` policy: a request that arrives
+    /// while Postgres keeps the CPUs busy waits for its turn instead of preempting Postgres. A
+    /// control plane polling `/status` every millisecond while Postgres starts (the two cores
+    /// here) slowed that start by preempting it; the answer itself is not slower when a CPU is
+    /// free, and the thread's share of the CPU is unchanged. Not for the vm-monitor, whose
+    /// agent expects answers within a millisecond whatever Postgres does.
+    pub fn yield_to_postgres(mut self) -> Bound {
+        self.batch = true;
+        self
+    }
+
     /// Accepts connections on a thread of its own, each served on its own thread.
     pub fn serve(self, gate: Gate, handler: Handler) -> io::Result<()> {
-        let Bound { listener, name, .. } = self;
+        let Bound { listener, name, batch, .. } = self;
         let active = Arc::new(AtomicUsize::new(0));
         let heads = Arc::new(Heads::default());
         std::thread::Builder::new().name(format!("http-{name}")).spawn(move || {
@@ -204,6 +217,9 @@ impl Bound {
                 let heads2 = heads.clone();
                 let spawned =
                     std::thread::Builder::new().name("http-conn".into()).stack_size(256 * 1024).spawn(move || {
+                        if batch && let Err(e) = crate::sys::batch_scheduling() {
+                            log::debug!("SCHED_BATCH refused for an HTTP connection thread: {e}");
+                        }
                         serve_connection(stream, ip, &gate, &handler, &active2, &heads2);
                         active2.fetch_sub(1, Ordering::SeqCst);
                     });

@@ -253,6 +253,18 @@ fn drain(fd: i32) {
     }
 }
 
+/// Puts the calling thread in the `SCHED_BATCH` policy: when it wakes it does not preempt the
+/// running thread (Postgres), it waits for its turn; its share of the CPU is unchanged.
+pub fn batch_scheduling() -> io::Result<()> {
+    // SAFETY: sched_setscheduler(2) on the calling thread (0) with a zeroed (priority 0) local
+    // that outlives the call; musl's sched_param has more fields than glibc's, all zero here.
+    let rc = unsafe {
+        let param: libc::sched_param = std::mem::zeroed();
+        libc::sched_setscheduler(0, libc::SCHED_BATCH, &param)
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 /// Fills `buf` from the kernel's random generator (getrandom(2): one system call, no file to
 /// open, unlike /dev/urandom).
 pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {

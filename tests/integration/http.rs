@@ -240,3 +240,26 @@ fn a_full_house_of_idle_connections_makes_room_for_status() {
     }
     drop(idle);
 }
+
+/// The API's connection threads yield to Postgres (SCHED_BATCH: no wake-up preemption), so a
+/// client polling `/status` every millisecond does not slow a start; their answers still come.
+#[test]
+fn api_connection_threads_run_in_the_batch_policy() {
+    let (s, c) = waiting("http-batch");
+    let mut conn = Conn::open(s.http_port);
+    assert_eq!(conn.get("/status").unwrap().status, 200);
+    // The thread serving this open connection; `policy` is field 41 of /proc/PID/task/TID/stat.
+    let policies: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", c.pid()))
+        .unwrap()
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.trim() == "http-conn"))
+        .map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap();
+            let after_comm = stat.rsplit_once(')').unwrap().1;
+            // Fields from 3 (state) on; policy is field 41.
+            after_comm.split_whitespace().nth(41 - 3).unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(policies, ["3"], "SCHED_BATCH is 3; one http-conn thread expected");
+    assert_eq!(conn.get("/status").unwrap().status, 200);
+}
