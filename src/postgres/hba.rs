@@ -36,12 +36,14 @@ pub fn trust_only(text: &str, superuser: &str) -> Result<(String, usize)> {
     let mut out = String::with_capacity(text.len() + 64);
     for line in text.split_inclusive('\n') {
         let body = line.trim_end_matches(['\n', '\r']);
-        let fields: Vec<&str> = body.split_whitespace().collect();
-        if INITDB_TRUST.contains(&fields.as_slice()) {
+        // Compared field by field without collecting them: the file is read on every start.
+        let initdb_line = INITDB_TRUST.iter().find(|pattern| body.split_whitespace().eq(pattern.iter().copied()));
+        if let Some(pattern) = initdb_line {
             // Quoted, so that a name like `all` or `+group` means just that role.
-            let mut f: Vec<String> = fields.iter().map(|s| s.to_string()).collect();
-            f[2] = format!("\"{superuser}\"");
-            out.push_str(&f.join("\t"));
+            let quoted = format!("\"{superuser}\"");
+            let fields: Vec<&str> =
+                pattern.iter().enumerate().map(|(i, f)| if i == 2 { quoted.as_str() } else { f }).collect();
+            out.push_str(&fields.join("\t"));
             out.push_str(&line[body.len()..]);
             changed += 1;
         } else {

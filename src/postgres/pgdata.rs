@@ -64,6 +64,10 @@ pub enum PgdataState {
 /// Looks at PGDATA without changing it; a non-empty directory without `PG_VERSION` is an
 /// error, so a wrong `-D` never gets `initdb` run into someone's files.
 pub fn inspect(pgdata: &Path) -> Result<PgdataState> {
+    // The usual case first, with one stat: a directory holding PG_VERSION is not empty.
+    if pgdata.join("PG_VERSION").is_file() {
+        return Ok(PgdataState::Initialized);
+    }
     match std::fs::read_dir(pgdata) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PgdataState::Missing),
         Err(e) => Err(Error::io("cannot read PGDATA", pgdata, e)),
