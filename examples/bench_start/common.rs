@@ -240,13 +240,22 @@ pub struct Run {
 }
 
 /// CPU time of all threads of `pid`, from /proc/PID/task/*/schedstat, in ms.
+/// With `BENCH_START_THREADS=1`, each thread's share is printed too (a diagnosis).
 fn cpu_ms(pid: u32) -> f64 {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
-    let ns: u64 = tasks
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    ns as f64 / 1e6
+    let per_thread: Vec<(String, u64)> = tasks
+        .filter_map(|t| {
+            let ns =
+                std::fs::read_to_string(t.path().join("schedstat")).ok()?.split_whitespace().next()?.parse().ok()?;
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            Some((comm.trim().to_string(), ns))
+        })
+        .collect();
+    if std::env::var_os("BENCH_START_THREADS").is_some() {
+        let list: Vec<String> = per_thread.iter().map(|(c, ns)| format!("{c} {:.2}", *ns as f64 / 1e6)).collect();
+        println!("  threads (ms of CPU): {}", list.join(", "));
+    }
+    per_thread.iter().map(|(_, ns)| ns).sum::<u64>() as f64 / 1e6
 }
 
 /// Runs `cmd` (compute_ctl), waits for `running` on `/status` at `http_port`, stops it by pid

@@ -73,6 +73,8 @@ pub fn forward_log(stderr: impl std::io::Read + Send + 'static, tail: LogTail) -
     std::thread::Builder::new()
         .name("postgres-log".into())
         .spawn(move || {
+            // Postgres's lines must not preempt Postgres: forwarding them can wait for a free CPU.
+            let _ = sys::batch_scheduling();
             for line in BufReader::new(stderr).split(b'\n') {
                 let Ok(line) = line else { break };
                 let line = String::from_utf8_lossy(&line).into_owned();
