@@ -294,7 +294,8 @@ pub fn run_postgres(launch: Launch, postgres: &Path, pgdata: &Path, t0: Instant)
 }
 
 /// Prints a series' median and p90 beside the floor's.
-pub fn report(name: &str, floor: &[f64], ours: &[Run]) -> (f64, f64) {
+/// `target` is the ratio the issue sets for this mode (printed on the `RESULT` lines).
+pub fn report(name: &str, floor: &[f64], ours: &[Run], target: f64) -> (f64, f64) {
     let totals: Vec<f64> = ours.iter().map(|r| r.total).collect();
     let (fm, fp) = median_p90(floor);
     let (cm, cp) = median_p90(&totals);
@@ -306,6 +307,21 @@ pub fn report(name: &str, floor: &[f64], ours: &[Run]) -> (f64, f64) {
         cm / fm,
         cm - fm
     );
+    // Round by round (the two sides of a round run back to back), so that the machine's drift
+    // over the run cancels: the median difference and ratio, with the 10th and 90th percentiles.
+    let diffs: Vec<f64> = totals.iter().zip(floor).map(|(c, f)| c - f).collect();
+    let ratios: Vec<f64> = totals.iter().zip(floor).map(|(c, f)| c / f).collect();
+    let (dm, rm) = (median_p90(&diffs).0, median_p90(&ratios).0);
+    let mut sorted = diffs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let p10 = sorted[sorted.len() / 10];
+    println!(
+        "  paired by round: median difference {dm:+.1} ms (p10 {p10:+.1}, p90 {:+.1}), median ratio {rm:.3}x",
+        median_p90(&diffs).1
+    );
+    let key = name.split_whitespace().next().unwrap_or(name);
+    println!("RESULT start/{key}_paired_extra {dm:.2} ms");
+    println!("RESULT start/{key}_paired_ratio {rm:.3} target={target}");
     let timings: Vec<[f64; 3]> = ours.iter().filter_map(|r| r.timing).collect();
     if timings.len() == ours.len() {
         let part = |f: &dyn Fn(&[f64; 3], f64) -> f64| -> f64 {
@@ -319,7 +335,6 @@ pub fn report(name: &str, floor: &[f64], ours: &[Run]) -> (f64, f64) {
             "  split (medians, from its timing line): main -> spawn {before:.1} ms, postgres start {pg:.1} ms, \
              ready -> running {after:.1} ms, exec before main + seen on /status {rest:.1} ms"
         );
-        let key = name.split_whitespace().next().unwrap_or(name);
         let cpu = median_p90(&ours.iter().map(|r| r.cpu).collect::<Vec<_>>()).0;
         println!("  compute_ctl's own CPU time (all threads, Postgres excluded) until running: median {cpu:.2} ms");
         println!("RESULT start/{key}_cpu {cpu:.2} ms");

@@ -61,7 +61,7 @@ pub fn run(b: &Bench, runs: usize) {
         }
     }
     println!("pageserver mode (load average after: {})", load_average());
-    let (f, c) = common::report("pageserver mode", &floor, &ours);
+    let (f, c) = common::report("pageserver mode", &floor, &ours, 1.2);
     println!("RESULT start/pageserver_floor {f:.1} ms");
     println!("RESULT start/pageserver_compute_ctl_status {c:.1} ms baseline=start/pageserver_floor target=1.2");
 }
