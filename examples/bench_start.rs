@@ -8,7 +8,10 @@
 //! between fork and exec, `Command::uid`) when we are root, with stdin and stdout on
 //! /dev/null. Runs alternate between the two sides, N times each (default 15) after one
 //! unrecorded round; medians and 90th percentiles are reported, with the load average, since
-//! this machine is shared.
+//! this machine is shared, and the median of the round-by-round differences and ratios (the
+//! two sides of a round run back to back, so drift over the run cancels). Every measured start
+//! begins after a sync(2), so that the write-back of the last start's files does not land in
+//! the next one's measurement.
 //!
 //! **Local mode**, on one PGDATA made by initdb and configured by one compute_ctl start:
 //! - floor: `postgres -D PGDATA` (same PGDATA, the `postgresql.conf` compute_ctl wrote) until
@@ -79,6 +82,7 @@ fn main() {
             // shutdown (whose checkpoint writes may still be draining).
             for k in 0..=bins.len() {
                 let side = (k + round) % (bins.len() + 1);
+                common::settle();
                 if side == bins.len() {
                     let f = run_postgres(b.launch, &postgres, &b.pgdata, Instant::now());
                     // One unrecorded round first: page cache and first-exec costs are not

@@ -204,6 +204,14 @@ pub fn stop(child: &mut Child, signal: i32) {
     }
 }
 
+/// Writes every dirty page back (sync(2)) before a measured start, so that the write-back of
+/// what the last start or stop left (a 39 MiB basebackup each round in pageserver mode) does
+/// not fall into the next measurement, whichever side it is. Neither side syncs by itself.
+pub fn settle() {
+    // SAFETY: sync(2) takes nothing and touches no memory of ours.
+    unsafe { libc::sync() };
+}
+
 fn kill(pid: i32, signal: i32) {
     // SAFETY: kill(2) takes two integers and touches no memory of ours.
     let rc = unsafe { libc::kill(pid, signal) };

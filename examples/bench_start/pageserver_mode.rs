@@ -36,6 +36,7 @@ pub fn run(b: &Bench, runs: usize) {
             let _ = std::fs::remove_dir_all(d);
         }
         let floor_run = || {
+            common::settle();
             let t0 = Instant::now();
             std::fs::create_dir(&floor_dir).unwrap();
             b.launch.give(&floor_dir);
@@ -45,8 +46,10 @@ pub fn run(b: &Bench, runs: usize) {
             assert!(untar.status().unwrap().success(), "tar -xf failed");
             run_postgres(b.launch, &postgres, &floor_dir, t0)
         };
-        let ours_run =
-            || run_compute_ctl(b.compute_ctl_command(&b.bin, &ours_dir, &spec_path, &bindir), b.http_port, &ours_dir);
+        let ours_run = || {
+            common::settle();
+            run_compute_ctl(b.compute_ctl_command(&b.bin, &ours_dir, &spec_path, &bindir), b.http_port, &ours_dir)
+        };
         // Each side goes first in every other round (see the local mode).
         let (f, c) = if round % 2 == 0 {
             let f = floor_run();
