@@ -3,9 +3,12 @@
 //! argument is local; `spawn` (the postmaster's clone) argues its own. `libc` is already in the tree through `signal-hook`.
 #![allow(unsafe_code)]
 
+mod alloc;
 mod spawn;
 
 use std::io;
+
+pub use alloc::LargeBlockCache;
 
 pub use spawn::{Launch, spawn, wait_status};
 
@@ -256,11 +259,13 @@ fn drain(fd: i32) {
 /// Puts the calling thread in the `SCHED_BATCH` policy: when it wakes it does not preempt the
 /// running thread (Postgres), it waits for its turn; its share of the CPU is unchanged.
 pub fn batch_scheduling() -> io::Result<()> {
-    // SAFETY: sched_setscheduler(2) on the calling thread (0) with a zeroed (priority 0) local
-    // that outlives the call; musl's sched_param has more fields than glibc's, all zero here.
+    // The system call itself, not libc's wrapper: musl's sched_setscheduler always fails
+    // (ENOSYS), since POSIX means the process and Linux sets one thread.
+    let priority: libc::c_int = 0;
+    // SAFETY: sched_setscheduler(2) on the calling thread (0) with a pointer to a local
+    // `struct sched_param` (one int) that outlives the call.
     let rc = unsafe {
-        let param: libc::sched_param = std::mem::zeroed();
-        libc::sched_setscheduler(0, libc::SCHED_BATCH, &param)
+        libc::syscall(libc::SYS_sched_setscheduler, 0 as libc::c_long, libc::SCHED_BATCH as libc::c_long, &priority)
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
