@@ -45,6 +45,9 @@ pub mod rsyslog;
 pub mod spec;
 mod sys;
 pub mod time;
+
+/// The static build's global allocator (see `sys::alloc`); `main.rs` installs it on musl.
+pub use sys::LargeBlockCache;
 pub mod vm_monitor;
 
 pub use error::{Error, Result};

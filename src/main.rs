@@ -3,6 +3,11 @@
 use compute_ctl::args::{self, Command};
 use std::process::ExitCode;
 
+/// musl's allocator maps and unmaps every large block; see `LargeBlockCache`.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: compute_ctl::LargeBlockCache = compute_ctl::LargeBlockCache;
+
 fn main() -> ExitCode {
     compute_ctl::time::mark_process_start();
     let argv: Vec<String> = std::env::args().skip(1).collect();
