@@ -325,23 +325,30 @@ mod tests {
     use std::io::Read;
     use std::os::fd::AsFd;
 
+    /// `program args` as ourselves, no environment change, every standard descriptor on
+    /// `devnull` but stdout (ours), SIGKILL when the spawning thread dies.
+    fn quiet<'a>(program: &'a str, args: &'a [OsString], devnull: &'a std::fs::File) -> Launch<'a> {
+        Launch {
+            program: Path::new(program),
+            args,
+            env: &[],
+            run_as: None,
+            death_signal: libc::SIGKILL,
+            cgroup_procs: None,
+            stdin: devnull.as_fd(),
+            stdout: None,
+            stderr: devnull.as_fd(),
+        }
+    }
+
     /// Runs `program args` through [`spawn`] with `run_as`; returns what it wrote to stdout
     /// and stderr, and how it exited.
     fn run(program: &str, args: &[&str], env: &[(&str, Option<&str>)], run_as: Option<(u32, u32)>) -> (String, i32) {
         let devnull = std::fs::File::open("/dev/null").unwrap();
         let (mut r, w) = std::io::pipe().unwrap();
         let args: Vec<OsString> = args.iter().map(|a| a.into()).collect();
-        let launch = Launch {
-            program: Path::new(program),
-            args: &args,
-            env,
-            run_as,
-            death_signal: libc::SIGKILL,
-            cgroup_procs: None,
-            stdin: devnull.as_fd(),
-            stdout: Some(w.as_fd()),
-            stderr: w.as_fd(),
-        };
+        let out = Some(w.as_fd());
+        let launch = Launch { env, run_as, stdout: out, stderr: w.as_fd(), ..quiet(program, &args, &devnull) };
         let pid = spawn(&launch).unwrap();
         drop(w);
         let mut out = String::new();
@@ -397,18 +404,7 @@ mod tests {
     #[test]
     fn a_program_that_cannot_be_run_is_an_error_naming_the_exec() {
         let devnull = std::fs::File::open("/dev/null").unwrap();
-        let launch = Launch {
-            program: Path::new("/nonexistent/compute_ctl-test/postgres"),
-            args: &[],
-            env: &[],
-            run_as: None,
-            death_signal: libc::SIGKILL,
-            cgroup_procs: None,
-            stdin: devnull.as_fd(),
-            stdout: None,
-            stderr: devnull.as_fd(),
-        };
-        let e = spawn(&launch).unwrap_err();
+        let e = spawn(&quiet("/nonexistent/compute_ctl-test/postgres", &[], &devnull)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
         assert!(e.to_string().starts_with("exec failed in the child"), "{e}");
     }
@@ -419,19 +415,7 @@ mod tests {
         // spawns the postmaster on its main thread, which lives as long as the process.
         let pid = std::thread::spawn(|| {
             let devnull = std::fs::File::open("/dev/null").unwrap();
-            let args = ["30".into()];
-            let launch = Launch {
-                program: Path::new("/bin/sleep"),
-                args: &args,
-                env: &[],
-                run_as: None,
-                death_signal: libc::SIGKILL,
-                cgroup_procs: None,
-                stdin: devnull.as_fd(),
-                stdout: None,
-                stderr: devnull.as_fd(),
-            };
-            spawn(&launch).unwrap()
+            spawn(&quiet("/bin/sleep", &["30".into()], &devnull)).unwrap()
         })
         .join()
         .unwrap();
