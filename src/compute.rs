@@ -328,9 +328,6 @@ fn stops_postgres(state: &State, event: &Event) -> bool {
     }
 }
 
-/// Whether `step` will restart Postgres (`POST /restart` in local mode; in pageserver mode it
-/// is refused and Postgres is left alone): the vm-monitor is paused around it, as around a
-/// stop, and agents are let in again once Postgres runs.
 /// Stops what talks to Postgres on its own (the vm-monitor's agent session, the LFC tasks)
 /// before Postgres goes down.
 fn stop_companions() {
@@ -338,6 +335,9 @@ fn stop_companions() {
     crate::lfc::stop();
 }
 
+/// Whether `step` will restart Postgres (`POST /restart` in local mode; in pageserver mode it
+/// is refused and Postgres is left alone): the vm-monitor is paused around it, as around a
+/// stop, and agents are let in again once Postgres runs.
 fn restarts_postgres(state: &State, event: &Event) -> bool {
     match (state, event) {
         (State::Running(r), Event::Restart) => matches!(r.spec().storage(), crate::spec::StorageMode::Local),

@@ -317,16 +317,12 @@ pub fn report(name: &str, floor: &[f64], ours: &[Run], target: f64) -> (f64, f64
     );
     // Round by round (the two sides of a round run back to back), so that the machine's drift
     // over the run cancels: the median difference and ratio, with the 10th and 90th percentiles.
-    let diffs: Vec<f64> = totals.iter().zip(floor).map(|(c, f)| c - f).collect();
+    let mut diffs: Vec<f64> = totals.iter().zip(floor).map(|(c, f)| c - f).collect();
     let ratios: Vec<f64> = totals.iter().zip(floor).map(|(c, f)| c / f).collect();
-    let (dm, rm) = (median_p90(&diffs).0, median_p90(&ratios).0);
-    let mut sorted = diffs.clone();
-    sorted.sort_by(f64::total_cmp);
-    let p10 = sorted[sorted.len() / 10];
-    println!(
-        "  paired by round: median difference {dm:+.1} ms (p10 {p10:+.1}, p90 {:+.1}), median ratio {rm:.3}x",
-        median_p90(&diffs).1
-    );
+    let ((dm, dp90), rm) = (median_p90(&diffs), median_p90(&ratios).0);
+    diffs.sort_by(f64::total_cmp);
+    let p10 = super::support::pct(&diffs, 0.1);
+    println!("  paired by round: median difference {dm:+.1} ms (p10 {p10:+.1}, p90 {dp90:+.1}), median ratio {rm:.3}x");
     let key = name.split_whitespace().next().unwrap_or(name);
     println!("RESULT start/{key}_paired_extra {dm:.2} ms");
     println!("RESULT start/{key}_paired_ratio {rm:.3} target={target}");

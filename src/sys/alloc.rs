@@ -130,8 +130,9 @@ unsafe impl GlobalAlloc for LargeBlockCache {
             // SAFETY: `ptr` came from `System` with `layout`.
             (None, None) => unsafe { System.realloc(ptr, layout, new_size) },
             (Some(old), Some(new)) if old.size() == new.size() => ptr,
-            (old, new) => {
-                // From one kind to the other: a new block, the bytes copied, the old freed.
+            _ => {
+                // Another rounded size, or from one kind to the other: a new block, the bytes
+                // copied, the old freed.
                 // SAFETY: `new_layout` has a non-zero size (cached or as valid as the caller's).
                 let moved = unsafe { self.alloc(new_layout) };
                 if !moved.is_null() {
@@ -141,7 +142,6 @@ unsafe impl GlobalAlloc for LargeBlockCache {
                         self.dealloc(ptr, layout);
                     }
                 }
-                let _ = (old, new);
                 moved
             }
         }

@@ -92,8 +92,10 @@ pub fn spawn(launch: &Launch<'_>) -> io::Result<u32> {
     }
     // The child moves stdin, stdout and stderr to 0, 1 and 2: sources below 3 (when compute_ctl was
     // started with a standard descriptor closed) are copied above first.
-    let (stdin, stderr) = (above_stdio(launch.stdin)?, above_stdio(launch.stderr)?);
-    let stdout = launch.stdout.map(above_stdio).transpose()?.flatten();
+    let mut copies = Vec::new();
+    let stdin = above_stdio(launch.stdin, &mut copies)?;
+    let stdout = launch.stdout.map(|fd| above_stdio(fd, &mut copies)).transpose()?.unwrap_or(-1);
+    let stderr = above_stdio(launch.stderr, &mut copies)?;
     let argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
     let envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).chain([std::ptr::null()]).collect();
     let plan = Plan {
@@ -104,9 +106,9 @@ pub fn spawn(launch: &Launch<'_>) -> io::Result<u32> {
         death_signal: launch.death_signal,
         parent: std::process::id() as i32,
         cgroup_procs: launch.cgroup_procs.map_or(-1, |fd| fd.as_raw_fd()),
-        stdin: stdin.as_ref().map_or(launch.stdin.as_raw_fd(), |f| f.as_raw_fd()),
-        stdout: stdout.as_ref().map(|f| f.as_raw_fd()).or(launch.stdout.map(|f| f.as_raw_fd())).unwrap_or(-1),
-        stderr: stderr.as_ref().map_or(launch.stderr.as_raw_fd(), |f| f.as_raw_fd()),
+        stdin,
+        stdout,
+        stderr,
         failed_step: AtomicI32::new(0),
         errno: AtomicI32::new(0),
     };
@@ -146,9 +148,17 @@ pub fn spawn(launch: &Launch<'_>) -> io::Result<u32> {
     Ok(pid as u32)
 }
 
-/// A copy numbered 3 or above of a descriptor below 3 (close-on-exec: std's `try_clone`).
-fn above_stdio(fd: BorrowedFd<'_>) -> io::Result<Option<std::os::fd::OwnedFd>> {
-    if fd.as_raw_fd() >= 3 { Ok(None) } else { fd.try_clone_to_owned().map(Some) }
+/// The number the child moves to 0, 1 or 2: `fd` itself when it is 3 or above, else a copy
+/// numbered above 2 (close-on-exec: std's `try_clone`), kept open in `copies` until the spawn
+/// is over.
+fn above_stdio(fd: BorrowedFd<'_>, copies: &mut Vec<std::os::fd::OwnedFd>) -> io::Result<i32> {
+    if fd.as_raw_fd() >= 3 {
+        return Ok(fd.as_raw_fd());
+    }
+    let copy = fd.try_clone_to_owned()?;
+    let raw = copy.as_raw_fd();
+    copies.push(copy);
+    Ok(raw)
 }
 
 fn pair(k: &OsStr, v: &OsStr) -> OsString {
